@@ -1,0 +1,82 @@
+"""Typed configuration: pydantic models that reject unknown keys, loaded from YAML + overrides.
+
+Every stage (train, score, serve) defines a :class:`StrictModel` subclass with a docstring per
+field. :func:`load_config` reads a YAML file (optional), applies ``--set key.sub=value`` overrides
+(values parsed as YAML, so ``--set train.lr=2e-5`` is a float and ``--set a=[1,2]`` a list), and
+validates. A typo is an error naming the key. :func:`dump_config` writes the resolved config
+beside every output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from giellm_ray import io
+
+T = TypeVar("T", bound="StrictModel")
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, field docstrings are descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says what to fix."""
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override to a nested dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not of the form key=value")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(cls: type[T], path: str | None = None, overrides: Iterable[str] = ()) -> T:
+    """Build ``cls`` from a YAML file and ``key=value`` overrides, with errors a user can act on."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(io.read_text(path))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top, found {type(loaded).__name__}")
+        data = loaded or {}
+    for assignment in overrides or ():
+        apply_override(data, assignment)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top)"
+            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {loc}: {msg}")
+        where = path or "overrides"
+        raise ConfigError(f"invalid {cls.__name__} in {where}:\n" + "\n".join(lines)) from None
+
+
+def dump_config(config: BaseModel, path: str) -> None:
+    """Write the resolved config as YAML (local or s3://)."""
+    io.write_text(path, yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True,
+                                       sort_keys=False))

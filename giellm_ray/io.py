@@ -1,0 +1,165 @@
+"""Local paths and ``s3://`` URIs behind one interface, for every input and output.
+
+``resolve(path)`` returns a ``(pyarrow.fs.FileSystem, path)`` pair: local paths go to
+``LocalFileSystem``, ``s3://`` to s3fs wrapped for pyarrow (so Ray Data and ``pyarrow.parquet``
+both take it as ``filesystem=``). The S3 endpoint comes from ``AWS_ENDPOINT_URL`` (or
+``GIELLM_S3_ENDPOINT_URL``) when set, e.g. a ``moto_server`` on 127.0.0.1 in tests.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def is_s3(path: str) -> bool:
+    return str(path).startswith("s3://")
+
+
+def s3fs_filesystem():
+    """An ``s3fs.S3FileSystem`` honouring ``AWS_ENDPOINT_URL`` / ``GIELLM_S3_ENDPOINT_URL``."""
+    import s3fs
+
+    endpoint = os.environ.get("GIELLM_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs = {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return s3fs.S3FileSystem(**kwargs)
+
+
+def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path-within-it)`` for a local path or an ``s3://bucket/key`` URI."""
+    path = str(path)
+    if is_s3(path):
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(s3fs_filesystem()))
+        return fs, path[len("s3://"):]
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def exists(path: str) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def makedirs(path: str) -> None:
+    fs, p = resolve(path)
+    fs.create_dir(p, recursive=True)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file: {path}")
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    fs, p = resolve(path)
+    parent = p.rsplit("/", 1)[0]
+    if parent and parent != p:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(data)
+
+
+def read_text(path: str) -> str:
+    """A UTF-8 text file; a file in another encoding is a clear error, not a traceback."""
+    data = read_bytes(path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
+            "convert it first, e.g. `iconv -f CP932 -t UTF-8`"
+        ) from None
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def open_text_lines(path: str) -> Iterator[str]:
+    """Stream a UTF-8 text file line by line (for large CSV/JSONL inputs)."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file: {path}")
+    with fs.open_input_stream(p) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        try:
+            yield from text
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path} is not UTF-8: {exc.reason} near byte {exc.start}") from None
+
+
+def parquet_files(path: str) -> list[str]:
+    """The Parquet files under ``path`` (a file, or a directory searched recursively), sorted."""
+    fs, p = resolve(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    if info.type == pafs.FileType.File:
+        return [path]
+    sel = pafs.FileSelector(p, recursive=True)
+    prefix = "s3://" if is_s3(path) else ""
+    files = sorted(
+        prefix + f.path for f in fs.get_file_info(sel)
+        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+        and not any(part.startswith((".", "_")) for part in f.path[len(p):].split("/"))
+    )
+    if not files:
+        raise FileNotFoundError(f"no .parquet files under {path}")
+    return files
+
+
+def iter_parquet_batches(path: str, columns: list[str] | None = None,
+                         batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from a Parquet file or directory (constant memory)."""
+    for f in parquet_files(path):
+        fs, p = resolve(f)
+        pf = pq.ParquetFile(fs.open_input_file(p))
+        missing = [c for c in columns or [] if c not in pf.schema_arrow.names]
+        if missing:
+            raise ValueError(
+                f"{f}: missing column(s) {missing}; found {pf.schema_arrow.names}"
+            )
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+
+
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file or directory as one table (for small files: reports, mixes)."""
+    batches = list(iter_parquet_batches(path, columns))
+    if not batches:
+        fs, p = resolve(parquet_files(path)[0])
+        return pq.read_schema(fs.open_input_file(p)).empty_table()
+    return pa.Table.from_batches(batches)
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    """Write ``table`` to one Parquet file, atomically where the filesystem allows it."""
+    fs, p = resolve(path)
+    parent = p.rsplit("/", 1)[0]
+    if parent and parent != p:
+        fs.create_dir(parent, recursive=True)
+    if is_s3(path):  # S3 objects appear whole on close
+        pq.write_table(table, p, filesystem=fs)
+        return
+    tmp = f"{p}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, filesystem=fs)
+    os.replace(tmp, p)
+
+
+def dataset(path: str) -> pds.Dataset:
+    """A ``pyarrow.dataset`` over a Parquet file or directory."""
+    files = parquet_files(path)
+    fs, _ = resolve(files[0])
+    return pds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs)

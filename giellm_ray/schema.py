@@ -1,0 +1,79 @@
+"""Parquet column names and Arrow schemas shared by every stage (one place, no drift).
+
+Dataset files (written by ``giellm data ...``, read by training, scoring and evaluation)::
+
+    id        string   stable row id (e.g. "scnm-2415078")
+    dataset   string   task name: SCNM, SCPOS:RW, SCPOS:N, SCPOS:Adj, SCPOS:N&Adj, TCREE
+    text      string   source text
+    prompt    string   unified-format input  (TEXT<tl1>…<tlN>IW)
+    target    string   unified-format output (<TL>IW:LABEL;SPAN…), null if unlabelled
+    tl_label  string   gold TL label (null if unknown)
+    items     list<struct<label, span, tail>>  gold WL items (tail set for relation items)
+    split     string   train / test (mix builder), else null
+    error     string   why the row could not be built (null when fine); such rows have no target
+
+Scored files add ``prediction``, ``pred_tl_label``, ``pred_items`` (items with character
+offsets), ``num_generated_tokens`` and reuse ``error`` for the scoring error. Pure pyarrow.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+ID = "id"
+DATASET = "dataset"
+TEXT = "text"
+PROMPT = "prompt"
+TARGET = "target"
+TL_LABEL = "tl_label"
+ITEMS = "items"
+SPLIT = "split"
+ERROR = "error"
+PREDICTION = "prediction"
+PRED_TL_LABEL = "pred_tl_label"
+PRED_ITEMS = "pred_items"
+NUM_GENERATED_TOKENS = "num_generated_tokens"
+
+ITEM_TYPE = pa.struct(
+    [("label", pa.string()), ("span", pa.string()), ("tail", pa.string())]
+)
+GROUNDED_ITEM_TYPE = pa.struct(
+    [
+        ("label", pa.string()),
+        ("span", pa.string()),
+        ("tail", pa.string()),
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("tail_start", pa.int32()),
+        ("tail_end", pa.int32()),
+    ]
+)
+
+DATASET_SCHEMA = pa.schema(
+    [
+        (ID, pa.string()),
+        (DATASET, pa.string()),
+        (TEXT, pa.string()),
+        (PROMPT, pa.string()),
+        (TARGET, pa.string()),
+        (TL_LABEL, pa.string()),
+        (ITEMS, pa.list_(ITEM_TYPE)),
+        (SPLIT, pa.string()),
+        (ERROR, pa.string()),
+    ]
+)
+
+# Columns a scored file adds to its input's columns.
+SCORED_FIELDS = [
+    pa.field(PREDICTION, pa.string()),
+    pa.field(PRED_TL_LABEL, pa.string()),
+    pa.field(PRED_ITEMS, pa.list_(GROUNDED_ITEM_TYPE)),
+    pa.field(ERROR, pa.string()),
+    pa.field(NUM_GENERATED_TOKENS, pa.int32()),
+]
+
+
+def dataset_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts with any subset of the dataset columns) as a table in ``DATASET_SCHEMA``."""
+    cols = {f.name: [r.get(f.name) for r in rows] for f in DATASET_SCHEMA}
+    return pa.Table.from_pydict(cols, schema=DATASET_SCHEMA)

@@ -1,0 +1,78 @@
+"""Shared test fixtures: the real Stockmark data (skipped when ../shared is absent), a tiny
+random-init Llama with a locally trained tokenizer, and one session-scoped local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+# A few sentences so the tiny tokenizer knows Japanese text and every label/IW string.
+TOKENIZER_SEED_TEXTS = [
+    "レッドフォックス株式会社は、東京都千代田区に本社を置くITサービス企業である。",
+    "松友美佐紀は、日本のバドミントン選手。",
+    "この商品はとても良いです。値段も安くて満足しています。",
+    "画面が暗くて使いにくい。すぐに壊れたので残念です。",
+    "山田太郎は大阪大学を卒業し、トヨタ自動車に入社した。",
+]
+
+
+@pytest.fixture(scope="session")
+def stockmark_records():
+    """The 4,821 Stockmark NER sentences from ../shared (CI always has them)."""
+    if not SHARED_NER.exists():
+        pytest.skip(f"real data not found at {SHARED_NER} (a user's clone has no ../shared)")
+    return json.loads(SHARED_NER.read_text(encoding="utf-8"))
+
+
+def _tokenizer_texts() -> list[str]:
+    from giellm_ray.formats import DEFAULT_TASKS, build_prompt
+
+    texts = list(TOKENIZER_SEED_TEXTS)
+    if SHARED_NER.exists():
+        texts += [r["text"] for r in json.loads(SHARED_NER.read_text(encoding="utf-8"))]
+    for task in DEFAULT_TASKS.values():
+        texts.append(build_prompt("", task))
+        texts += [f"<{x}>{task.instruction}" for x in task.tl_labels]
+        texts += [f":{x};" for x in task.wl_labels]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A random-init tiny Llama + byte-level BPE tokenizer saved in the Hugging Face layout."""
+    from giellm_ray.model.tiny import TinyConfig, build_tiny
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    return build_tiny(str(out), _tokenizer_texts(), TinyConfig(vocab_size=1500))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (Ray's first init takes seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu",
+                                           "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
