@@ -1,0 +1,23 @@
+"""Registers ``giellm eval PREDICTIONS --output DIR [--tasks tasks.json]``."""
+
+from __future__ import annotations
+
+
+def _run(args) -> int:
+    from giellm_ray.metrics.evaluate import run_eval
+
+    return run_eval(args)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="score predictions against targets: TL/WL/ALL accuracy, item P/R/F1, report",
+        description="Evaluate a Parquet file or directory with dataset, target and prediction "
+        "columns. Writes DIR/metrics.json, metrics.md, metrics.png and rows.parquet.",
+    )
+    p.add_argument("predictions", help="Parquet file or directory (local or s3://)")
+    p.add_argument("--output", required=True, help="report directory (local or s3://)")
+    p.add_argument("--tasks", default=None,
+                   help="tasks.json with label inventories (default: the built-in registry)")
+    p.set_defaults(handler=_run)
