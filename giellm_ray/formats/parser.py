@@ -63,7 +63,7 @@ def _parse_items(rest: str, task: TaskSpec) -> tuple[list[dict], str | None]:
     if not starts or starts[0] != 0:
         return [], f"item section does not start with ':LABEL;': {rest[:40]!r}"
     items: list[dict] = []
-    for begin, end in zip(starts, [*starts[1:], len(rest)]):
+    for begin, end in zip(starts, [*starts[1:], len(rest)], strict=True):
         segment = rest[begin:end]
         m = pair.fullmatch(segment) if pair else None
         if m:

@@ -1,0 +1,104 @@
+"""Metrics: hand-computed counts, summing shards, and the ``giellm eval`` command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from giellm_ray.cli import main
+from giellm_ray.formats import make_item, render
+from giellm_ray.metrics import count_rows, merge_counts, ratios
+
+GOLD = "<社会>固有表現抽出:人名;山田:地名;東京:地名;東京"
+
+
+def test_hand_computed_counts():
+    preds = [
+        GOLD,                                        # all right
+        "<文芸>固有表現抽出:人名;山田:地名;東京:地名;東京",  # TL wrong, WL right
+        "<社会>固有表現抽出:人名;山田:地名;東京",         # WL wrong (multiset), 2 tp 1 fn
+        "<社会>固有表現抽出:人名;山田:地名;大阪:地名;東京",  # 2 tp 1 fp 1 fn
+        "not a parse",                               # parse failure
+        None,                                        # unscored
+    ]
+    c = count_rows(["SCNM"] * 6, [GOLD] * 6, preds)["SCNM"]
+    assert (c["n"], c["tl_correct"], c["wl_correct"], c["all_correct"]) == (6, 3, 2, 1)
+    assert (c["parse_failures"], c["unscored"]) == (1, 1)
+    assert (c["item_tp"], c["item_fp"], c["item_fn"]) == (3 + 3 + 2 + 2, 1, 1 + 1 + 3 + 3)
+    r = ratios(c)
+    assert r["tl_accuracy"] == pytest.approx(0.5)
+    assert r["parse_failure_rate"] == pytest.approx(1 / 6)
+    assert r["item_precision"] == pytest.approx(10 / 11)
+    assert r["item_recall"] == pytest.approx(10 / 18)
+
+
+def test_shards_sum_to_the_whole():
+    ds, tg = ["SCNM"] * 4, [GOLD] * 4
+    pr = [GOLD, "x", None, "<文芸>固有表現抽出:人名;山田"]
+    whole = count_rows(ds, tg, pr)
+    parts = merge_counts([count_rows(ds[:1], tg[:1], pr[:1]), count_rows(ds[1:], tg[1:], pr[1:])])
+    assert parts == whole
+
+
+def test_bad_target_and_unknown_dataset_are_counted_not_raised():
+    c = count_rows(["SCNM", "NOPE"], ["garbage", GOLD], [GOLD, GOLD])
+    assert c["SCNM"]["invalid_targets"] == 1 and c["SCNM"]["n"] == 0
+    assert c["NOPE"]["invalid_targets"] == 1
+
+
+def _write_predictions(path, rows):
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_eval_on_perfect_predictions_is_one_everywhere(stockmark_records, tmp_path, capsys):
+    rows = []
+    for x in stockmark_records:
+        _, t = render({"dataset": "SCNM", "text": x["text"], "tl_label": "技術",
+                       "items": [make_item(e["type"], e["name"]) for e in x["entities"]]})
+        rows.append({"id": x["curid"], "dataset": "SCNM", "target": t, "prediction": t})
+    pred_dir = tmp_path / "preds"
+    pred_dir.mkdir()
+    _write_predictions(pred_dir / "part-0.parquet", rows[:2000])
+    _write_predictions(pred_dir / "part-1.parquet", rows[2000:])
+    out = tmp_path / "report"
+    assert main(["eval", str(pred_dir), "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["SCNM"]
+    assert m["n"] == 4821
+    for key in ("tl_accuracy", "wl_accuracy", "all_accuracy", "item_f1"):
+        assert m[key] == 1.0
+    assert m["parse_failure_rate"] == 0.0
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| SCNM | 4821 | 100.00" in (out / "metrics.md").read_text()
+    rows_out = pq.read_table(out / "rows.parquet")
+    assert rows_out.num_rows == 4821 and all(rows_out.column("all_match").to_pylist())
+
+
+def test_eval_rows_parquet_explains_errors(tmp_path):
+    _write_predictions(tmp_path / "p.parquet", [
+        {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:職業;x"},
+        {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:人名;Pi:Co"},
+    ])
+    assert main(["eval", str(tmp_path / "p.parquet"), "--output", str(tmp_path / "r")]) == 0
+    rows = pq.read_table(tmp_path / "r" / "rows.parquet").to_pylist()
+    assert "does not start" in rows[0]["prediction_error"]
+    assert rows[1]["pred_items"] == [{"label": "人名", "span": "Pi:Co", "tail": None}]
+    assert rows[1]["tl_match"] and not rows[1]["wl_match"]
+
+
+def test_eval_bad_inputs_exit_nonzero_with_a_message(tmp_path, capsys):
+    _write_predictions(tmp_path / "nocol.parquet", [{"dataset": "SCNM", "target": GOLD}])
+    (tmp_path / "bad.parquet").write_text("this is not parquet")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (tmp_path / "nocol.parquet", "missing column(s) ['prediction']"),
+        (tmp_path / "bad.parquet", "cannot read as Parquet"),
+        (tmp_path / "missing.parquet", "no such file"),
+        (tmp_path / "empty", "no .parquet files"),
+    ]
+    for path, message in cases:
+        assert main(["eval", str(path), "--output", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err
