@@ -1,0 +1,120 @@
+"""Typed configuration of the online extraction service (``giellm serve``, ``serve run``).
+
+:class:`ServeConfig` gathers what the model replica loads (``model``, ``generation``, ``tasks_file``),
+how requests are batched (``batching``: ``@serve.batch`` size and wait), how model replicas are
+sized and autoscaled (``replica``), the light HTTP ingress (``ingress``) and the HTTP limits
+(``http``). Load it with :func:`giellm_ray.config.load_config` from a YAML such as
+``jobs/configs/serve/giellm.yaml`` plus ``--set key=value`` overrides. Torch- and Ray-free.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field, model_validator
+
+from giellm_ray.config import StrictModel
+from giellm_ray.infer.engine import GenerationConfig
+from giellm_ray.model.loader import ModelConfig
+
+
+class HTTPConfig(StrictModel):
+    """Where the service listens and which requests it accepts."""
+
+    host: str = "127.0.0.1"
+    """Address the Serve HTTP proxy binds (loopback unless you mean to expose it)."""
+    port: int = Field(8000, ge=0, le=65535)
+    """Port of the Serve HTTP proxy."""
+    route_prefix: str = "/"
+    """Path prefix of the application."""
+    max_body_bytes: int = Field(1_048_576, ge=64)
+    """Largest request body in bytes; larger bodies get 413 before any JSON parsing."""
+    max_text_chars: int = Field(2000, ge=1)
+    """Longest ``text`` in characters; longer texts get 413 (the field is fine, the size is not)."""
+    max_batch_items: int = Field(64, ge=1)
+    """Most texts in one ``POST /v1/extract/batch`` request (more get 413)."""
+    request_timeout_s: float | None = None
+    """Serve proxy end-to-end timeout per request; ``None``: no timeout."""
+    keep_alive_timeout_s: int = 5
+    """Proxy keep-alive for idle client connections."""
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching of single requests on each model replica (``@serve.batch``)."""
+
+    max_batch_size: int = Field(16, ge=1)
+    """Most requests decoded together; 1 turns batching off."""
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+    """How long the first request of a batch waits for others to join."""
+
+
+class ReplicaConfig(StrictModel):
+    """Resources and autoscaling of the model deployment (the one that holds the LM)."""
+
+    num_cpus: float = Field(1.0, ge=0.0)
+    """CPUs reserved per model replica (fractions allowed, e.g. 0.5 on a 2-core box)."""
+    num_gpus: float = Field(0.0, ge=0.0)
+    """GPUs per model replica (1 for a 13B model in bf16 on a 40 GB+ card)."""
+    min_replicas: int = Field(1, ge=0)
+    """Autoscaling floor."""
+    max_replicas: int = Field(1, ge=1)
+    """Autoscaling ceiling."""
+    initial_replicas: int | None = None
+    """Replicas at start; ``None``: ``min_replicas`` (at least 1)."""
+    target_ongoing_requests: float = Field(16.0, gt=0)
+    """Autoscaler target of in-flight requests per replica (about ``max_batch_size``)."""
+    max_ongoing_requests: int = Field(64, ge=1)
+    """In-flight requests a replica accepts before the router queues (keep ≥ ``max_batch_size``)."""
+    graceful_shutdown_wait_loop_s: float = Field(2.0, ge=0.0)
+    """On shutdown, how often a draining replica checks for remaining requests."""
+    graceful_shutdown_timeout_s: float = Field(20.0, ge=0.0)
+    """On shutdown, how long a replica may drain in-flight requests before it is killed."""
+    health_check_period_s: float = Field(10.0, gt=0)
+    """How often Serve calls the replica's health check."""
+    health_check_timeout_s: float = Field(30.0, gt=0)
+    """How long a health check may take."""
+
+
+class IngressConfig(StrictModel):
+    """The FastAPI ingress deployment: validation, routing, no model."""
+
+    num_cpus: float = Field(0.1, ge=0.0)
+    """CPUs reserved per ingress replica (it only parses JSON and awaits the model)."""
+    num_replicas: int = Field(1, ge=1)
+    """Ingress replicas."""
+    max_ongoing_requests: int = Field(512, ge=1)
+    """In-flight requests per ingress replica (they wait on the model, so this can be large)."""
+
+
+class ServeConfig(StrictModel):
+    """Everything ``giellm serve`` / ``build_app`` needs; unknown keys are errors."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Which checkpoint the model replicas load."""
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """Generation engine settings (same engine as bulk scoring)."""
+    constrained: bool = True
+    """Constrain decoding to the task's output grammar (as bulk scoring does by default)."""
+    tasks_file: str | None = None
+    """``tasks.json`` (``TaskRegistry.to_dict``) written beside training data; ``None``: defaults."""
+    model_name: str | None = None
+    """Name reported in responses; ``None``: the last path component of ``model.name_or_path``."""
+    app_name: str = "giellm"
+    """Serve application name."""
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> ServeConfig:
+        if self.replica.min_replicas > self.replica.max_replicas:
+            raise ValueError("replica.min_replicas must not exceed replica.max_replicas")
+        return self
+
+    @property
+    def served_model_name(self) -> str:
+        """The model name reported in every response."""
+        if self.model_name:
+            return self.model_name
+        return os.path.basename(self.model.name_or_path.rstrip("/")) or self.model.name_or_path
