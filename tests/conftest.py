@@ -59,15 +59,60 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny(str(out), _tokenizer_texts(), TinyConfig(vocab_size=1500))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for the whole session (Ray's first init takes seconds)."""
+def s3_server():
+    """A moto S3 server on 127.0.0.1 (loopback only) with bucket ``giellm-test``.
+
+    Sets ``AWS_ENDPOINT_URL`` and dummy credentials for this process; ``ray_cluster`` forwards
+    them to Ray workers. Yields the endpoint URL.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in S3_ENV(endpoint).items():
+        os.environ[key] = value
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+        Bucket="giellm-test"
+    )
+    yield endpoint
+    server.stop()
+
+
+def S3_ENV(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """One local Ray cluster for the whole session (Ray's first init takes seconds).
+
+    Workers get the loopback S3 endpoint and credentials of ``s3_server`` through the runtime env.
+    """
     import ray
 
     if not ray.is_initialized():
+        env = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", **S3_ENV(s3_server)}
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu",
-                                           "TOKENIZERS_PARALLELISM": "false"}})
+                 runtime_env={"env_vars": env})
     yield ray
     try:
         from ray import serve
