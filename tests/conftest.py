@@ -80,7 +80,7 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    for key, value in S3_ENV(endpoint).items():
+    for key, value in s3_env(endpoint).items():
         os.environ[key] = value
     import boto3
 
@@ -91,7 +91,7 @@ def s3_server():
     server.stop()
 
 
-def S3_ENV(endpoint: str) -> dict[str, str]:
+def s3_env(endpoint: str) -> dict[str, str]:
     return {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -110,7 +110,7 @@ def ray_cluster(s3_server):
     import ray
 
     if not ray.is_initialized():
-        env = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", **S3_ENV(s3_server)}
+        env = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", **s3_env(s3_server)}
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env})
     yield ray
