@@ -43,6 +43,8 @@ class GenerationConfig(StrictModel):
     Lower: less decode compute on finished rows, more (small) cache merges."""
     max_prefill_tokens: int = 16384
     """Most prompt tokens (padding included) prefilled in one forward pass."""
+    max_prefill_padding: float = 0.2
+    """Most padding share in one prefill group; a longer prompt starts the next group."""
     device: str | None = None
     """Device for inputs; ``None``: the model's device."""
 
@@ -284,12 +286,18 @@ class GenerationEngine:
 
         free = self.config.batch_size - len(b.rows)
         take: list[int] = []
+        real = 0
         while pending and len(take) < free:
-            longest = max(len(prompt_ids[pending[0]]), *(len(prompt_ids[i]) for i in take)) \
-                if take else len(prompt_ids[pending[0]])
-            if take and longest * (len(take) + 1) > self.config.max_prefill_tokens:
+            n = len(prompt_ids[pending[0]])
+            width = max(n, *(len(prompt_ids[i]) for i in take)) if take else n
+            cells = width * (len(take) + 1)
+            # A group stops where it would pad too much or grow too big; the next group follows
+            # at once (the refill check in ``_run`` still sees free slots).
+            if take and (cells > self.config.max_prefill_tokens
+                         or 1 - (real + n) / cells > self.config.max_prefill_padding):
                 break
             take.append(pending.popleft())
+            real += n
         width = max(len(prompt_ids[i]) for i in take)
         input_ids = torch.full((len(take), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(take), width), dtype=torch.long)

@@ -1,0 +1,151 @@
+"""Row-level extraction: prompt → generation → parse → grounded items, shared by scoring and serving.
+
+``Extractor(model_cfg, gen_cfg, registry)`` loads the model and tokenizer once (in a Ray Data actor
+or a Serve replica) and ``extract(rows)`` turns dicts with ``text``, ``dataset`` (and optionally
+``prompt``) into dicts with the scored columns of ``giellm_ray.schema.SCORED_FIELDS``. A row that
+cannot be scored (null/empty text, unknown dataset, a prompt the model cannot hold, an engine
+error) gets its reason in ``error``; nothing raises for a bad row. With ``constrained=True`` (the
+default) each row decodes under a constraint from
+``giellm_ray.decoding.build_constraint_factory`` so outputs stay inside the task's format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from giellm_ray import schema as S
+from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, ground_items, parse
+from giellm_ray.infer.engine import (
+    GenerationConfig,
+    GenerationEngine,
+    GenerationRequest,
+    GenerationResult,
+)
+from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def model_max_positions(model, tokenizer) -> int:
+    """The longest sequence (prompt + output) the model accepts, in tokens."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(getattr(tokenizer, "model_max_length", 2048) or 2048)
+
+
+def empty_output(error: str | None) -> dict:
+    """The scored columns of a row that was not generated."""
+    return {S.PREDICTION: None, S.PRED_TL_LABEL: None, S.PRED_ITEMS: None, S.ERROR: error,
+            S.NUM_GENERATED_TOKENS: 0}
+
+
+class Extractor:
+    """Loads a model once and extracts rows in batches; never raises for a bad row."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        gen_cfg: GenerationConfig | None = None,
+        registry: TaskRegistry = DEFAULT_REGISTRY,
+        constrained: bool = True,
+        device: str | None = None,
+        model=None,
+        tokenizer=None,
+    ) -> None:
+        self.registry = registry
+        self.gen_cfg = gen_cfg or GenerationConfig()
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
+        self.model = model if model is not None else load_model(model_cfg, device)
+        self.engine = GenerationEngine(self.model, self.tokenizer, self.gen_cfg)
+        self.max_positions = model_max_positions(self.model, self.tokenizer)
+        self.constraint_factory = self._build_constraint_factory() if constrained else None
+        self.constrained = self.constraint_factory is not None
+
+    def _build_constraint_factory(self):
+        try:
+            from giellm_ray.decoding import build_constraint_factory
+        except ImportError:
+            log.warning("giellm_ray.decoding.build_constraint_factory is not available; "
+                        "decoding unconstrained")
+            return None
+        return build_constraint_factory(self.tokenizer, self.registry)
+
+    def _max_new_tokens(self, task) -> int:
+        cap = self.gen_cfg.max_new_tokens
+        return task.max_new_tokens if cap is None else min(task.max_new_tokens, cap)
+
+    def _prepare(self, row: Mapping) -> tuple[str, object, str] | str:
+        """``(prompt, task, text)`` for a row that can be generated, else the error message."""
+        dataset = row.get(S.DATASET)
+        if dataset is None or dataset not in self.registry:
+            return f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(self.registry))}"
+        task = self.registry[dataset]
+        text = row.get(S.TEXT)
+        prompt = row.get(S.PROMPT)
+        if isinstance(prompt, str) and prompt:
+            return prompt, task, text if isinstance(text, str) else ""
+        if text is None:
+            return "text is null"
+        if not isinstance(text, str) or not text.strip():
+            return "text is empty"
+        return build_prompt(text, task), task, text
+
+    def extract(self, rows: list[Mapping]) -> list[dict]:
+        """Scored columns for each row, in order (``error`` set where a row could not be scored)."""
+        outputs: list[dict | None] = [None] * len(rows)
+        todo: list[tuple[int, str, object, str]] = []
+        for i, row in enumerate(rows):
+            prepared = self._prepare(row)
+            if isinstance(prepared, str):
+                outputs[i] = empty_output(prepared)
+            else:
+                todo.append((i, *prepared))
+        if todo:
+            lengths = [len(x) for x in self.tokenizer([p for _, p, _, _ in todo],
+                                                      add_special_tokens=True)["input_ids"]]
+            ready = []
+            for (i, prompt, task, text), n in zip(todo, lengths, strict=True):
+                budget = self.max_positions - self._max_new_tokens(task)
+                if n > budget:
+                    outputs[i] = empty_output(
+                        f"prompt too long: {n} tokens; the model takes {self.max_positions} "
+                        f"positions, {self._max_new_tokens(task)} kept for the output")
+                else:
+                    ready.append((i, prompt, task, text))
+            results = self._generate(ready)
+            for (i, _, task, text), res in zip(ready, results, strict=True):
+                outputs[i] = self._finish_row(res, task, text)
+        return outputs  # type: ignore[return-value]
+
+    def _request(self, prompt: str, task, text: str) -> GenerationRequest:
+        constraint = self.constraint_factory.for_row(text, task) if self.constraint_factory else None
+        return GenerationRequest(prompt, self._max_new_tokens(task), constraint)
+
+    def _generate(self, ready: list[tuple]) -> list[GenerationResult]:
+        results = self.engine.generate([self._request(p, t, x) for _, p, t, x in ready])
+        if self.constraint_factory is not None:
+            # A constrained row caught in a failing batch is retried alone with a fresh constraint.
+            for k, (_, p, t, x) in enumerate(ready):
+                if results[k].error and results[k].error.startswith("engine error"):
+                    results[k] = self.engine.generate([self._request(p, t, x)])[0]
+        return results
+
+    @staticmethod
+    def _finish_row(res: GenerationResult, task, text: str) -> dict:
+        if res.error:
+            return empty_output(res.error)
+        parsed = parse(res.text, task)
+        error = None if parsed.ok else f"parse: {parsed.error}"
+        if parsed.ok and not res.finished:
+            error = "output truncated at max_new_tokens"
+        return {
+            S.PREDICTION: res.text,
+            S.PRED_TL_LABEL: parsed.tl_label,
+            S.PRED_ITEMS: ground_items(text, parsed.items),
+            S.ERROR: error,
+            S.NUM_GENERATED_TOKENS: res.num_generated_tokens,
+        }
