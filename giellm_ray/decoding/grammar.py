@@ -1,0 +1,223 @@
+"""The output format as a byte automaton whose spans are substrings of one row's text.
+
+``<TL>IW`` then items ``:LABEL;SPAN`` (or ``:HEAD;REL;TAIL``), or the none marker ``:無い;`` alone
+(or nothing, for tasks without a marker), then EOS. The literal parts are byte tries built once per
+task (:class:`TaskGrammar`); the span part is the set of byte positions in the text where the
+span read so far ends (:class:`RowGrammar`), so checking one more byte costs O(occurrences).
+A state is a frozenset of NFA states (a ``:`` after an item may start a label or a relation head).
+
+Spans are non-empty, start and end on a character boundary, hold at most ``max_span_bytes``, and
+never contain ``;`` (heads also no ``:``, and a head may not equal a label): with those rules
+``parse`` reads back exactly the items written, since it only splits at ``:LABEL;`` / ``:HEAD;REL;``.
+
+``need(state)`` is the fewest bytes that reach an accepting state; every byte of the format and
+the text has a single-byte token in byte-level vocabularies, so it bounds the tokens still needed
+and lets the constraint close the output before a token budget runs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from giellm_ray.formats.tasks import TaskSpec
+
+COLON, SEMI = ord(":"), ord(";")
+INF = 1 << 30
+State = tuple
+States = frozenset
+
+
+class ByteTrie:
+    """Literal strings as a byte trie: node 0 is the root; terminal nodes carry a tag."""
+
+    def __init__(self, words: Iterable[tuple[bytes, str]]) -> None:
+        self.children: list[dict[int, int]] = [{}]
+        self.tag: list[str | None] = [None]
+        for word, tag in words:
+            node = 0
+            for b in word:
+                nxt = self.children[node].get(b)
+                if nxt is None:
+                    nxt = len(self.children)
+                    self.children.append({})
+                    self.tag.append(None)
+                    self.children[node][b] = nxt
+                node = nxt
+            self.tag[node] = tag
+
+    def rest(self, tag: str) -> list[int]:
+        """Per node: fewest bytes to a terminal tagged ``tag`` (INF if none below)."""
+        out = [INF] * len(self.children)
+        for node in range(len(self.children) - 1, -1, -1):  # children have larger ids
+            best = 0 if self.tag[node] == tag else INF
+            for child in self.children[node].values():
+                best = min(best, out[child] + 1)
+            out[node] = best
+        return out
+
+
+class TaskGrammar:
+    """Per-task literal tries: ``<TL>IW``, ``:LABEL;`` (with/without the none marker), ``;REL;``."""
+
+    def __init__(self, task: TaskSpec) -> None:
+        self.task = task
+        iw = task.instruction.encode("utf-8")
+        self.prefix = ByteTrie((f"<{t}>".encode() + iw, "end") for t in task.tl_labels)
+        wl = [(f":{lab};".encode(), "wl") for lab in task.wl_labels]
+        none = [(f":{task.none_marker};".encode(), "none")] if task.none_marker else []
+        self.labels = (ByteTrie(wl + none), ByteTrie(wl))  # from "begin", from "after an item"
+        self.relations = ByteTrie((f";{r};".encode(), "rel") for r in task.relation_labels)
+        self.has_relations = bool(task.relation_labels)
+        self.prefix_rest = self.prefix.rest("end")
+        self.label_rest = tuple((t.rest("wl"), t.rest("none")) for t in self.labels)
+        self.rel_rest = self.relations.rest("rel")
+        names = [*task.wl_labels, *([task.none_marker] if task.none_marker else [])]
+        self.head_forbidden = {n.encode("utf-8") for n in names}
+
+
+class RowGrammar:
+    """The automaton for one row: :class:`TaskGrammar` plus the row's text bytes."""
+
+    def __init__(self, grammar: TaskGrammar, text: str, max_span_bytes: int = 256) -> None:
+        self.g = grammar
+        self.text = tb = text.encode("utf-8")
+        self.n = n = len(tb)
+        self.cap = max_span_bytes
+        self.boundary = [p == n or (tb[p] & 0xC0) != 0x80 for p in range(n + 1)]
+        first: dict[int, list[int]] = {}
+        self.min_char = INF
+        p = 0
+        while p < n:
+            q = p + 1
+            while q < n and not self.boundary[q]:
+                q += 1
+            if tb[p] != SEMI:
+                first.setdefault(tb[p], []).append(p + 1)
+                self.min_char = min(self.min_char, q - p)
+            p = q
+        self.first_w = {b: tuple(v) for b, v in first.items()}
+        self.first_h = {b: v for b, v in self.first_w.items() if b != COLON}
+        self.start = self.closure([("P", 0)])
+
+    # -- transitions ---------------------------------------------------------------------------
+    def closure(self, states: Iterable[State]) -> States:
+        out: set[State] = set()
+        g = self.g
+        for s in states:
+            out.add(s)
+            kind = s[0]
+            if kind == "P" and g.prefix.tag[s[1]] == "end":
+                out.add(("B",))
+            elif kind == "L":
+                tag = g.labels[s[1]].tag[s[2]]
+                if tag == "wl":
+                    out.add(("S", "W", None, 0))
+                elif tag == "none":
+                    out.add(("D",))
+            elif kind == "R" and g.relations.tag[s[1]] == "rel":
+                out.add(("S", "W", None, 0))
+            elif kind == "S" and s[3] and self.boundary[s[2][0]]:
+                if s[1] == "W":
+                    out.add(("A",))
+                elif self.text[s[2][0] - s[3]:s[2][0]] not in g.head_forbidden:
+                    out.add(("R", 0))
+        return frozenset(out)
+
+    def _step_one(self, s: State, b: int) -> list[State]:
+        kind, g = s[0], self.g
+        if kind == "S":
+            _, span_kind, pos, nb = s
+            if pos is None:
+                new = (self.first_w if span_kind == "W" else self.first_h).get(b)
+            elif nb >= self.cap or b == SEMI or (b == COLON and span_kind == "H"):
+                return []
+            else:
+                tb, n = self.text, self.n
+                new = tuple(p + 1 for p in pos if p < n and tb[p] == b)
+            return [("S", span_kind, new, nb + 1)] if new else []
+        if kind == "P":
+            c = g.prefix.children[s[1]].get(b)
+            return [("P", c)] if c is not None else []
+        if kind in ("B", "A"):
+            if b != COLON:
+                return []
+            which = 0 if kind == "B" else 1
+            c = g.labels[which].children[0].get(b)
+            out = [("L", which, c)] if c is not None else []
+            if g.has_relations:
+                out.append(("S", "H", None, 0))
+            return out
+        if kind == "L":
+            c = g.labels[s[1]].children[s[2]].get(b)
+            return [("L", s[1], c)] if c is not None else []
+        if kind == "R":
+            c = g.relations.children[s[1]].get(b)
+            return [("R", c)] if c is not None else []
+        return []  # "D": only EOS
+
+    def step(self, states: States, b: int) -> States | None:
+        """The state set after byte ``b``, or ``None`` if the byte is not allowed."""
+        nxt = [t for s in states for t in self._step_one(s, b)]
+        return self.closure(nxt) if nxt else None
+
+    def next_bytes(self, states: States) -> set[int] | None:
+        """A superset of the bytes allowed next (``None``: cheaper to try every trie child)."""
+        out: set[int] = set()
+        g = self.g
+        for s in states:
+            kind = s[0]
+            if kind == "S":
+                if s[2] is None:
+                    return None
+                out.update(self.text[p] for p in s[2] if p < self.n)
+            elif kind == "P":
+                out.update(g.prefix.children[s[1]])
+            elif kind in ("B", "A"):
+                out.add(COLON)
+            elif kind == "L":
+                out.update(g.labels[s[1]].children[s[2]])
+            elif kind == "R":
+                out.update(g.relations.children[s[1]])
+        return out
+
+    def accepting(self, states: States) -> bool:
+        none_ok = self.g.task.none_marker is None
+        return any(s[0] in ("A", "D") or (s[0] == "B" and none_ok) for s in states)
+
+    # -- budget --------------------------------------------------------------------------------
+    def _need_one(self, s: State) -> int:
+        g, mc = self.g, self.min_char
+        kind = s[0]
+        rel_min = g.rel_rest[0] + mc
+        if kind in ("A", "D"):
+            return 0
+        if kind == "B":
+            return self._need_items(0)
+        if kind == "P":
+            return g.prefix_rest[s[1]] + self._need_items(0)
+        if kind == "L":
+            wl_rest, none_rest = g.label_rest[s[1]]
+            return min(wl_rest[s[2]] + mc, none_rest[s[2]])
+        if kind == "R":
+            return g.rel_rest[s[1]] + mc
+        _, span_kind, pos, nb = s
+        if pos is None:
+            span = mc
+        else:
+            span = next(q for q in range(pos[0], self.n + 1) if self.boundary[q]) - pos[0]
+            span = span if (span or nb) else mc
+        return span if span_kind == "W" else span + rel_min
+
+    def _need_items(self, which: int) -> int:
+        g = self.g
+        if g.task.none_marker is None:
+            return 0
+        wl_rest, none_rest = g.label_rest[which]
+        best = min(wl_rest[0] + self.min_char, none_rest[0])
+        if g.has_relations:
+            best = min(best, 1 + 2 * self.min_char + g.rel_rest[0])
+        return best
+
+    def need(self, states: States) -> int:
+        """Fewest bytes from ``states`` to an accepting state (INF if unreachable)."""
+        return min((self._need_one(s) for s in states), default=INF)
