@@ -122,8 +122,11 @@ class Extractor:
         return outputs  # type: ignore[return-value]
 
     def _request(self, prompt: str, task, text: str) -> GenerationRequest:
-        constraint = self.constraint_factory.for_row(text, task) if self.constraint_factory else None
-        return GenerationRequest(prompt, self._max_new_tokens(task), constraint)
+        budget = self._max_new_tokens(task)
+        # The constraint closes the output in time when it knows the engine's token budget.
+        constraint = (self.constraint_factory.for_row(text, task, budget)
+                      if self.constraint_factory else None)
+        return GenerationRequest(prompt, budget, constraint)
 
     def _generate(self, ready: list[tuple]) -> list[GenerationResult]:
         results = self.engine.generate([self._request(p, t, x) for _, p, t, x in ready])
