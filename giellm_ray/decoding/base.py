@@ -30,5 +30,11 @@ class RowConstraint(Protocol):
 class ConstraintFactory(Protocol):
     """Builds a :class:`RowConstraint` for one row; holds per-tokenizer tables shared by rows."""
 
-    def for_row(self, text: str, task: TaskSpec) -> RowConstraint:
-        """A fresh constraint for generating ``task``'s output about ``text``."""
+    def for_row(
+        self, text: str, task: TaskSpec, max_new_tokens: int | None = None
+    ) -> RowConstraint:
+        """A fresh constraint for ``task``'s output about ``text``.
+
+        ``max_new_tokens``: the engine's token budget for the row (default: the task's), so the
+        constraint can close the output before the budget cuts it mid-item.
+        """
