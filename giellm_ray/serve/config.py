@@ -9,11 +9,14 @@ sized and autoscaled (``replica``), the light HTTP ingress (``ingress``) and the
 
 from __future__ import annotations
 
+import json
 import os
 
 from pydantic import Field, model_validator
 
-from giellm_ray.config import StrictModel
+from giellm_ray import io
+from giellm_ray.config import ConfigError, StrictModel
+from giellm_ray.formats.tasks import DEFAULT_REGISTRY, TaskRegistry
 from giellm_ray.infer.engine import GenerationConfig
 from giellm_ray.model.loader import ModelConfig
 
@@ -110,6 +113,9 @@ class ServeConfig(StrictModel):
     def _check_replicas(self) -> ServeConfig:
         if self.replica.min_replicas > self.replica.max_replicas:
             raise ValueError("replica.min_replicas must not exceed replica.max_replicas")
+        if self.replica.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError("replica.max_ongoing_requests must be at least "
+                             "batching.max_batch_size, or batches never fill")
         return self
 
     @property
@@ -118,3 +124,17 @@ class ServeConfig(StrictModel):
         if self.model_name:
             return self.model_name
         return os.path.basename(self.model.name_or_path.rstrip("/")) or self.model.name_or_path
+
+
+def load_registry(cfg: ServeConfig) -> TaskRegistry:
+    """The task registry the service answers for: ``tasks_file`` if set, else the defaults."""
+    if not cfg.tasks_file:
+        return DEFAULT_REGISTRY
+    try:
+        data = json.loads(io.read_text(cfg.tasks_file))
+        return TaskRegistry.from_dict(data)
+    except FileNotFoundError:
+        raise ConfigError(f"tasks_file not found: {cfg.tasks_file}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"tasks_file {cfg.tasks_file}: not a TaskRegistry.to_dict() JSON: "
+                          f"{exc}") from None

@@ -1,0 +1,50 @@
+"""``giellm serve``: the online extraction service from the command line (argparse only here).
+
+    giellm serve --model PATH [--config jobs/configs/serve/giellm.yaml] [--set k=v ...]
+                 [--host 127.0.0.1] [--port 8000]
+
+Blocks until Ctrl-C or SIGTERM, then drains in-flight requests and stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve extraction over HTTP with Ray Serve (blocks until Ctrl-C)",
+        description="Start the GIELLM extraction service (POST /v1/extract, docs at /docs).",
+    )
+    p.add_argument("--model", help="model directory, s3:// prefix or hub id "
+                                   "(overrides model.name_or_path)")
+    p.add_argument("--config", help="ServeConfig YAML (e.g. jobs/configs/serve/giellm.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set batching.max_batch_size=32")
+    p.add_argument("--host", help="bind address (overrides http.host; default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (overrides http.port; default 8000)")
+    p.set_defaults(handler=run_serve)
+
+
+def resolve_config(args: argparse.Namespace):
+    """The ServeConfig from ``--config``, ``--set`` and the shortcut flags (flags win)."""
+    from giellm_ray.config import load_config
+    from giellm_ray.serve.config import ServeConfig
+
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model.name_or_path={args.model}")
+    if args.host:
+        overrides.append(f"http.host={args.host}")
+    if args.port is not None:
+        overrides.append(f"http.port={args.port}")
+    cfg = load_config(ServeConfig, args.config, overrides)
+    if not args.model and not args.config:
+        raise ValueError("give --model PATH (or a --config whose model.name_or_path is set)")
+    return cfg
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from giellm_ray.serve.driver import serve_forever
+
+    return serve_forever(resolve_config(args))

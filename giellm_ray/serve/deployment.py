@@ -1,0 +1,130 @@
+"""The two Serve deployments: the batched model (:class:`ExtractorModel`) and the FastAPI ingress.
+
+``ExtractorModel`` holds one :class:`giellm_ray.infer.extractor.Extractor` (the same prompt →
+generate → parse → ground code as bulk scoring) built by an injectable ``extractor_factory`` and
+answers single rows through ``@serve.batch``: concurrent requests are gathered (up to
+``batching.max_batch_size``, waiting at most ``batching.batch_wait_timeout_s``) and decoded as one
+engine batch in a worker thread, so the replica's event loop keeps accepting requests meanwhile.
+``ExtractIngress`` validates HTTP requests (``giellm_ray.serve.http``) and fans texts out to the
+model deployment's handle, so batching works across HTTP requests and model replicas autoscale on
+their own. Both record Serve metrics (request latency, batch size, generated tokens, output
+errors). Built by :func:`giellm_ray.serve.app.build_app`; nothing runs at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+
+from giellm_ray.serve.config import ServeConfig, load_registry
+from giellm_ray.serve.http import build_http_app
+
+logger = logging.getLogger("ray.serve")
+
+ExtractorFactory = Callable[[ServeConfig], Any]
+BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128]
+LATENCY_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+
+
+def load_extractor(cfg: ServeConfig):
+    """The default factory: the bulk-scoring Extractor on this replica's device."""
+    from giellm_ray.infer.extractor import Extractor
+
+    return Extractor(cfg.model, cfg.generation, load_registry(cfg), constrained=cfg.constrained)
+
+
+@serve.deployment(name="ExtractorModel")
+class ExtractorModel:
+    """One model replica; ``extract(row)`` is batched with other concurrent calls."""
+
+    def __init__(self, config: dict, extractor_factory: ExtractorFactory | None = None) -> None:
+        self.cfg = ServeConfig.model_validate(config)
+        started = time.perf_counter()
+        self.extractor = (extractor_factory or load_extractor)(self.cfg)
+        self.extract_batch.set_max_batch_size(self.cfg.batching.max_batch_size)
+        self.extract_batch.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
+        self.batch_size = Histogram("giellm_batch_size", boundaries=BATCH_BOUNDS,
+                                    description="Texts per model batch (dynamic batching).")
+        self.batch_ms = Histogram("giellm_batch_latency_ms", boundaries=LATENCY_BOUNDS_MS,
+                                  description="Wall time of one model batch (generate + parse).")
+        self.tokens = Counter("giellm_generated_tokens", description="Tokens generated.")
+        self.output_errors = Counter("giellm_output_errors",
+                                     description="Texts whose output did not parse or failed.")
+        self.counts = {"batches": 0, "texts": 0, "largest_batch": 0, "output_errors": 0}
+        logger.info("model %s loaded in %.1f s (max_batch_size=%d, wait=%.3f s)",
+                    self.cfg.served_model_name, time.perf_counter() - started,
+                    self.cfg.batching.max_batch_size, self.cfg.batching.batch_wait_timeout_s)
+
+    def _run(self, rows: list[dict]) -> list[dict]:
+        try:
+            return self.extractor.extract([{"text": r["text"], "dataset": r["dataset"]}
+                                           for r in rows])
+        except Exception as exc:  # the Extractor should never raise; keep the 200 contract if it does
+            logger.exception("extractor failed on a batch of %d", len(rows))
+            error = f"extractor error: {type(exc).__name__}: {exc}"
+            return [{"prediction": None, "pred_tl_label": None, "pred_items": None,
+                     "error": error, "num_generated_tokens": 0} for _ in rows]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def extract_batch(self, rows: list[dict]) -> list[dict]:
+        started = time.perf_counter()
+        outs = await asyncio.to_thread(self._run, rows)
+        self.batch_size.observe(len(rows))
+        self.batch_ms.observe((time.perf_counter() - started) * 1000.0)
+        tokens = sum(int(o.get("num_generated_tokens") or 0) for o in outs)
+        if tokens:
+            self.tokens.inc(tokens)
+        errors = sum(1 for o in outs if o.get("error"))
+        self.counts["batches"] += 1
+        self.counts["texts"] += len(rows)
+        self.counts["largest_batch"] = max(self.counts["largest_batch"], len(rows))
+        self.counts["output_errors"] += errors
+        if errors:
+            self.output_errors.inc(errors)
+        logger.info("batch of %d (request ids %s) in %.1f ms", len(rows),
+                    ",".join(sorted({r.get("request_id") or "-" for r in rows})[:8]),
+                    (time.perf_counter() - started) * 1000.0)
+        return outs
+
+    async def extract(self, row: dict) -> dict:
+        """One text (``{text, dataset, request_id}``) → one Extractor output row."""
+        return await self.extract_batch(row)
+
+    def stats(self) -> dict:
+        """This replica's batching in force and its counters (for tests, benchmarks, operators)."""
+        return {"max_batch_size": self.extract_batch._get_max_batch_size(),
+                "batch_wait_timeout_s": self.extract_batch._get_batch_wait_timeout_s(),
+                **self.counts}
+
+
+@serve.deployment(name="ExtractIngress")
+@serve.ingress()
+class ExtractIngress:
+    """HTTP front: validation, request ids, latency metrics; forwards texts to the model."""
+
+    def __init__(self, config: dict, model: DeploymentHandle) -> None:
+        self.cfg = ServeConfig.model_validate(config)
+        self.registry = load_registry(self.cfg)
+        self.model = model
+        self.latency = Histogram("giellm_request_latency_ms", boundaries=LATENCY_BOUNDS_MS,
+                                 description="Extraction latency per HTTP request.",
+                                 tag_keys=("route",))
+        self.texts = Counter("giellm_texts", description="Texts extracted.", tag_keys=("route",))
+
+    def __serve_build_asgi_app__(self):
+        return build_http_app(self.registry, self.cfg.http, self.cfg.served_model_name,
+                              self._extract, self._observe)
+
+    async def _extract(self, rows: list[dict]) -> list[dict]:
+        return list(await asyncio.gather(*(self.model.extract.remote(r) for r in rows)))
+
+    def _observe(self, route: str, latency_ms: float, n_texts: int) -> None:
+        self.latency.observe(latency_ms, tags={"route": route})
+        self.texts.inc(n_texts, tags={"route": route})
