@@ -70,7 +70,7 @@ def _usable(batch: pa.RecordBatch) -> list[str | None]:
     names = batch.column(DATASET).to_pylist()
     errors = batch.column(ERROR).to_pylist() if ERROR in batch.schema.names else [None] * len(names)
     targets = batch.column(TARGET).to_pylist()
-    return [n if e is None and t is not None else None for n, e, t in zip(names, errors, targets)]
+    return [n if e is None and t is not None else None for n, e, t in zip(names, errors, targets, strict=True)]
 
 
 def _conform(batch: pa.RecordBatch) -> pa.Table:
@@ -117,7 +117,7 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
         names = batch.column(DATASET).to_pylist()
         usable = _usable(batch)
         available.update(n for n in usable if n is not None)
-        excluded.update(n for n, u in zip(names, usable) if u is None)
+        excluded.update(n for n, u in zip(names, usable, strict=True) if u is None)
     known = set(DEFAULT_REGISTRY) | set(available) | set(excluded)
     for name in [*sizes, *test_sizes]:
         if name not in known:

@@ -36,7 +36,14 @@ from giellm_ray.data.pos import PosConfig, PosTagger, Token
 from giellm_ray.data.progress import Progress
 from giellm_ray.data.sink import ParquetSink, safe_name
 from giellm_ray.data.tables import ROW, ROW_ERROR, iter_chunks
-from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, TaskSpec, make_item, render
+from giellm_ray.formats import (
+    DEFAULT_REGISTRY,
+    TaskRegistry,
+    TaskSpec,
+    make_item,
+    normalize_items,
+    render,
+)
 
 SCPOS_TASKS = ("SCPOS:RW", "SCPOS:N", "SCPOS:Adj", "SCPOS:N&Adj")
 
@@ -113,7 +120,9 @@ def build_rows(chunk: list[dict], text_col: str, label_col: str, tasks: list[Tas
             row = {"id": f"{safe_name(task.name).lower()}-{rec[ROW]}", "dataset": task.name,
                    "text": text, "tl_label": tl, "items": [], "error": error}
             if error is None:
-                row["items"] = extract_items(tokens, task_pos(task, cfg.pos), lexicon, cfg.pos)
+                # stored as the target writes them: de-duplicated, cp932-sorted
+                row["items"] = normalize_items(
+                    extract_items(tokens, task_pos(task, cfg.pos), lexicon, cfg.pos), task)
                 try:
                     row["prompt"], row["target"] = render(row, registry)
                 except ValueError as exc:
