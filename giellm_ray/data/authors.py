@@ -13,7 +13,7 @@ Everything task-specific comes FROM THE DATA, in a first pass: the instruction w
 inventory from the prompt's tail (the most common ``<l1>…<lN>`` per IW, in the data's order),
 the WL labels from the first item of each target (the first ``:LABEL;`` is unambiguous even when
 spans contain separators), a ``:X;``-only item section as the none marker, and for TCREE (or any
-base task with relation labels) relation labels from ``:HEAD;REL;TAIL``. The dataset name is
+base task with relation labels) relation labels from every ``:HEAD;REL;TAIL``. The dataset name is
 ``--dataset`` or inferred from the IW (固有表現抽出 → SCNM, ...). The learned
 :class:`~giellm_ray.formats.TaskRegistry` is written beside the Parquet as ``tasks.json``.
 
@@ -42,7 +42,7 @@ PAIR_KEYS = (("input", "output"), ("source", "target"), ("prompt", "target"),
 EXTRA_IWS = {"イベント抽出": "TCREE"}
 _TAIL = re.compile(r"((?:<[^<>]+>)+)([^<>]+)$", re.S)
 _FIRST_PAIR = re.compile(r":([^:;<>]+);")
-_FIRST_REL = re.compile(r":[^:;]+;([^:;<>]+);")
+_REL = re.compile(r":[^:;]+;([^:;<>]+);")
 EXPECTED_CSV = ("one `SOURCE,,TARGET` column per line, or a header naming input,output / "
                 "source,target / prompt,target / prompt,completion")
 
@@ -154,8 +154,8 @@ def learn_tasks(path: str, dataset: str | None = None,
             none_markers[iw][m.group(1)] += 1
         elif m:
             firsts[iw].append(m.group(1))
-        if m := _FIRST_REL.match(rest):
-            rel_firsts[iw].append(m.group(1))
+        # relation items `:HEAD;REL;TAIL`: heads have no ':'/';' (the parser assumes so too)
+        rel_firsts[iw].extend(_REL.findall(rest))
     if not inventories:
         raise ValueError(f"{path}: no records found; expected {EXPECTED_CSV} (or JSON)")
     if dataset and len(inventories) > 1:
