@@ -1,0 +1,54 @@
+"""Registers ``giellm score --model PATH --input PATH... --output PATH [--config YAML] [--set k=v]``.
+
+Argparse only; the Ray pipeline is imported inside the handler so ``giellm --help`` stays instant.
+``jobs/score.py`` calls the same handler through ``giellm_ray.cli.main``.
+"""
+
+from __future__ import annotations
+
+
+def build_config(args):
+    """The resolved ``ScoreConfig``: YAML, then ``--set`` overrides, then the explicit flags."""
+    from giellm_ray.config import load_config
+    from giellm_ray.infer.config import ScoreConfig
+
+    cfg = load_config(ScoreConfig, args.config, args.overrides or ())
+    if args.model:
+        cfg.model.name_or_path = args.model
+    if args.input:
+        cfg.input = list(args.input)
+    if args.output:
+        cfg.output = args.output
+    return cfg
+
+
+def _run(args) -> int:
+    import json
+
+    from giellm_ray.infer.driver import run_score
+
+    summary = run_score(build_config(args))
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, ensure_ascii=False))
+    if "metrics" in summary:
+        from giellm_ray.metrics import markdown_table
+
+        print(markdown_table(summary["metrics"]))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "score",
+        help="bulk extraction over Parquet with Ray Data (local or s3://), metrics if targets",
+        description="Score Parquet rows (columns dataset and text or prompt) with a model in a "
+        "Ray Data actor pool. Writes OUTPUT/*.parquet (input columns + prediction, pred_tl_label, "
+        "pred_items, error, num_generated_tokens), OUTPUT/_SUCCESS, _score.json, _config.yaml and, "
+        "when the input has targets, OUTPUT/_metrics/.",
+    )
+    p.add_argument("--model", default=None, help="model dir, s3:// prefix or hub id")
+    p.add_argument("--input", nargs="+", default=None, help="Parquet file(s) or directories")
+    p.add_argument("--output", default=None, help="output directory (local or s3://)")
+    p.add_argument("--config", default=None, help="ScoreConfig YAML (jobs/configs/score/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set num_actors=4 (repeatable)")
+    p.set_defaults(handler=_run)

@@ -1,0 +1,55 @@
+"""``ScoreConfig``: everything ``giellm score`` / ``jobs/score.py`` needs, typed and strict.
+
+The same file runs on the 2-core CPU box (fractional CPUs per actor so Ray Data's read and write
+tasks still get a core) and on a GPU cluster (one GPU per actor); see ``jobs/configs/score/``.
+Load with ``giellm_ray.config.load_config(ScoreConfig, path, overrides)``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from giellm_ray.config import StrictModel
+from giellm_ray.infer.engine import GenerationConfig
+from giellm_ray.model.loader import ModelConfig
+
+
+class ScoreConfig(StrictModel):
+    """A bulk scoring job: inputs, model, actor pool, generation and output."""
+
+    input: list[str] = Field(default_factory=list)
+    """Parquet files or directories (local or ``s3://``); ``--input`` replaces this list."""
+    output: str | None = None
+    """Output directory (local or ``s3://``); ``--output`` replaces it."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Model to load in every actor; ``--model`` sets ``model.name_or_path``."""
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    """Engine batching and the global ``max_new_tokens`` cap."""
+    constrained: bool = True
+    """Decode under the task's format constraint (``giellm_ray.decoding``) where available."""
+    tasks: str | None = None
+    """A ``tasks.json`` (registry learned from data); ``None``: the default registry."""
+    num_actors: int = 2
+    """Inference actors in the pool; each loads the model once."""
+    num_cpus_per_actor: float = 0.5
+    """CPUs reserved per actor; keep below 1 on small CPU machines (read/write tasks need some)."""
+    num_gpus_per_actor: float = 0
+    """GPUs per actor (1 on a GPU cluster)."""
+    torch_threads: int | None = None
+    """Intra-op threads per actor; ``None``: ``max(1, round(num_cpus_per_actor))``."""
+    batch_size: int = 256
+    """Rows handed to an actor per call (the engine batches within it)."""
+    rows_per_block: int = 256
+    """Streaming repartition: blocks of at most this many rows, so every actor gets work."""
+    rows_per_file: int | None = None
+    """Minimum rows per output file (``None``: one file per block)."""
+    s3_endpoint_url: str | None = None
+    """S3 endpoint (e.g. a local moto server); ``None``: ``AWS_ENDPOINT_URL`` or AWS itself."""
+    ray_address: str | None = None
+    """Ray cluster to join; ``None``: the current one, else ``RAY_ADDRESS``, else a local one."""
+    progress_interval_s: float = 10.0
+    """Seconds between progress lines (rows done / total, rows/s); 0 turns them off."""
+    progress_bars: bool = True
+    """Ray Data's own progress bars."""
+    metrics: bool = True
+    """Write the metrics report (``OUTPUT/_metrics``) when the input has a ``target`` column."""

@@ -1,0 +1,73 @@
+"""Progress a person can follow on a long scoring run, and the engine counters behind the report.
+
+Each inference actor reports rows, generated tokens and engine-stat deltas to one
+:class:`ProgressCounter` actor (0 CPU); :class:`ProgressPrinter` (a driver thread) prints
+``rows done / total, rows/s, tokens/s, ETA`` every few seconds and the driver reads the totals for
+``_score.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+STAT_KEYS = ("rows", "prompt_tokens", "prompt_pad_tokens", "generated_tokens", "decode_steps",
+             "decode_slot_steps", "finished_slot_steps", "refills", "errors")
+
+
+class ProgressCounter:
+    """Sums what the actors report (run as a Ray actor with ``num_cpus=0``)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {"scored_rows": 0, "error_rows": 0}
+
+    def add(self, deltas: dict[str, int]) -> None:
+        for key, value in deltas.items():
+            self.totals[key] = self.totals.get(key, 0) + int(value)
+
+    def get(self) -> dict[str, int]:
+        return dict(self.totals)
+
+
+def derived(totals: dict[str, int]) -> dict[str, float]:
+    """Padding and finished-slot fractions from summed engine counters."""
+    pad, real = totals.get("prompt_pad_tokens", 0), totals.get("prompt_tokens", 0)
+    slots, wasted = totals.get("decode_slot_steps", 0), totals.get("finished_slot_steps", 0)
+    return {
+        "padding_fraction": pad / (pad + real) if pad + real else 0.0,
+        "waste_fraction": wasted / slots if slots else 0.0,
+    }
+
+
+class ProgressPrinter(threading.Thread):
+    """Prints a progress line every ``interval_s`` seconds until :meth:`stop`."""
+
+    def __init__(self, counter, total_rows: int, interval_s: float) -> None:
+        super().__init__(daemon=True, name="giellm-score-progress")
+        self.counter, self.total, self.interval = counter, total_rows, interval_s
+        self.start_time = time.monotonic()
+        self._stop = threading.Event()
+
+    def line(self, totals: dict[str, int]) -> str:
+        done = totals.get("scored_rows", 0)
+        secs = max(time.monotonic() - self.start_time, 1e-9)
+        rate = done / secs
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        pct = 100.0 * done / self.total if self.total else 100.0
+        return (f"score: {done}/{self.total} rows ({pct:.1f}%), {rate:.1f} rows/s, "
+                f"{totals.get('generated_tokens', 0) / secs:.0f} tok/s, "
+                f"errors {totals.get('error_rows', 0)}, eta {eta:.0f}s")
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                totals = self.counter.get.remote()
+                import ray
+
+                print(self.line(ray.get(totals, timeout=30)), file=sys.stderr, flush=True)
+            except Exception as exc:  # progress must never break the job
+                print(f"score: progress unavailable ({exc})", file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
