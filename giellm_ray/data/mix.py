@@ -29,6 +29,7 @@ import sys
 from collections import Counter, defaultdict
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from giellm_ray import io
 from giellm_ray.data.progress import Progress
@@ -109,11 +110,14 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
     files = _files(inputs)
     available: Counter[str] = Counter()
     excluded: Counter[str] = Counter()
-    for batch in _batches(files, None):
-        missing = [c for c in REQUIRED if c not in batch.schema.names]
+    for f in files:
+        fs, p = io.resolve(f)
+        found = pq.read_schema(fs.open_input_file(p)).names
+        missing = [c for c in REQUIRED if c not in found]
         if missing:
-            raise ValueError(f"missing column(s) {missing} in {files}; expected dataset Parquet "
-                             "written by `giellm data ...`")
+            raise ValueError(f"{f}: missing column(s) {missing}; expected dataset Parquet "
+                             f"written by `giellm data ...`, found columns {found}")
+    for batch in _batches(files, None):
         names = batch.column(DATASET).to_pylist()
         usable = _usable(batch)
         available.update(n for n in usable if n is not None)
@@ -171,7 +175,7 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
     train = pa.concat_tables(mixed) if mixed else DATASET_SCHEMA.empty_table()
     order = list(range(train.num_rows))
     random.Random(seed).shuffle(order)
-    io.write_parquet(train.take(order), io.join(output, "train.parquet"))
+    io.write_parquet(train.take(pa.array(order, pa.int64())), io.join(output, "train.parquet"))
     progress.done()
 
     per_dataset = {}
