@@ -16,7 +16,12 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from giellm_ray.decoding.grammar import INF, RowGrammar, States, TaskGrammar
-from giellm_ray.decoding.vocab import TrieNode, build_token_trie, token_bytes
+from giellm_ray.decoding.vocab import (
+    TrieNode,
+    build_token_trie,
+    drops_leading_space,
+    token_bytes,
+)
 from giellm_ray.formats.tasks import TaskRegistry, TaskSpec
 
 
@@ -88,6 +93,10 @@ class FormatConstraint:
                 break
         self.state = st
 
+    def tokens_needed(self) -> int:
+        """An upper bound on the tokens (EOS included) that finish the output from here."""
+        return INF if self.state is None else self.grammar.need(self.state) + 1
+
     def is_done(self) -> bool:
         if self.state is None:
             return True
@@ -106,6 +115,7 @@ class FormatConstraintFactory:
             raise ValueError("the tokenizer has no EOS token; constrained decoding needs one")
         self.eos_id = int(eos)
         self.max_span_bytes = max_span_bytes
+        self.lead_space = drops_leading_space(tokenizer, self.table)
         self._tasks: dict[TaskSpec, TaskGrammar] = {}
         for task in (registry or {}).values():
             self._grammar(task)
@@ -113,12 +123,25 @@ class FormatConstraintFactory:
     def _grammar(self, task: TaskSpec) -> TaskGrammar:
         g = self._tasks.get(task)
         if g is None:
-            g = self._tasks[task] = TaskGrammar(task)
+            g = self._tasks[task] = TaskGrammar(task, self.min_tokens)
         return g
+
+    def min_tokens(self, data: bytes) -> int:
+        """Fewest vocabulary tokens that spell ``data`` (INF if none do)."""
+        best = [INF] * len(data) + [0]
+        for i in range(len(data) - 1, -1, -1):
+            node = self.trie
+            for j in range(i, len(data)):
+                node = node.children.get(data[j])
+                if node is None:
+                    break
+                if node.ids and best[j + 1] + 1 < best[i]:
+                    best[i] = best[j + 1] + 1
+        return best[0]
 
     def for_row(self, text: str, task: TaskSpec,
                 max_new_tokens: int | None = None) -> FormatConstraint:
         """A fresh constraint; ``max_new_tokens`` (default the task's) must match the engine's."""
         budget = task.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
-        row = RowGrammar(self._grammar(task), text or "", self.max_span_bytes)
+        row = RowGrammar(self._grammar(task), text or "", self.max_span_bytes, self.lead_space)
         return FormatConstraint(row, self.trie, self.table, self.eos_id, budget)

@@ -10,14 +10,15 @@ Spans are non-empty, start and end on a character boundary, hold at most ``max_s
 never contain ``;`` (heads also no ``:``, and a head may not equal a label): with those rules
 ``parse`` reads back exactly the items written, since it only splits at ``:LABEL;`` / ``:HEAD;REL;``.
 
-``need(state)`` is the fewest bytes that reach an accepting state; every byte of the format and
-the text has a single-byte token in byte-level vocabularies, so it bounds the tokens still needed
-and lets the constraint close the output before a token budget runs out.
+``need(state)`` bounds the tokens still needed to reach an accepting state: literal parts cost
+their shortest tokenization (``cost``, computed by the factory over the vocabulary), span parts
+their bytes (every byte has a single-byte token in byte-level vocabularies; SentencePiece pieces
+are whole characters). It lets the constraint close the output before a token budget runs out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from giellm_ray.formats.tasks import TaskSpec
 
@@ -33,7 +34,8 @@ class ByteTrie:
     def __init__(self, words: Iterable[tuple[bytes, str]]) -> None:
         self.children: list[dict[int, int]] = [{}]
         self.tag: list[str | None] = [None]
-        for word, tag in words:
+        self.words = list(words)
+        for word, tag in self.words:
             node = 0
             for b in word:
                 nxt = self.children[node].get(b)
@@ -45,21 +47,24 @@ class ByteTrie:
                 node = nxt
             self.tag[node] = tag
 
-    def rest(self, tag: str) -> list[int]:
-        """Per node: fewest bytes to a terminal tagged ``tag`` (INF if none below)."""
+    def rest(self, tag: str, cost: Callable[[bytes], int] = len) -> list[int]:
+        """Per node: fewest tokens (``cost`` of the rest; default bytes) to a ``tag`` terminal."""
         out = [INF] * len(self.children)
-        for node in range(len(self.children) - 1, -1, -1):  # children have larger ids
-            best = 0 if self.tag[node] == tag else INF
-            for child in self.children[node].values():
-                best = min(best, out[child] + 1)
-            out[node] = best
+        for word, word_tag in self.words:
+            if word_tag != tag:
+                continue
+            node = 0
+            for depth in range(len(word) + 1):
+                out[node] = min(out[node], cost(word[depth:]))
+                if depth < len(word):
+                    node = self.children[node][word[depth]]
         return out
 
 
 class TaskGrammar:
     """Per-task literal tries: ``<TL>IW``, ``:LABEL;`` (with/without the none marker), ``;REL;``."""
 
-    def __init__(self, task: TaskSpec) -> None:
+    def __init__(self, task: TaskSpec, cost: Callable[[bytes], int] = len) -> None:
         self.task = task
         iw = task.instruction.encode("utf-8")
         self.prefix = ByteTrie((f"<{t}>".encode() + iw, "end") for t in task.tl_labels)
@@ -68,9 +73,9 @@ class TaskGrammar:
         self.labels = (ByteTrie(wl + none), ByteTrie(wl))  # from "begin", from "after an item"
         self.relations = ByteTrie((f";{r};".encode(), "rel") for r in task.relation_labels)
         self.has_relations = bool(task.relation_labels)
-        self.prefix_rest = self.prefix.rest("end")
-        self.label_rest = tuple((t.rest("wl"), t.rest("none")) for t in self.labels)
-        self.rel_rest = self.relations.rest("rel")
+        self.prefix_rest = self.prefix.rest("end", cost)
+        self.label_rest = tuple((t.rest("wl", cost), t.rest("none", cost)) for t in self.labels)
+        self.rel_rest = self.relations.rest("rel", cost)
         names = [*task.wl_labels, *([task.none_marker] if task.none_marker else [])]
         self.head_forbidden = {n.encode("utf-8") for n in names}
 
@@ -78,7 +83,8 @@ class TaskGrammar:
 class RowGrammar:
     """The automaton for one row: :class:`TaskGrammar` plus the row's text bytes."""
 
-    def __init__(self, grammar: TaskGrammar, text: str, max_span_bytes: int = 256) -> None:
+    def __init__(self, grammar: TaskGrammar, text: str, max_span_bytes: int = 256,
+                 lead_space: bool = False) -> None:
         self.g = grammar
         self.text = tb = text.encode("utf-8")
         self.n = n = len(tb)
@@ -97,7 +103,8 @@ class RowGrammar:
             p = q
         self.first_w = {b: tuple(v) for b, v in first.items()}
         self.first_h = {b: v for b, v in self.first_w.items() if b != COLON}
-        self.start = self.closure([("P", 0)])
+        # SentencePiece decoders drop the first token's leading space ("▁<社会>" reads "<社会>").
+        self.start = self.closure([("P", 0)] + ([("Z",)] if lead_space else []))
 
     # -- transitions ---------------------------------------------------------------------------
     def closure(self, states: Iterable[State]) -> States:
@@ -138,6 +145,8 @@ class RowGrammar:
         if kind == "P":
             c = g.prefix.children[s[1]].get(b)
             return [("P", c)] if c is not None else []
+        if kind == "Z":
+            return [("P", 0)] if b == 0x20 else []
         if kind in ("B", "A"):
             if b != COLON:
                 return []
@@ -174,6 +183,8 @@ class RowGrammar:
                 out.update(g.prefix.children[s[1]])
             elif kind in ("B", "A"):
                 out.add(COLON)
+            elif kind == "Z":
+                out.add(0x20)
             elif kind == "L":
                 out.update(g.labels[s[1]].children[s[2]])
             elif kind == "R":
@@ -191,6 +202,8 @@ class RowGrammar:
         rel_min = g.rel_rest[0] + mc
         if kind in ("A", "D"):
             return 0
+        if kind == "Z":
+            return INF
         if kind == "B":
             return self._need_items(0)
         if kind == "P":
@@ -219,5 +232,5 @@ class RowGrammar:
         return best
 
     def need(self, states: States) -> int:
-        """Fewest bytes from ``states`` to an accepting state (INF if unreachable)."""
+        """An upper bound on the tokens from ``states`` to an accepting state (INF: none)."""
         return min((self._need_one(s) for s in states), default=INF)
