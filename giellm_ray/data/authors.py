@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from giellm_ray import io
 from giellm_ray.data.progress import Progress
 from giellm_ray.data.sink import ParquetSink, safe_name
-from giellm_ray.data.tables import _json_records
+from giellm_ray.data.tables import json_records
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, TaskSpec, learn_task, parse
 
 PAIR_KEYS = (("input", "output"), ("source", "target"), ("prompt", "target"),
@@ -96,7 +96,7 @@ def _csv_pairs(path: str) -> Iterator[tuple[int, str, str]]:
 
 def _json_pairs(path: str) -> Iterator[tuple[int, str, str]]:
     keys = None
-    for n, (rec, error) in enumerate(_json_records(path), start=1):
+    for n, (rec, error) in enumerate(json_records(path), start=1):
         if error:
             raise ValueError(f"{path}: record {n}: {error}; expected JSON objects with "
                              "input/output-like keys")

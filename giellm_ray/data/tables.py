@@ -93,7 +93,7 @@ def _csv_chunks(path: str, columns: list[str], chunk_size: int, delimiter: str):
         raise ValueError(f"{path}: not a readable CSV file: {msg}") from None
 
 
-def _json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
+def json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
     """``(record, error)`` per JSON Lines line, or per element of a top-level JSON array."""
     lines = io.open_text_lines(path)
     first = None
@@ -132,7 +132,7 @@ def _json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
 
 def _json_chunks(path: str, columns: list[str], chunk_size: int):
     pending: list[dict] = []
-    for row, (rec, error) in enumerate(_json_records(path)):
+    for row, (rec, error) in enumerate(json_records(path)):
         if row == 0 and rec is not None:
             _missing(path, columns, list(rec))
         out = {c: _as_str(rec.get(c)) if rec else None for c in columns}
