@@ -49,6 +49,13 @@ class BatchingConfig(StrictModel):
     """Most requests decoded together; 1 turns batching off."""
     batch_wait_timeout_s: float = Field(0.01, ge=0.0)
     """How long the first request of a batch waits for others to join."""
+    max_concurrent_batches: int | None = Field(None, ge=1)
+    """Serve batches that may wait for the model at once; they are merged (up to
+    ``max_batch_size`` rows) when it is free, see ``serve/coalescer.py``. ``None``:
+    ``2 * max_batch_size``, enough for a running and a full waiting batch of 1-row fragments.
+    Serve logs a warning that ``max_batch_size * max_concurrent_batches`` exceeds
+    ``max_ongoing_requests``; with the coalescer that product is not the batch size, so ignore it.
+    Measured (8 fragments vs 64, 32 clients): mean model batch 5.3 vs 16, 15.7 vs 24.8 req/s."""
 
 
 class ReplicaConfig(StrictModel):
@@ -117,6 +124,14 @@ class ServeConfig(StrictModel):
             raise ValueError("replica.max_ongoing_requests must be at least "
                              "batching.max_batch_size, or batches never fill")
         return self
+
+    @property
+    def concurrent_batches(self) -> int:
+        """The ``max_concurrent_batches`` given to ``@serve.batch``."""
+        b = self.batching
+        if b.max_concurrent_batches is not None:
+            return b.max_concurrent_batches
+        return max(2, 2 * b.max_batch_size)
 
     @property
     def served_model_name(self) -> str:

@@ -2,9 +2,10 @@
 
 ``ExtractorModel`` holds one :class:`giellm_ray.infer.extractor.Extractor` (the same prompt →
 generate → parse → ground code as bulk scoring) built by an injectable ``extractor_factory`` and
-answers single rows through ``@serve.batch``: concurrent requests are gathered (up to
-``batching.max_batch_size``, waiting at most ``batching.batch_wait_timeout_s``) and decoded as one
-engine batch in a worker thread, so the replica's event loop keeps accepting requests meanwhile.
+answers single rows through ``@serve.batch``: concurrent requests are gathered (waiting at most
+``batching.batch_wait_timeout_s``), merged by a :class:`Coalescer` while the model is busy, and
+decoded as one engine batch of up to ``batching.max_batch_size`` rows in a worker thread, so the
+replica's event loop keeps accepting requests meanwhile.
 ``ExtractIngress`` validates HTTP requests (``giellm_ray.serve.http``) and fans texts out to the
 model deployment's handle, so batching works across HTTP requests and model replicas autoscale on
 their own. Both record Serve metrics (request latency, batch size, generated tokens, output
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +25,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
+from giellm_ray.serve.coalescer import Coalescer
 from giellm_ray.serve.config import ServeConfig, load_registry
 from giellm_ray.serve.http import build_http_app
 
@@ -42,27 +45,36 @@ def load_extractor(cfg: ServeConfig):
 
 @serve.deployment(name="ExtractorModel")
 class ExtractorModel:
-    """One model replica; ``extract(row)`` is batched with other concurrent calls."""
+    """One model replica; ``extract(row)`` is batched with other concurrent calls.
+
+    ``@serve.batch`` (built here from ``batching``) gathers concurrent calls for up to
+    ``batch_wait_timeout_s``; the :class:`Coalescer` behind it merges the batches that formed while
+    the model was busy, so one generate call sees up to ``max_batch_size`` rows.
+    """
 
     def __init__(self, config: dict, extractor_factory: ExtractorFactory | None = None) -> None:
         self.cfg = ServeConfig.model_validate(config)
         started = time.perf_counter()
         self.extractor = (extractor_factory or load_extractor)(self.cfg)
-        self.extract_batch.set_max_batch_size(self.cfg.batching.max_batch_size)
-        self.extract_batch.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
+        b = self.cfg.batching
+        self.coalescer = Coalescer(self._run, b.max_batch_size, after=self._record)
+        self.extract_batch = serve.batch(
+            max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s,
+            max_concurrent_batches=self.cfg.concurrent_batches)(self._serve_batch)
         self.batch_size = Histogram("giellm_batch_size", boundaries=BATCH_BOUNDS,
-                                    description="Texts per model batch (dynamic batching).")
+                                    description="Texts per model call (after batching).")
         self.batch_ms = Histogram("giellm_batch_latency_ms", boundaries=LATENCY_BOUNDS_MS,
-                                  description="Wall time of one model batch (generate + parse).")
+                                  description="Wall time of one model call (generate + parse).")
         self.tokens = Counter("giellm_generated_tokens", description="Tokens generated.")
         self.output_errors = Counter("giellm_output_errors",
                                      description="Texts whose output did not parse or failed.")
         self.counts = {"batches": 0, "texts": 0, "largest_batch": 0, "output_errors": 0}
         logger.info("model %s loaded in %.1f s (max_batch_size=%d, wait=%.3f s)",
                     self.cfg.served_model_name, time.perf_counter() - started,
-                    self.cfg.batching.max_batch_size, self.cfg.batching.batch_wait_timeout_s)
+                    b.max_batch_size, b.batch_wait_timeout_s)
 
     def _run(self, rows: list[dict]) -> list[dict]:
+        """One model call (in a worker thread, so the event loop keeps taking requests)."""
         try:
             return self.extractor.extract([{"text": r["text"], "dataset": r["dataset"]}
                                            for r in rows])
@@ -72,26 +84,25 @@ class ExtractorModel:
             return [{"prediction": None, "pred_tl_label": None, "pred_items": None,
                      "error": error, "num_generated_tokens": 0} for _ in rows]
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def extract_batch(self, rows: list[dict]) -> list[dict]:
-        started = time.perf_counter()
-        outs = await asyncio.to_thread(self._run, rows)
+    def _record(self, rows: list[dict], outs: list[dict], seconds: float) -> None:
         self.batch_size.observe(len(rows))
-        self.batch_ms.observe((time.perf_counter() - started) * 1000.0)
+        self.batch_ms.observe(seconds * 1000.0)
         tokens = sum(int(o.get("num_generated_tokens") or 0) for o in outs)
         if tokens:
             self.tokens.inc(tokens)
         errors = sum(1 for o in outs if o.get("error"))
+        if errors:
+            self.output_errors.inc(errors)
         self.counts["batches"] += 1
         self.counts["texts"] += len(rows)
         self.counts["largest_batch"] = max(self.counts["largest_batch"], len(rows))
         self.counts["output_errors"] += errors
-        if errors:
-            self.output_errors.inc(errors)
-        logger.info("batch of %d (request ids %s) in %.1f ms", len(rows),
+        logger.info("model call on %d text(s) (request ids %s) in %.1f ms", len(rows),
                     ",".join(sorted({r.get("request_id") or "-" for r in rows})[:8]),
-                    (time.perf_counter() - started) * 1000.0)
-        return outs
+                    seconds * 1000.0)
+
+    async def _serve_batch(self, rows: list[dict]) -> list[dict]:
+        return await self.coalescer.submit(rows)
 
     async def extract(self, row: dict) -> dict:
         """One text (``{text, dataset, request_id}``) → one Extractor output row."""
@@ -101,6 +112,8 @@ class ExtractorModel:
         """This replica's batching in force and its counters (for tests, benchmarks, operators)."""
         return {"max_batch_size": self.extract_batch._get_max_batch_size(),
                 "batch_wait_timeout_s": self.extract_batch._get_batch_wait_timeout_s(),
+                "max_concurrent_batches": self.cfg.concurrent_batches,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                 **self.counts}
 
 
