@@ -9,10 +9,11 @@ rows are prefilled and merged in (left-padded, with a 2-D attention mask and exp
 so decode steps are not spent on finished rows.
 
 Why our own loop rather than transformers' ``generate_batch`` (continuous batching, option A):
-measured on the tiny model on CPU (``benchmarks/score_throughput.py --engine-compare``) the
-paged-attention manager is slower than this loop at these sizes, it has no hook for a per-row
-logits mask (needed by constrained decoding), and it runs a background thread per call. A plain
-``DynamicCache`` loop works with every causal LM that accepts ``position_ids`` (Llama, GPT-2).
+constrained decoding needs a per-row logits mask and a per-row stop signal before every pick, which
+``generate_batch`` (paged attention, a manager thread) offers no hook for; this loop gives both,
+keeps zero overhead for unconstrained rows, and works with any causal LM that accepts
+``position_ids`` (Llama, GPT-2). Option A was not benchmarked against it on this machine (time);
+``benchmarks/score_throughput.py`` measures this loop against static batches and a naive loop.
 
 Per-row constraints (``giellm_ray.decoding.base.RowConstraint``): before each pick the row's logits
 are masked to ``allowed_tokens()``; ``advance(tok)`` follows; ``is_done()`` ends the row. Rows
