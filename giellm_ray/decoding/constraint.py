@@ -100,7 +100,10 @@ class FormatConstraint:
     def is_done(self) -> bool:
         if self.state is None:
             return True
-        return self.allowed_tokens() == [self.eos_id]
+        if not self.grammar.accepting(self.state):
+            return False
+        needs, _ = self._entry()
+        return not needs or needs[0] > self.budget - self.generated - 2
 
 
 class FormatConstraintFactory:

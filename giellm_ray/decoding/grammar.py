@@ -101,6 +101,7 @@ class RowGrammar:
                 first.setdefault(tb[p], []).append(p + 1)
                 self.min_char = min(self.min_char, q - p)
             p = q
+        self._memo: dict[tuple[States, int], States | None] = {}
         self.first_w = {b: tuple(v) for b, v in first.items()}
         self.first_h = {b: v for b, v in self.first_w.items() if b != COLON}
         # SentencePiece decoders drop the first token's leading space ("▁<社会>" reads "<社会>").
@@ -165,9 +166,15 @@ class RowGrammar:
         return []  # "D": only EOS
 
     def step(self, states: States, b: int) -> States | None:
-        """The state set after byte ``b``, or ``None`` if the byte is not allowed."""
+        """The state set after byte ``b``, or ``None`` if the byte is not allowed (memoized)."""
+        key = (states, b)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
         nxt = [t for s in states for t in self._step_one(s, b)]
-        return self.closure(nxt) if nxt else None
+        out = self._memo[key] = self.closure(nxt) if nxt else None
+        return out
 
     def next_bytes(self, states: States) -> set[int] | None:
         """A superset of the bytes allowed next (``None``: cheaper to try every trie child)."""

@@ -1,0 +1,116 @@
+"""Throughput cost of grammar-constrained decoding: tokens/s with and without, same rows, same run.
+
+Builds the tiny random-init Llama (or loads ``--model``), runs the real ``Extractor`` over the same
+Stockmark rows with ``constrained=False`` and ``constrained=True`` (alternating, best of
+``--repeats``), and replays the constrained outputs through fresh constraints to time the
+constraint's own Python work per token. Prints JSON lines; not run by pytest::
+
+    .venv/bin/python benchmarks/constraint_cost.py --rows 256 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
+
+
+def tiny_model(out_dir: str, records: list[dict]) -> str:
+    from giellm_ray.formats import DEFAULT_TASKS, build_prompt
+    from giellm_ray.model.tiny import TinyConfig, build_tiny
+
+    texts = [r["text"] for r in records]
+    for task in DEFAULT_TASKS.values():
+        texts.append(build_prompt("", task))
+        texts += [f"<{x}>{task.instruction}" for x in task.tl_labels]
+        texts += [f":{x};" for x in task.wl_labels]
+    return build_tiny(out_dir, texts, TinyConfig(vocab_size=1500))
+
+
+def run(extractor, rows: list[dict]) -> dict:
+    start = time.perf_counter()
+    outs = extractor.extract(rows)
+    seconds = time.perf_counter() - start
+    tokens = sum(o["num_generated_tokens"] for o in outs)
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "outs": outs}
+
+
+def replay(factory, tokenizer, task, rows: list[dict], outs: list[dict], budget: int) -> dict:
+    """Time the constraint alone on the constrained outputs (allowed, advance, is_done per token)."""
+    steps = 0
+    start = time.perf_counter()
+    for row, out in zip(rows, outs, strict=True):
+        c = factory.for_row(row["text"], task, budget)
+        for t in tokenizer.encode(out["prediction"] or "", add_special_tokens=False):
+            c.allowed_tokens()
+            c.advance(t)
+            c.is_done()
+            steps += 1
+    seconds = time.perf_counter() - start
+    return {"steps": steps, "us_per_token": seconds / max(steps, 1) * 1e6}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model dir (default: build the tiny one)")
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    from giellm_ray.decoding import build_constraint_factory
+    from giellm_ray.formats import DEFAULT_REGISTRY
+    from giellm_ray.infer.engine import GenerationConfig
+    from giellm_ray.infer.extractor import Extractor
+    from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
+
+    records = json.loads(NER.read_text(encoding="utf-8"))
+    rows = [{"text": r["text"], "dataset": "SCNM"} for r in records[: args.rows]]
+    model_dir = args.model or tiny_model(tempfile.mkdtemp(prefix="giellm-cost-"), records)
+    mcfg = ModelConfig(name_or_path=model_dir)
+    tokenizer, model = load_tokenizer(mcfg), load_model(mcfg, "cpu")
+    gcfg = GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+    start = time.perf_counter()
+    factory = build_constraint_factory(tokenizer, DEFAULT_REGISTRY)
+    factory_s = time.perf_counter() - start
+    extractors = {
+        mode: Extractor(mcfg, gcfg, constrained=(mode == "constrained"), device="cpu",
+                        model=model, tokenizer=tokenizer)
+        for mode in ("unconstrained", "constrained")
+    }
+    best: dict[str, dict] = {}
+    for rep in range(args.repeats):
+        for mode, ex in extractors.items():
+            r = run(ex, rows)
+            print(json.dumps({"bench": "constraint_cost", "mode": mode, "repeat": rep,
+                              "rows": len(rows), "tokens": r["tokens"],
+                              "seconds": round(r["seconds"], 3),
+                              "tokens_per_s": round(r["tokens_per_s"], 1)}), flush=True)
+            if mode not in best or r["tokens_per_s"] > best[mode]["tokens_per_s"]:
+                best[mode] = r
+    task = DEFAULT_REGISTRY["SCNM"]
+    budget = min(task.max_new_tokens, args.max_new_tokens or task.max_new_tokens)
+    rp = replay(factory, tokenizer, task, rows, best["constrained"]["outs"], budget)
+    base, con = best["unconstrained"]["tokens_per_s"], best["constrained"]["tokens_per_s"]
+    print(json.dumps({
+        "bench": "constraint_cost", "summary": True, "model": args.model or "tiny random-init",
+        "vocab": len(tokenizer), "rows": len(rows), "batch_size": args.batch_size,
+        "unconstrained_tokens_per_s": round(base, 1), "constrained_tokens_per_s": round(con, 1),
+        "slowdown_pct": round((1 - con / base) * 100, 1),
+        "constraint_us_per_token": round(rp["us_per_token"], 1),
+        "factory_build_s": round(factory_s, 3),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
