@@ -1,0 +1,133 @@
+"""``TrainConfig``: everything a fine-tuning run needs, typed, documented, unknown keys rejected.
+
+Loaded from YAML plus ``--set k=v`` overrides by ``giellm train`` / ``jobs/train.py`` (see
+``jobs/configs/train/``). Defaults follow the paper's recipe (3 epochs, lr 1e-5, batch 1 per
+device); ``precision: auto`` means BF16 on GPU and FP32 on CPU. ``model.name_or_path: tiny``
+builds the tiny random-init Llama from the training corpus into the run directory. The
+single-task (MRE) comparison is the same recipe with ``data.train`` pointing at one task's
+Parquet (e.g. ``single/TCREE/train.parquet``) and another ``run_name``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from giellm_ray.config import StrictModel
+from giellm_ray.model.loader import ModelConfig
+from giellm_ray.model.tiny import TinyConfig
+
+
+class DataConfig(StrictModel):
+    """Where the training corpus lives (Parquet in the dataset schema: ``prompt``, ``target``)."""
+
+    train: str | None = None
+    """Training Parquet file or directory, local or ``s3://`` (required to run)."""
+    eval: str | None = None
+    """Held-out Parquet for evaluation at the end of each epoch; ``None`` skips evaluation."""
+    max_length: int = Field(1024, ge=8)
+    """Longest ``prompt + target + EOS`` in tokens."""
+    overlong: Literal["drop", "truncate_prompt_left"] = "drop"
+    """Over-long rows: drop them, or cut the prompt from the left (targets are never cut)."""
+    group_by_length: bool = True
+    """Batch rows of similar length together (less padding)."""
+    seed: int = 0
+    """Seed for shuffling and length grouping."""
+
+
+class EvalConfig(StrictModel):
+    """End-of-epoch evaluation on ``data.eval``: loss, and the paper's metrics via generation."""
+
+    metrics: Literal["auto", "on", "off"] = "auto"
+    """Greedy generation + foundation metrics; ``auto``: on when the eval set is ≤ ``auto_max_rows``."""
+    auto_max_rows: int = 2000
+    """Largest eval set for which ``metrics: auto`` generates."""
+    max_rows: int | None = None
+    """Generate for at most this many eval rows (``None``: all)."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Greedy decoding budget per row."""
+    batch_size: int = Field(8, ge=1)
+    """Rows per generation / eval-loss batch on each worker."""
+
+
+class FaultInjection(StrictModel):
+    """Test hook: one worker raises once at a given step so recovery can be tested."""
+
+    fail_at_step: int
+    """Global optimizer step after which the worker raises."""
+    marker: str
+    """File created when the failure fires; while it exists the hook stays quiet."""
+    rank: int = 1
+    """Which worker fails."""
+
+
+class TrainConfig(StrictModel):
+    """A full fine-tuning run on Ray Train with DeepSpeed."""
+
+    model: ModelConfig = ModelConfig()
+    """Base model to fine-tune (``tiny`` builds the tiny preset from the corpus)."""
+    tiny: TinyConfig = TinyConfig()
+    """Shape of the tiny model when ``model.name_or_path`` is ``tiny``."""
+    data: DataConfig = DataConfig()
+    """Training / eval data and tokenization policy."""
+    eval: EvalConfig = EvalConfig()
+    """End-of-epoch evaluation."""
+    run_name: str = "giellm-sft"
+    """Run directory name under ``storage_path``; checkpoints and the export go there."""
+    storage_path: str = "./runs"
+    """Where checkpoints and the exported model go: a local path or ``s3://bucket/prefix``."""
+    epochs: int = Field(3, ge=1)
+    """Passes over the training data."""
+    lr: float = Field(1e-5, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    per_device_batch_size: int = Field(1, ge=1)
+    """Micro-batch per worker."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step."""
+    warmup_ratio: float = Field(0.03, ge=0, le=1)
+    """Share of optimizer steps spent warming the learning rate up from 0."""
+    scheduler: Literal["warmup_decay", "warmup_cosine", "constant"] = "warmup_decay"
+    """LR schedule after warmup: linear decay to 0, cosine, or constant."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping (0 disables)."""
+    zero_stage: Literal[2, 3] = 3
+    """DeepSpeed ZeRO stage: 2 shards optimizer state + grads, 3 also the parameters."""
+    cpu_offload: bool = False
+    """Offload optimizer state (and parameters at stage 3) to CPU memory."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``auto``: bf16 on GPU, fp32 on CPU (DeepSpeed has no fp16 on CPU)."""
+    activation_checkpointing: bool = False
+    """Recompute activations in backward (HF ``gradient_checkpointing_enable``)."""
+    num_workers: int = Field(2, ge=1)
+    """Ray Train workers (one per GPU on GPU)."""
+    use_gpu: bool = False
+    """Put each worker on a GPU."""
+    resources_per_worker: dict[str, float] = {}
+    """Extra Ray resources per worker, e.g. ``{CPU: 8}``; empty uses Ray's default (1 CPU/GPU)."""
+    checkpoint_every_steps: int | None = None
+    """Also checkpoint every N optimizer steps (always at each epoch end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Keep the last K checkpoints in storage."""
+    max_failures: int = 2
+    """Worker-group restarts from the last checkpoint before the run fails (-1: unlimited)."""
+    resume_from: str | None = None
+    """A checkpoint directory (local or ``s3://``) to start from, e.g. an earlier run's last."""
+    log_every_steps: int = Field(10, ge=1)
+    """Log loss, learning rate and tokens/s on rank 0 every N optimizer steps."""
+    export: bool = True
+    """Write the final model in Hugging Face format (safetensors) with tokenizer and config."""
+    fault_injection: FaultInjection | None = None
+    """Tests only: make one worker fail once mid-training."""
+
+    def resolved_precision(self) -> str:
+        """``bf16`` or ``fp32`` after resolving ``auto``."""
+        if self.precision == "auto":
+            return "bf16" if self.use_gpu else "fp32"
+        return self.precision
+
+    def run_dir(self) -> str:
+        """``storage_path/run_name``."""
+        return self.storage_path.rstrip("/") + "/" + self.run_name

@@ -1,0 +1,120 @@
+"""End-of-epoch evaluation inside a training worker: held-out loss and the paper's metrics.
+
+Each worker takes every ``world_size``-th eval row (``rows[rank::world]``), computes the loss on
+its rows and greedily generates answers, then the counts from ``giellm_ray.metrics.count_rows``
+are gathered and merged on rank 0 (counts sum across shards). Every rank runs the same number of
+forward/generate calls (short shards repeat their last batch, results discarded) because ZeRO-3
+gathers parameters collectively; generation uses ``synced_gpus`` for the same reason.
+Greedy decoding uses ``giellm_ray.infer.engine.GenerationEngine`` when it exists and ZeRO < 3,
+else plain ``model.generate``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from giellm_ray.model.sft import IGNORE_INDEX, build_examples, collate
+
+
+def _padded_batches(n: int, batch_size: int, num_batches: int) -> list[tuple[list[int], bool]]:
+    """``num_batches`` index batches over ``n`` rows; extra ones repeat the last (``False``)."""
+    real = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    filler = real[-1] if real else []
+    return [(b, True) for b in real] + [(filler, False)] * (num_batches - len(real))
+
+
+def _max_over_ranks(value: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.long)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[float, int]:
+    """Summed target-token loss and target-token count on this worker's rows (all ranks sum)."""
+    import torch
+    import torch.distributed as dist
+
+    examples, _ = build_examples(((r["prompt"], r["target"]) for r in rows), tokenizer,
+                                 cfg.data.max_length, cfg.data.overlong)
+    bs = cfg.eval.batch_size
+    num = _max_over_ranks(math.ceil(len(examples) / bs))
+    total = torch.zeros(2, dtype=torch.float64)
+    engine.eval()
+    with torch.no_grad():
+        for idx, real in _padded_batches(len(examples), bs, num):
+            if not idx:
+                continue
+            batch = {k: v.to(device) for k, v in
+                     collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
+            logits = engine(input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction="sum")
+            if real:
+                total += torch.tensor([loss.item(), (labels != IGNORE_INDEX).sum().item()],
+                                      dtype=torch.float64)
+    engine.train()
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return float(total[0] / max(total[1], 1)), int(total[1])
+
+
+def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                    batch_size: int, num_batches: int, synced: bool, device) -> list[str]:
+    """Greedy answers for ``prompts``, running exactly ``num_batches`` generate calls."""
+    import torch
+
+    try:
+        if synced:
+            raise ImportError
+        from giellm_ray.infer.engine import GenerationConfig, GenerationEngine, GenerationRequest
+    except ImportError:
+        GenerationEngine = None
+    if GenerationEngine is not None and prompts:
+        engine = GenerationEngine(model, tokenizer, GenerationConfig())
+        results = engine.generate([GenerationRequest(prompt=p, max_new_tokens=max_new_tokens)
+                                   for p in prompts])
+        return [r.text for r in results]
+    out: list[str] = []
+    for idx, real in _padded_batches(len(prompts), batch_size, num_batches):
+        batch = [prompts[i] for i in idx] or [""]
+        enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, synced_gpus=synced,
+                                 use_cache=True)
+        if real:
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:],
+                                          skip_special_tokens=True)
+    return out
+
+
+def eval_metrics(engine, rows: Sequence[dict], tokenizer, cfg, device, synced: bool) -> dict | None:
+    """Merged metric counts (rank 0; ``None`` elsewhere or when the metrics module is absent)."""
+    import torch.distributed as dist
+
+    try:
+        from giellm_ray.metrics import count_rows, merge_counts
+    except ImportError:
+        return None
+    bs = cfg.eval.batch_size
+    num = _max_over_ranks(math.ceil(len(rows) / bs))
+    model = engine.module
+    model.eval()
+    preds = greedy_generate(model, tokenizer, [r["prompt"] for r in rows], cfg.eval.max_new_tokens,
+                            bs, num, synced, device)
+    model.train()
+    counts = count_rows([r["dataset"] for r in rows], [r["target"] for r in rows], preds)
+    gathered: list = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
+    if dist.is_initialized():
+        dist.all_gather_object(gathered, counts)
+    else:
+        gathered = [counts]
+    return merge_counts(gathered) if (not dist.is_initialized() or dist.get_rank() == 0) else None
