@@ -64,10 +64,15 @@ def _load_model(cfg: TrainConfig, path: str, ds_config: dict):
     from transformers import AutoModelForCausalLM
 
     keep = None
-    if cfg.zero_stage == 3:
-        from transformers.integrations import HfDeepSpeedConfig
+    if cfg.zero_stage == 3 and cfg.use_gpu:
+        # Partition while loading (zero.Init) so 8 ranks don't each hold a full 13B copy.
+        # transformers needs `accelerate` for this; without it every rank loads a full copy.
+        try:
+            from transformers.integrations import HfDeepSpeedConfig
 
-        keep = HfDeepSpeedConfig(ds_config)
+            keep = HfDeepSpeedConfig(ds_config)
+        except Exception as exc:  # PackageNotFoundError for accelerate
+            print(f"[train] loading unpartitioned (zero.Init unavailable: {exc})", flush=True)
     dtype = resolve_dtype("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code,
                     "revision": cfg.model.revision}
