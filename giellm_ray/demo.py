@@ -177,9 +177,9 @@ def serve_one(cfg: DemoConfig, model: str, heldout: str) -> dict:
     row = pq.read_table(heldout).slice(0, 1).to_pylist()[0]
     url = start_service(scfg)
     try:
-        body = json.dumps({"text": row["text"], "dataset": row["dataset"]}).encode()
-        print(f"POST {url}/v1/extract {body.decode()}")
-        req = urllib.request.Request(f"{url}/v1/extract", data=body,
+        body = json.dumps({"text": row["text"], "dataset": row["dataset"]}, ensure_ascii=False)
+        print(f"POST {url}/v1/extract {body}")
+        req = urllib.request.Request(f"{url}/v1/extract", data=body.encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=120) as resp:
             answer = json.loads(resp.read())
