@@ -13,6 +13,10 @@ and it has no notion of a token budget, so a random or undertrained model still 
 ``max_new_tokens`` mid-item. outlines / lm-format-enforcer compile regexes or walk the vocabulary
 per row the same way. Here the per-tokenizer work (token bytes, vocabulary trie) is done once, a
 row costs one pass over its text bytes, and a step walks only the trie paths its state accepts.
+Measured on the tiny model (2 shared CPUs): ~100 µs of Python per generated token; the tiny
+Llama itself needs ~135 µs/token, so it decodes ~40% slower there, while larger models, whose
+step costs more, pay proportionally less. Random-init outputs: 100% parse / known labels / spans
+in text with it, 0% without (``benchmarks/constraint_quality.py``).
 """
 
 from __future__ import annotations
