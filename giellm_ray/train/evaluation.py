@@ -78,7 +78,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     except ImportError:
         GenerationEngine = None
     if GenerationEngine is not None and prompts:
-        engine = GenerationEngine(model, tokenizer, GenerationConfig())
+        engine = GenerationEngine(model, tokenizer, GenerationConfig(batch_size=batch_size))
         results = engine.generate([GenerationRequest(prompt=p, max_new_tokens=max_new_tokens)
                                    for p in prompts])
         return [r.text for r in results]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import tempfile
 import time
 
@@ -146,7 +147,7 @@ def train_loop_per_worker(config: dict) -> None:
                                            model_parameters=None if optimizer else
                                            [p for p in model.parameters() if p.requires_grad])
 
-    epoch0, batch0, step = 0, 0, 0
+    epoch0, batch0, step, first_loss, last_loss = 0, 0, 0, None, None
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and config.get("resume_from"):
         ckpt = ray.train.Checkpoint(config["resume_from"])
@@ -157,16 +158,21 @@ def train_loop_per_worker(config: dict) -> None:
             with open(os.path.join(d, STATE_FILE)) as f:
                 state = json.load(f)
         epoch0, batch0, step = state["epoch"], state["batch"], state["step"]
+        first_loss = state.get("first_loss")
         resumed_from = step
         if rank == 0:
             print(f"[train] resumed at epoch {epoch0} batch {batch0} step {step}", flush=True)
 
-    eval_rows = read_shard("eval", ["prompt", "target", "dataset"])[rank::world]
+    eval_rows: list[dict] = []
+    if config.get("has_eval"):
+        eval_rows = read_shard("eval", ["prompt", "target", "dataset"])[rank::world]
     lengths = [len(e) for e in examples]
     base = {"resumed_from_step": resumed_from, "total_steps": total_steps}
     data_metrics = {f"data_{k}": v for k, v in data_stats.items()}
     window_loss, window_tokens, window_batches, t0 = 0.0, 0, 0, time.perf_counter()
     last_eval: dict = {}
+    last_epoch: dict = {}
+    run_time, run_tokens = 0.0, 0  # this session's pure training time, for throughput
     engine.train()
     for epoch in range(epoch0, cfg.epochs):
         seed = cfg.data.seed + epoch
@@ -177,9 +183,12 @@ def train_loop_per_worker(config: dict) -> None:
         for b in range(batch0 if epoch == epoch0 else 0, n_batches):
             batch = {k: v.to(device) for k, v in
                      collate([examples[i] for i in batches[b]], tokenizer.pad_token_id).items()}
+            t_step = time.perf_counter()
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()
+            run_time += time.perf_counter() - t_step
+            run_tokens += int(batch["attention_mask"].sum())
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())
             window_batches += 1
@@ -192,14 +201,17 @@ def train_loop_per_worker(config: dict) -> None:
             if at_log:
                 loss_sum, tokens, n = _reduce([window_loss, window_tokens, window_batches])
                 dt = time.perf_counter() - t0
-                metrics.update(loss=loss_sum / max(n, 1), lr=engine.get_lr()[0],
+                last_loss = loss_sum / max(n, 1)
+                first_loss = last_loss if first_loss is None else first_loss
+                metrics.update(loss=last_loss, lr=engine.get_lr()[0],
                                tokens_per_s=tokens / max(dt, 1e-9))
                 if rank == 0:
                     print(f"[train] {json.dumps(metrics)}", flush=True)
                 window_loss, window_tokens, window_batches = 0.0, 0, 0
                 t0 = time.perf_counter()
             if at_ckpt:
-                _save_and_report(engine, metrics, {"epoch": epoch, "batch": b + 1, "step": step})
+                _save_and_report(engine, metrics, {"epoch": epoch, "batch": b + 1, "step": step,
+                                                   "first_loss": first_loss})
             elif at_log:
                 ray.train.report(metrics)
             _maybe_fail(cfg, rank, step)
@@ -221,9 +233,19 @@ def train_loop_per_worker(config: dict) -> None:
             last_eval = {k: v for k, v in epoch_metrics.items() if k.startswith("eval")}
             if rank == 0:
                 print(f"[eval] {json.dumps(epoch_metrics, ensure_ascii=False)}", flush=True)
-        _save_and_report(engine, epoch_metrics, {"epoch": epoch + 1, "batch": 0, "step": step})
+        last_epoch = epoch_metrics
+        if epoch + 1 < cfg.epochs:  # the last epoch's checkpoint carries the final metrics
+            _save_and_report(engine, epoch_metrics, {"epoch": epoch + 1, "batch": 0,
+                                                     "step": step, "first_loss": first_loss})
 
+    tokens_all, time_max = _reduce([run_tokens, 0.0])[0], _reduce([-run_time], "min")[0]
+    final = {**base, **data_metrics, **last_epoch, **last_eval, "step": step, "first_loss": first_loss,
+             "final_loss": last_loss, "train_tokens": int(tokens_all),
+             "train_tokens_per_s": tokens_all / max(-time_max, 1e-9),
+             "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if cfg.export:
         dest = export_hf(engine, tokenizer, config["export_dir"], cfg.zero_stage, rank)
-        ray.train.report({**base, **data_metrics, **last_eval, "step": step,
-                          "export_dir": dest or config["export_dir"]})
+        final["export_dir"] = dest or config["export_dir"]
+    # Reported with the final checkpoint: a run's Result carries its last checkpoint's metrics.
+    _save_and_report(engine, final, {"epoch": cfg.epochs, "batch": 0, "step": step,
+                                     "first_loss": first_loss})
