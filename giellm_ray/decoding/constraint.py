@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from giellm_ray.decoding.grammar import INF, RowGrammar, States, TaskGrammar
+from giellm_ray.decoding.grammar import COLON, INF, SEMI, RowGrammar, States, TaskGrammar
 from giellm_ray.decoding.vocab import (
     TrieNode,
     build_token_trie,
@@ -25,11 +25,43 @@ from giellm_ray.decoding.vocab import (
 from giellm_ray.formats.tasks import TaskRegistry, TaskSpec
 
 
+class _Entry:
+    """What one automaton state allows: token ids sorted by the tokens still needed after them,
+    the state each leads to, and ready answers for the common case of a loose budget."""
+
+    __slots__ = ("needs", "ids", "nexts", "accepting", "loose", "tight")
+
+    def __init__(self, found: list[tuple[int, int, States]], eos_id: int, accepting: bool) -> None:
+        found.sort(key=lambda f: (f[0], f[1]))
+        self.needs = [n for n, _, _ in found]
+        self.ids = tuple(t for _, t, _ in found)
+        self.nexts = {t: st for _, t, st in found}
+        self.accepting = accepting
+        # Allowed ids when every token still fits (``needs[-1] <= left - 2``): one shared tuple,
+        # so the engine's mask cache sees the same key each time this state comes back.
+        self.loose = self.ids + ((eos_id,) if accepting else ())
+        self.tight: dict[int, tuple[int, ...]] = {}
+
+    def allowed(self, left: int, eos_id: int) -> tuple[int, ...]:
+        if not self.needs or self.needs[-1] <= left - 2:
+            return self.loose if self.loose else (eos_id,)
+        out = self.tight.get(left)
+        if out is None:
+            # After this token `left - 1` remain: its own `need` tokens at most, then EOS.
+            out = self.ids[:bisect_right(self.needs, left - 2)]
+            out += (eos_id,) if self.accepting else ()
+            if not out:  # budget below the shortest completion: keep to the format regardless
+                out = self.ids[:bisect_right(self.needs, INF - 1)] or (eos_id,)
+            self.tight[left] = out
+        return out
+
+
 class FormatConstraint:
     """A :class:`~giellm_ray.decoding.base.RowConstraint` for one row's output."""
 
     def __init__(self, grammar: RowGrammar, trie: TrieNode, table: list[bytes | None],
-                 eos_id: int, max_new_tokens: int) -> None:
+                 eos_id: int, max_new_tokens: int, shared: dict[States, _Entry] | None = None
+                 ) -> None:
         self.grammar = grammar
         self.trie = trie
         self.table = table
@@ -37,61 +69,83 @@ class FormatConstraint:
         self.budget = max_new_tokens
         self.generated = 0
         self.state: States | None = grammar.start
-        self._cache: dict[States, tuple[list[int], list[int]]] = {}
+        self._cache: dict[States, _Entry] = {}
+        # Entries whose walk never read the text (literal states): shared by the task's rows.
+        self._shared: dict[States, _Entry] = {} if shared is None else shared
+        self._cur: _Entry | None = None  # the entry of ``self.state`` once looked up
 
-    def _walk(self, states: States) -> tuple[list[int], list[int]]:
-        """Token ids that fit from ``states``, sorted by bytes still needed after them."""
+    def _walk(self, states: States) -> tuple[list[tuple[int, int, States]], bool]:
+        """Token ids that fit from ``states`` (need, id, next state) and whether the walk read
+        the row's text (a span state had bytes to try)."""
         g = self.grammar
-        found: list[tuple[int, int]] = []
+        found: list[tuple[int, int, States]] = []
+        reads_text = False
         stack = [(self.trie, states)]
         while stack:
             node, st = stack.pop()
-            bytes_ok = g.next_bytes(st)
-            if bytes_ok is None or len(bytes_ok) > len(node.children):
-                edges = node.children.items()
+            children = node.children
+            if not reads_text and any(s[0] == "S" for s in st):
+                reads_text = True
+            moves = g.span_moves(st, children)
+            if moves is not None:  # inside a span: text bytes in bulk, ':' / ';' via `step`
+                reads_text = True
+                for b, nxt, need in moves:
+                    child = children[b]
+                    if child.ids:
+                        found.extend((need, t, nxt) for t in child.ids)
+                    if child.children:
+                        stack.append((child, nxt))
+                edges = [(b, children[b]) for b in (COLON, SEMI) if b in children]
             else:
-                edges = [(b, node.children[b]) for b in bytes_ok if b in node.children]
-            for b, child in edges:
-                nxt = g.step(st, b)
+                bytes_ok = g.next_bytes(st)
+                if len(bytes_ok) > len(children):
+                    edges = [(b, c) for b, c in children.items() if b in bytes_ok]
+                else:
+                    edges = [(b, children[b]) for b in bytes_ok if b in children]
+            succ = [(child, g.step(st, b)) for b, child in edges]
+            for child, nxt in succ:
                 if nxt is None:
                     continue
                 if child.ids:
                     need = g.need(nxt)
-                    found.extend((need, t) for t in child.ids)
+                    found.extend((need, t, nxt) for t in child.ids)
                 if child.children:
                     stack.append((child, nxt))
-        found.sort()
-        return [n for n, _ in found], [t for _, t in found]
+        return found, reads_text
 
-    def _entry(self) -> tuple[list[int], list[int]]:
-        entry = self._cache.get(self.state)
+    def _entry(self) -> _Entry:
+        entry = self._cur
+        if entry is not None:
+            return entry
+        state = self.state
+        entry = self._cache.get(state) or self._shared.get(state)
         if entry is None:
-            entry = self._cache[self.state] = self._walk(self.state)
+            found, reads_text = self._walk(state)
+            entry = _Entry(found, self.eos_id, self.grammar.accepting(state))
+            (self._cache if reads_text else self._shared)[state] = entry
+        self._cur = entry
         return entry
 
-    def allowed_tokens(self) -> list[int]:
+    def allowed_tokens(self) -> tuple[int, ...]:
         if self.state is None:  # an unexpected token was forced in: only stopping makes sense
-            return [self.eos_id]
-        needs, ids = self._entry()
-        left = self.budget - self.generated
-        eos = [self.eos_id] if self.grammar.accepting(self.state) else []
-        # After this token `left - 1` remain: its own `need` bytes (one token each at worst) + EOS.
-        out = ids[:bisect_right(needs, left - 2)] + eos
-        if not out:  # budget below the shortest completion: keep to the format regardless
-            out = ids[:bisect_right(needs, INF - 1)] or [self.eos_id]
-        return out
+            return (self.eos_id,)
+        return self._entry().allowed(self.budget - self.generated, self.eos_id)
 
     def advance(self, token_id: int) -> None:
         self.generated += 1
-        data = self.table[token_id] if 0 <= token_id < len(self.table) else None
         if token_id == self.eos_id or self.state is None:
             return
-        st: States | None = self.state
-        for b in data or b"\xff":  # a special token cannot continue the format
-            st = self.grammar.step(st, b)
-            if st is None:
-                break
-        self.state = st
+        entry = self._cur
+        nxt = entry.nexts.get(token_id) if entry is not None else None
+        if nxt is None:  # not looked up yet, or a token the state forbids: step its bytes
+            data = self.table[token_id] if 0 <= token_id < len(self.table) else None
+            nxt = self.state
+            for b in data or b"\xff":  # a special token cannot continue the format
+                nxt = self.grammar.step(nxt, b)
+                if nxt is None:
+                    break
+        self.state = nxt
+        self._cur = None
 
     def tokens_needed(self) -> int:
         """An upper bound on the tokens (EOS included) that finish the output from here."""
@@ -100,10 +154,10 @@ class FormatConstraint:
     def is_done(self) -> bool:
         if self.state is None:
             return True
-        if not self.grammar.accepting(self.state):
+        entry = self._entry()
+        if not entry.accepting:
             return False
-        needs, _ = self._entry()
-        return not needs or needs[0] > self.budget - self.generated - 2
+        return not entry.needs or entry.needs[0] > self.budget - self.generated - 2
 
 
 class FormatConstraintFactory:
@@ -120,6 +174,7 @@ class FormatConstraintFactory:
         self.max_span_bytes = max_span_bytes
         self.lead_space = drops_leading_space(tokenizer, self.table)
         self._tasks: dict[TaskSpec, TaskGrammar] = {}
+        self._shared: dict[tuple[TaskSpec, int], dict[States, _Entry]] = {}
         for task in (registry or {}).values():
             self._grammar(task)
 
@@ -147,4 +202,7 @@ class FormatConstraintFactory:
         """A fresh constraint; ``max_new_tokens`` (default the task's) must match the engine's."""
         budget = task.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         row = RowGrammar(self._grammar(task), text or "", self.max_span_bytes, self.lead_space)
-        return FormatConstraint(row, self.trie, self.table, self.eos_id, budget)
+        # Literal-state entries depend on the task and, through ``need``, the text's shortest
+        # character only; rows that agree on both share them.
+        shared = self._shared.setdefault((task, row.min_char), {})
+        return FormatConstraint(row, self.trie, self.table, self.eos_id, budget, shared)

@@ -90,6 +90,10 @@ class RowGrammar:
         self.n = n = len(tb)
         self.cap = max_span_bytes
         self.boundary = [p == n or (tb[p] & 0xC0) != 0x80 for p in range(n + 1)]
+        # Bytes from each position to the next character boundary (0 at a boundary).
+        self.to_boundary = [0] * (n + 1)
+        for p in range(n - 1, -1, -1):
+            self.to_boundary[p] = 0 if self.boundary[p] else self.to_boundary[p + 1] + 1
         first: dict[int, list[int]] = {}
         self.min_char = INF
         p = 0
@@ -109,22 +113,34 @@ class RowGrammar:
 
     # -- transitions ---------------------------------------------------------------------------
     def closure(self, states: Iterable[State]) -> States:
+        """``states`` plus what they reach without a byte; literal states at childless trie
+        nodes are dropped once closed (they allow no byte), so equal futures share one key."""
         out: set[State] = set()
         g = self.g
         for s in states:
-            out.add(s)
             kind = s[0]
-            if kind == "P" and g.prefix.tag[s[1]] == "end":
-                out.add(("B",))
+            if kind == "P":
+                if g.prefix.tag[s[1]] == "end":
+                    out.add(("B",))
+                if not g.prefix.children[s[1]]:
+                    continue
             elif kind == "L":
                 tag = g.labels[s[1]].tag[s[2]]
                 if tag == "wl":
                     out.add(("S", "W", None, 0))
                 elif tag == "none":
                     out.add(("D",))
-            elif kind == "R" and g.relations.tag[s[1]] == "rel":
-                out.add(("S", "W", None, 0))
-            elif kind == "S" and s[3] and self.boundary[s[2][0]]:
+                if not g.labels[s[1]].children[s[2]]:
+                    continue
+            elif kind == "R":
+                if g.relations.tag[s[1]] == "rel":
+                    out.add(("S", "W", None, 0))
+                if not g.relations.children[s[1]]:
+                    continue
+            out.add(s)
+            if kind != "S":
+                continue
+            if s[3] and self.boundary[s[2][0]]:
                 if s[1] == "W":
                     out.add(("A",))
                 elif self.text[s[2][0] - s[3]:s[2][0]] not in g.head_forbidden:
@@ -176,16 +192,18 @@ class RowGrammar:
         out = self._memo[key] = self.closure(nxt) if nxt else None
         return out
 
-    def next_bytes(self, states: States) -> set[int] | None:
-        """A superset of the bytes allowed next (``None``: cheaper to try every trie child)."""
+    def next_bytes(self, states: States) -> set[int]:
+        """A superset of the bytes allowed next."""
         out: set[int] = set()
         g = self.g
         for s in states:
             kind = s[0]
             if kind == "S":
                 if s[2] is None:
-                    return None
-                out.update(self.text[p] for p in s[2] if p < self.n)
+                    out.update(self.first_w if s[1] == "W" else self.first_h)
+                else:
+                    tb, n = self.text, self.n
+                    out.update(tb[p] for p in s[2] if p < n)
             elif kind == "P":
                 out.update(g.prefix.children[s[1]])
             elif kind in ("B", "A"):
@@ -196,6 +214,52 @@ class RowGrammar:
                 out.update(g.labels[s[1]].children[s[2]])
             elif kind == "R":
                 out.update(g.relations.children[s[1]])
+        return out
+
+    def span_moves(self, states: States, wanted: dict) -> list[tuple[int, States, int]] | None:
+        """Inside one span (its ``S`` state plus, at most, the ``A`` / ``R`` it closes into):
+        ``(byte, next state, need)`` for each text byte in ``wanted`` other than ``:`` / ``;``,
+        as :meth:`step` and :meth:`need` give them, without the generic state-set work.
+        ``None`` for any other state (use :meth:`step`)."""
+        span = None
+        for s in states:
+            kind = s[0]
+            if kind == "S":
+                if span is not None:
+                    return None
+                span = s
+            elif kind != "A" and s != ("R", 0):
+                return None
+        if span is None:
+            return None
+        _, span_kind, pos, nb = span
+        if pos is None:
+            groups = self.first_w if span_kind == "W" else self.first_h
+        elif nb >= self.cap:
+            return []
+        else:
+            tb, n = self.text, self.n
+            groups = {}
+            for p in pos:
+                if p < n:
+                    g = groups.get(tb[p])
+                    if g is None:
+                        groups[tb[p]] = [p + 1]
+                    else:
+                        g.append(p + 1)
+        out = []
+        boundary, to_boundary, nb = self.boundary, self.to_boundary, nb + 1
+        for b, after in groups.items():
+            if b not in wanted or b in (COLON, SEMI):
+                continue
+            s2 = ("S", span_kind, tuple(after), nb)
+            if span_kind != "W":
+                nxt = self.closure((s2,))
+                out.append((b, nxt, self.need(nxt)))
+            elif boundary[after[0]]:  # a whole character: the item may end here (need 0)
+                out.append((b, frozenset((s2, ("A",))), 0))
+            else:
+                out.append((b, frozenset((s2,)), to_boundary[after[0]]))
         return out
 
     def accepting(self, states: States) -> bool:
@@ -224,7 +288,7 @@ class RowGrammar:
         if pos is None:
             span = mc
         else:
-            span = next(q for q in range(pos[0], self.n + 1) if self.boundary[q]) - pos[0]
+            span = self.to_boundary[pos[0]]
             span = span if (span or nb) else mc
         return span if span_kind == "W" else span + rel_min
 

@@ -129,6 +129,7 @@ class GenerationEngine:
         self.eos_ids = eos_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats()
+        self._masks: dict = {}  # allowed-token tuple -> cached "forbidden" bool row
 
     def reset_stats(self) -> None:
         self.stats = EngineStats()
@@ -203,27 +204,46 @@ class GenerationEngine:
 
     def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]) -> list[int]:
         """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied."""
-        import torch
-
         constrained = [
             (k, requests[b.rows[s]].constraint) for k, s in enumerate(slots)
             if requests[b.rows[s]].constraint is not None and not b.done[s]
         ]
         if constrained:
-            logits = logits.clone()
+            # One [rows, vocab] "forbidden" mask from cached per-allowed-set rows, one fill.
+            import torch
+
+            vocab = logits.shape[-1]
+            rows = [None] * logits.shape[0]
+            masked = False
             for k, c in constrained:
                 allowed = c.allowed_tokens()
-                if allowed is None:
-                    continue
-                keep = torch.full_like(logits[k], float("-inf"))
-                allowed_t = torch.as_tensor(list(allowed) or [min(self.eos_ids, default=0)],
-                                            dtype=torch.long, device=logits.device)
-                keep[allowed_t] = logits[k, allowed_t]
-                logits[k] = keep
-        toks = logits.argmax(-1).tolist()
-        for k, _ in constrained:
-            touched.add(b.rows[slots[k]])
-        return toks
+                if allowed is not None:
+                    rows[k] = self._forbidden(allowed, vocab, logits.device)
+                    masked = True
+            if masked:
+                free = self._forbidden(None, vocab, logits.device)
+                forbid = torch.stack([free if r is None else r for r in rows])
+                logits = logits.masked_fill_(forbid, float("-inf"))
+            for k, _ in constrained:
+                touched.add(b.rows[slots[k]])
+        return logits.argmax(-1).tolist()
+
+    def _forbidden(self, allowed, vocab: int, device):
+        """A cached bool row, True where a token is not in ``allowed`` (``None``: all allowed)."""
+        import torch
+
+        key = allowed if allowed is None or isinstance(allowed, tuple) else tuple(allowed)
+        row = self._masks.get(key)
+        if row is None or row.shape[0] != vocab or row.device != device:
+            if len(self._masks) >= max(1024, (1 << 28) // max(vocab, 1)):
+                self._masks.clear()  # bound the cache (about 256 MiB of rows)
+            row = torch.zeros(vocab, dtype=torch.bool, device=device)
+            if key is not None:
+                row.fill_(True)
+                ids = list(key) or [min(self.eos_ids, default=0)]
+                row[torch.as_tensor(ids, dtype=torch.long, device=device)] = False
+            self._masks[key] = row
+        return row
 
     def _record(self, b: _Batch, slot: int, tok: int, limits, requests, results) -> None:
         b.out[slot].append(tok)

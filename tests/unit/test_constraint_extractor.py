@@ -31,7 +31,7 @@ def rates(rows: list[dict], outs: list[dict]) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def rows(stockmark_records):
-    return [{"text": r["text"], "dataset": "SCNM"} for r in stockmark_records[:200]]
+    return [{"text": r["text"], "dataset": "SCNM"} for r in stockmark_records[:80]]
 
 
 def test_random_init_model_constrained_outputs_are_all_valid(tiny_model_dir, rows):

@@ -199,7 +199,7 @@ def test_none_marker_and_empty_items(tokenizers):
     assert tok.eos_token_id not in c.allowed_tokens()  # SCNM writes the marker, not nothing
     for t in tok.encode(":無い;", add_special_tokens=False):
         c.advance(t)
-    assert c.is_done() and c.allowed_tokens() == [tok.eos_token_id]
+    assert c.is_done() and list(c.allowed_tokens()) == [tok.eos_token_id]
     # A task without a marker may stop right after the instruction word.
     plain = SCNM.replace(name="PLAIN", none_marker=None)
     c = factory.for_row(text, plain, 64)
