@@ -2,7 +2,9 @@
 
 Builds the tiny random-init Llama (or loads ``--model``), runs the real ``Extractor`` over the same
 Stockmark rows with ``constrained=False`` and ``constrained=True`` (alternating, best of
-``--repeats``), and replays the constrained outputs through fresh constraints to time the
+``--repeats``), then, since constrained outputs are shorter (so per-row prefill is spread over
+fewer tokens), the engine alone with and without constraints at the same per-row lengths
+(``slowdown_same_lengths_pct``: the constraint's own cost), and replays the constrained outputs through fresh constraints to time the
 constraint's own Python work per token. Prints JSON lines; not run by pytest::
 
     .venv/bin/python benchmarks/constraint_cost.py --rows 256 --repeats 2
@@ -57,6 +59,27 @@ def replay(factory, tokenizer, task, rows: list[dict], outs: list[dict], budget:
     return {"steps": steps, "us_per_token": seconds / max(steps, 1) * 1e6}
 
 
+def same_lengths(engine, factory, task, rows, outs, budget: int, repeats: int) -> dict:
+    """Best tokens/s of the engine alone, each row capped at its constrained output's length,
+    without and with a (fresh) constraint: equal work per row, so the gap is the constraint's."""
+    from giellm_ray.formats import build_prompt
+    from giellm_ray.infer.engine import GenerationRequest
+
+    prompts = [build_prompt(r["text"], task) for r in rows]
+    lengths = [max(1, o["num_generated_tokens"]) for o in outs]
+    best = {"unconstrained": 0.0, "constrained": 0.0}
+    for _ in range(repeats):
+        for mode in best:
+            reqs = [GenerationRequest(p, n, factory.for_row(r["text"], task, budget)
+                                      if mode == "constrained" else None)
+                    for p, n, r in zip(prompts, lengths, rows, strict=True)]
+            start = time.perf_counter()
+            res = engine.generate(reqs)
+            tps = sum(x.num_generated_tokens for x in res) / (time.perf_counter() - start)
+            best[mode] = max(best[mode], tps)
+    return best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model dir (default: build the tiny one)")
@@ -98,6 +121,8 @@ def main() -> int:
                 best[mode] = r
     task = DEFAULT_REGISTRY["SCNM"]
     budget = min(task.max_new_tokens, args.max_new_tokens or task.max_new_tokens)
+    same = same_lengths(extractors["unconstrained"].engine, factory, task, rows,
+                        best["constrained"]["outs"], budget, args.repeats)
     rp = replay(factory, tokenizer, task, rows, best["constrained"]["outs"], budget)
     base, con = best["unconstrained"]["tokens_per_s"], best["constrained"]["tokens_per_s"]
     print(json.dumps({
@@ -105,6 +130,10 @@ def main() -> int:
         "vocab": len(tokenizer), "rows": len(rows), "batch_size": args.batch_size,
         "unconstrained_tokens_per_s": round(base, 1), "constrained_tokens_per_s": round(con, 1),
         "slowdown_pct": round((1 - con / base) * 100, 1),
+        "same_lengths_unconstrained_tokens_per_s": round(same["unconstrained"], 1),
+        "same_lengths_constrained_tokens_per_s": round(same["constrained"], 1),
+        "slowdown_same_lengths_pct": round((1 - same["constrained"] / same["unconstrained"]) * 100,
+                                           1),
         "constraint_us_per_token": round(rp["us_per_token"], 1),
         "factory_build_s": round(factory_s, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
