@@ -215,8 +215,11 @@ def run_score(cfg: ScoreConfig) -> dict:
         "engine": {**{k: totals.get(k, 0) for k in STAT_KEYS}, **derived(totals)},
     }
     if cfg.metrics and S.TARGET in in_schema.names:
-        summary["metrics"] = _write_report(fs_out, compute_metrics(fs_out, written, registry),
-                                           f"{out}/_metrics")
+        counts = compute_metrics(fs_out, written, registry)
+        if any(c["n"] for c in counts.values()):
+            summary["metrics"] = _write_report(fs_out, counts, f"{out}/_metrics")
+        else:  # a target column of nulls (unlabelled data): nothing to score against
+            print("score: no gold targets in the input; metrics skipped", file=sys.stderr)
     with fs_out.open_output_stream(f"{out}/_score.json") as f:
         f.write(json.dumps(summary, ensure_ascii=False, indent=2).encode())
     with fs_out.open_output_stream(f"{out}/_config.yaml") as f:
