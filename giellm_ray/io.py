@@ -101,24 +101,31 @@ def open_text_lines(path: str) -> Iterator[str]:
             raise ValueError(f"{path} is not UTF-8: {exc.reason} near byte {exc.start}") from None
 
 
-def parquet_files(path: str) -> list[str]:
-    """The Parquet files under ``path`` (a file, or a directory searched recursively), sorted."""
-    fs, p = resolve(path)
-    info = fs.get_file_info(p)
+def list_parquet(fs: pafs.FileSystem, path: str) -> list[str]:
+    """Parquet files under ``path`` within ``fs`` (a file, or a directory searched recursively,
+    skipping ``_``/``.`` entries such as ``_SUCCESS`` or temporary dirs), sorted."""
+    info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no such file or directory: {path}")
     if info.type == pafs.FileType.File:
         return [path]
-    sel = pafs.FileSelector(p, recursive=True)
-    prefix = "s3://" if is_s3(path) else ""
     files = sorted(
-        prefix + f.path for f in fs.get_file_info(sel)
+        f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
         if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-        and not any(part.startswith((".", "_")) for part in f.path[len(p):].split("/"))
+        and not any(part.startswith((".", "_")) for part in f.path[len(path):].split("/"))
     )
     if not files:
         raise FileNotFoundError(f"no .parquet files under {path}")
     return files
+
+
+def parquet_files(path: str) -> list[str]:
+    """The Parquet files under ``path`` (a local path or ``s3://`` URI), as paths of that kind."""
+    fs, p = resolve(path)
+    files = list_parquet(fs, p)
+    if files == [p]:
+        return [path]
+    return [("s3://" + f) if is_s3(path) else f for f in files]
 
 
 def iter_parquet_batches(path: str, columns: list[str] | None = None,

@@ -38,22 +38,6 @@ SUCCESS = "_SUCCESS"
 FORWARDED_ENV = ("AWS_", "GIELLM_", "HF_", "TRANSFORMERS_", "DS_ACCELERATOR")
 
 
-def _list_parquet(fs: pafs.FileSystem, path: str) -> list[str]:
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input not found: {path}")
-    if info.type == pafs.FileType.File:
-        return [path]
-    files = sorted(
-        f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-        and not any(p.startswith((".", "_")) for p in f.path[len(path):].split("/"))
-    )
-    if not files:
-        raise FileNotFoundError(f"no .parquet files under {path}")
-    return files
-
-
 def check_inputs(cfg: ScoreConfig) -> tuple[pafs.FileSystem, list[str], object, int]:
     """``(filesystem, files, schema, total rows)``; fails fast with a message a user can act on."""
     if not cfg.input:
@@ -69,7 +53,7 @@ def check_inputs(cfg: ScoreConfig) -> tuple[pafs.FileSystem, list[str], object, 
         if (path.rstrip("/") + "/").startswith(out_norm):
             raise ValueError(f"input {path} lies inside the output directory {cfg.output}")
         fs, p = build_filesystem(path, cfg.s3_endpoint_url)
-        files += _list_parquet(fs, p)
+        files += io.list_parquet(fs, p)
     first, total = None, 0
     for f in files:
         try:

@@ -160,4 +160,4 @@ def test_failing_job_is_reported_failed(head_node, tmp_path):
     status = _job_status(head_node, job_id)
     assert status == "FAILED", (status, submit.stdout[-3000:], submit.stderr[-3000:])
     assert submit.returncode == 1  # `ray job submit` exits 1 when the job failed
-    assert "input not found" in submit.stdout
+    assert "no such file or directory" in submit.stdout
