@@ -60,10 +60,13 @@ class FormatConstraint:
     """A :class:`~giellm_ray.decoding.base.RowConstraint` for one row's output."""
 
     def __init__(self, grammar: RowGrammar, trie: TrieNode, table: list[bytes | None],
-                 eos_id: int, max_new_tokens: int, shared: dict[States, _Entry] | None = None
-                 ) -> None:
+                 eos_id: int, max_new_tokens: int, shared: dict[States, _Entry] | None = None,
+                 sep_trie: TrieNode | None = None) -> None:
         self.grammar = grammar
         self.trie = trie
+        # The tokens holding ``:`` or ``;`` (a trie of their own), if given: then the tokens of a
+        # span state are text substrings found by :meth:`_span_walk` plus a generic walk of these.
+        self.sep_trie = sep_trie
         self.table = table
         self.eos_id = eos_id
         self.budget = max_new_tokens
@@ -77,10 +80,52 @@ class FormatConstraint:
     def _walk(self, states: States) -> tuple[list[tuple[int, int, States]], bool]:
         """Token ids that fit from ``states`` (need, id, next state) and whether the walk read
         the row's text (a span state had bytes to try)."""
+        span = self.grammar.span_state(states) if self.sep_trie is not None else None
+        if span is None:
+            return self._trie_walk(self.trie, states)
+        found = self._span_walk(span)
+        found += self._trie_walk(self.sep_trie, states)[0]
+        return found, True
+
+    def _span_walk(self, span: tuple) -> list[tuple[int, int, States]]:
+        """Tokens without ``:`` / ``;`` that continue ``span``: from each place it may go on in
+        the text, the vocabulary trie is followed along the text's bytes (a plain loop, no state
+        sets), and each token reached gets the positions it ends at. What the generic walk would
+        find through the same trie paths (``span_moves`` at each node), at a fraction of the cost:
+        a span start (every character of the text) is the costliest state of a row."""
+        g = self.grammar
+        _, span_kind, pos, nb = span
+        tb, n = g.text, g.n
+        room = g.cap - nb  # bytes the span may still take
+        hits: dict[TrieNode, list[int]] = {}
+        for q in (g.char_starts if pos is None else pos):
+            node = self.trie
+            for r in range(q, min(n, q + room)):
+                b = tb[r]
+                if b in (COLON, SEMI):
+                    break
+                node = node.children.get(b)
+                if node is None:
+                    break
+                if node.ids:
+                    ends = hits.get(node)
+                    if ends is None:
+                        hits[node] = [q, r + 1]  # the start, then the end of each occurrence
+                    else:
+                        ends.append(r + 1)
+        found: list[tuple[int, int, States]] = []
+        for node, ends in hits.items():
+            nxt, need = g.span_next(span_kind, tuple(ends[1:]), nb + ends[1] - ends[0])
+            found.extend((need, t, nxt) for t in node.ids)
+        return found
+
+    def _trie_walk(self, trie: TrieNode, states: States
+                   ) -> tuple[list[tuple[int, int, States]], bool]:
+        """The generic walk: the trie from its root, each node with the automaton's state."""
         g = self.grammar
         found: list[tuple[int, int, States]] = []
         reads_text = False
-        stack = [(self.trie, states)]
+        stack = [(trie, states)]
         while stack:
             node, st = stack.pop()
             children = node.children
@@ -167,6 +212,8 @@ class FormatConstraintFactory:
                  max_span_bytes: int = 256) -> None:
         self.table = token_bytes(tokenizer)
         self.trie = build_token_trie(self.table)
+        self.sep_trie = build_token_trie(
+            [d if d and (COLON in d or SEMI in d) else None for d in self.table])
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no EOS token; constrained decoding needs one")
@@ -205,4 +252,5 @@ class FormatConstraintFactory:
         # Literal-state entries depend on the task and, through ``need``, the text's shortest
         # character only; rows that agree on both share them.
         shared = self._shared.setdefault((task, row.min_char), {})
-        return FormatConstraint(row, self.trie, self.table, self.eos_id, budget, shared)
+        return FormatConstraint(row, self.trie, self.table, self.eos_id, budget, shared,
+                                self.sep_trie)

@@ -19,6 +19,7 @@ are whole characters). It lets the constraint close the output before a token bu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import compress
 
 from giellm_ray.formats.tasks import TaskSpec
 
@@ -26,6 +27,8 @@ COLON, SEMI = ord(":"), ord(";")
 INF = 1 << 30
 State = tuple
 States = frozenset
+_LEAD = bytes(int(b & 0xC0 != 0x80) for b in range(256))  # translate: 1 at a character start
+_CONT = bytes(int(b & 0xC0 == 0x80) for b in range(256))  # 1 at a UTF-8 continuation byte
 
 
 class ByteTrie:
@@ -89,22 +92,21 @@ class RowGrammar:
         self.text = tb = text.encode("utf-8")
         self.n = n = len(tb)
         self.cap = max_span_bytes
-        self.boundary = [p == n or (tb[p] & 0xC0) != 0x80 for p in range(n + 1)]
+        # C-speed passes over the bytes (a row's setup is paid once per output, up front).
+        lead = tb.translate(_LEAD) + b"\x01"  # 1 where a character starts (or the text ends)
+        self.boundary = lead
+        cont = tb.translate(_CONT) + b"\x00" * 4
         # Bytes from each position to the next character boundary (0 at a boundary).
-        self.to_boundary = [0] * (n + 1)
-        for p in range(n - 1, -1, -1):
-            self.to_boundary[p] = 0 if self.boundary[p] else self.to_boundary[p + 1] + 1
+        self.to_boundary = [a * (1 + b * (1 + c * (1 + d)))
+                            for a, b, c, d in zip(cont, cont[1:], cont[2:], cont[3:], strict=False)]
+        self.char_starts = starts = tuple(compress(range(n), lead))  # span starts, ascending
         first: dict[int, list[int]] = {}
         self.min_char = INF
-        p = 0
-        while p < n:
-            q = p + 1
-            while q < n and not self.boundary[q]:
-                q += 1
+        for p, q in zip(starts, (*starts[1:], n), strict=False):  # () for ""
             if tb[p] != SEMI:
                 first.setdefault(tb[p], []).append(p + 1)
-                self.min_char = min(self.min_char, q - p)
-            p = q
+                if q - p < self.min_char:
+                    self.min_char = q - p
         self._memo: dict[tuple[States, int], States | None] = {}
         self.first_w = {b: tuple(v) for b, v in first.items()}
         self.first_h = {b: v for b, v in self.first_w.items() if b != COLON}
@@ -216,11 +218,10 @@ class RowGrammar:
                 out.update(g.relations.children[s[1]])
         return out
 
-    def span_moves(self, states: States, wanted: dict) -> list[tuple[int, States, int]] | None:
-        """Inside one span (its ``S`` state plus, at most, the ``A`` / ``R`` it closes into):
-        ``(byte, next state, need)`` for each text byte in ``wanted`` other than ``:`` / ``;``,
-        as :meth:`step` and :meth:`need` give them, without the generic state-set work.
-        ``None`` for any other state (use :meth:`step`)."""
+    @staticmethod
+    def span_state(states: States) -> State | None:
+        """The ``S`` state of a set that is one span plus, at most, the ``A`` / ``R`` it closes
+        into (so a byte other than ``:`` / ``;`` can only continue the span); else ``None``."""
         span = None
         for s in states:
             kind = s[0]
@@ -230,6 +231,24 @@ class RowGrammar:
                 span = s
             elif kind != "A" and s != ("R", 0):
                 return None
+        return span
+
+    def span_next(self, span_kind: str, ends: tuple[int, ...], nb: int) -> tuple[States, int]:
+        """The state (and its :meth:`need`) after a span of ``nb`` bytes ending at ``ends``."""
+        s2 = ("S", span_kind, ends, nb)
+        if span_kind != "W":
+            nxt = self.closure((s2,))
+            return nxt, self.need(nxt)
+        if self.boundary[ends[0]]:  # a whole character: the item may end here (need 0)
+            return frozenset((s2, ("A",))), 0
+        return frozenset((s2,)), self.to_boundary[ends[0]]
+
+    def span_moves(self, states: States, wanted: dict) -> list[tuple[int, States, int]] | None:
+        """Inside one span (its ``S`` state plus, at most, the ``A`` / ``R`` it closes into):
+        ``(byte, next state, need)`` for each text byte in ``wanted`` other than ``:`` / ``;``,
+        as :meth:`step` and :meth:`need` give them, without the generic state-set work.
+        ``None`` for any other state (use :meth:`step`)."""
+        span = self.span_state(states)
         if span is None:
             return None
         _, span_kind, pos, nb = span
@@ -248,18 +267,10 @@ class RowGrammar:
                     else:
                         g.append(p + 1)
         out = []
-        boundary, to_boundary, nb = self.boundary, self.to_boundary, nb + 1
         for b, after in groups.items():
             if b not in wanted or b in (COLON, SEMI):
                 continue
-            s2 = ("S", span_kind, tuple(after), nb)
-            if span_kind != "W":
-                nxt = self.closure((s2,))
-                out.append((b, nxt, self.need(nxt)))
-            elif boundary[after[0]]:  # a whole character: the item may end here (need 0)
-                out.append((b, frozenset((s2, ("A",))), 0))
-            else:
-                out.append((b, frozenset((s2,)), to_boundary[after[0]]))
+            out.append((b, *self.span_next(span_kind, tuple(after), nb + 1)))
         return out
 
     def accepting(self, states: States) -> bool:

@@ -220,3 +220,30 @@ def test_tight_budget_always_finishes(tokenizers, stockmark_records, slack):
         ids, finished = random_walk(factory, text, SCNM, tok, rng, budget)
         assert finished and len(ids) < budget
         check_output(tok.decode(ids), text, SCNM)
+
+
+@pytest.mark.parametrize("name", ["bpe-straddle", "bpe-bytes", "sp-unigram"])
+def test_span_walk_matches_generic_trie_walk(tokenizers, stockmark_records, name):
+    # Span states take a fast path (text substrings along the trie, plus a walk of the ':' / ';'
+    # tokens); without the separator trie every state takes the generic walk. Same answers.
+    tok = tokenizers[name]
+    factory = build_constraint_factory(tok, DEFAULT_REGISTRY)
+    texts = [(r["text"], SCNM) for r in stockmark_records[:25]] + [(t, REL) for t, _ in REL_ROWS]
+    texts.append(("東京;大阪:J:COM。" * 3, SCNM))
+    rng = random.Random(3)
+    spans = 0
+    for text, task in texts:
+        for _ in range(3):
+            fast, slow = factory.for_row(text, task, 48), factory.for_row(text, task, 48)
+            slow.sep_trie, slow._shared = None, {}
+            while not fast.is_done():
+                spans += fast.grammar.span_state(fast.state) is not None
+                allowed = fast.allowed_tokens()
+                assert allowed == slow.allowed_tokens() and fast.is_done() == slow.is_done()
+                assert fast._entry().nexts == slow._entry().nexts
+                t = rng.choice(allowed)
+                if t == tok.eos_token_id:
+                    break
+                fast.advance(t)
+                slow.advance(t)
+    assert spans > 100
