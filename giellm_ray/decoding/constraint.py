@@ -33,8 +33,10 @@ class _Entry:
 
     def __init__(self, found: list[tuple[int, int, States]], eos_id: int, accepting: bool) -> None:
         found.sort(key=lambda f: (f[0], f[1]))
-        self.needs = [n for n, _, _ in found]
+        self.needs = tuple(n for n, _, _ in found)  # a tuple: left untracked by the GC
         self.ids = tuple(t for _, t, _ in found)
+        # Next states; an ``("S", "W", ends, bytes)`` tuple stands for its state: most tokens of
+        # a span state are never taken, and each built state is a frozenset the GC would track.
         self.nexts = {t: st for _, t, st in found}
         self.accepting = accepting
         # Allowed ids when every token still fits (``needs[-1] <= left - 2``): one shared tuple,
@@ -114,8 +116,13 @@ class FormatConstraint:
                     else:
                         ends.append(r + 1)
         found: list[tuple[int, int, States]] = []
+        boundary, to_boundary = g.boundary, g.to_boundary
         for node, ends in hits.items():
-            nxt, need = g.span_next(span_kind, tuple(ends[1:]), nb + ends[1] - ends[0])
+            after, nb2 = tuple(ends[1:]), nb + ends[1] - ends[0]
+            if span_kind == "W":  # the state is built if the token is taken (see `advance`)
+                nxt, need = ("S", "W", after, nb2), 0 if boundary[after[0]] else to_boundary[after[0]]
+            else:
+                nxt, need = g.span_next(span_kind, after, nb2)
             found.extend((need, t, nxt) for t in node.ids)
         return found
 
@@ -182,6 +189,8 @@ class FormatConstraint:
             return
         entry = self._cur
         nxt = entry.nexts.get(token_id) if entry is not None else None
+        if nxt.__class__ is tuple:  # a span state left unbuilt by `_span_walk`
+            nxt = self.grammar.span_next(nxt[1], nxt[2], nxt[3])[0]
         if nxt is None:  # not looked up yet, or a token the state forbids: step its bytes
             data = self.table[token_id] if 0 <= token_id < len(self.table) else None
             nxt = self.state
