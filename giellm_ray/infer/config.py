@@ -51,5 +51,8 @@ class ScoreConfig(StrictModel):
     """Seconds between progress lines (rows done / total, rows/s); 0 turns them off."""
     progress_bars: bool = True
     """Ray Data's own progress bars."""
+    parquet_reader_v2: bool = False
+    """Use Ray Data's DataSourceV2 Parquet reader. It starts 32 footer-reader actors per read,
+    which costs tens of seconds on small machines; the V1 reader is the default."""
     metrics: bool = True
     """Write the metrics report (``OUTPUT/_metrics``) when the input has a ``target`` column."""
