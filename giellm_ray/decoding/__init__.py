@@ -13,13 +13,17 @@ and it has no notion of a token budget, so a random or undertrained model still 
 ``max_new_tokens`` mid-item. outlines / lm-format-enforcer compile regexes or walk the vocabulary
 per row the same way. Here the per-tokenizer work (token bytes, vocabulary trie) is done once, a
 row costs one pass over its text bytes, and a step walks only the trie paths its state accepts.
-Measured on the tiny model (2 shared CPUs, 256 rows, batch 64): ~12 µs of Python per generated
-token (literal-state answers shared by a task's rows, span states walked in bulk, a token -> next
-state map, one cached mask row per allowed set in the engine); the tiny Llama needs ~65 µs/token,
-so it decodes ~31% slower in tokens/s, of which ~6 points come from constrained outputs being
-shorter (prefill spread over fewer tokens): at equal per-row lengths the gap is 22-27%. Larger
-models, whose step costs more, pay proportionally less. Random-init outputs: 100% parse / known labels / spans
-in text with it, 0% without (``benchmarks/constraint_quality.py``).
+Measured on the tiny model (2 shared CPUs, 256 rows, batch 64): replaying the engine's own
+tokens, the constraint's Python work is ~5 µs per generated token, ~0.4 ms per row (it was 10.8 µs /
+0.8 ms before span states walked the trie along the text per start position, the costliest being
+each row's first span start: 0.33 -> 0.14 ms). Its allocations matter too: with a model loaded
+(~400k live objects) a full GC pass costs ~0.25 s, and span-walk next states are now built only
+when taken (13k GC-tracked survivors per 256 rows, was 39k), so such passes come ~3x less often.
+The tiny Llama needs ~65-75 µs/token; wall-clock on the shared machine is noisy: over four runs
+the headline slowdown was 23-42% (constrained outputs are shorter, ~75 vs 128 tokens, so per-row
+prefill and refills weigh more) and 14-26% at equal per-row lengths (the old code, same window:
+33% / 15%). Larger models, whose step costs more, pay proportionally less. Random-init
+outputs: 100% parse / known labels / spans in text with it, 0% without (``benchmarks/constraint_quality.py``).
 """
 
 from __future__ import annotations
