@@ -83,10 +83,16 @@ def _init_ray(cfg: ScoreConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    ray.init(address=cfg.ray_address, runtime_env={"env_vars": env},
-             include_dashboard=False, logging_level="WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    runtime_env = None
+    if address:  # a running cluster's workers do not see this process's environment
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+        runtime_env = {"env_vars": {**env, "TOKENIZERS_PARALLELISM": "false"}}
+    # A local Ray started here inherits the environment: no runtime_env, so the workers Ray
+    # prestarts are reused instead of cold-starting one process per task type.
+    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
+             logging_level="WARNING")
     return True
 
 
