@@ -49,6 +49,9 @@ class EvalConfig(StrictModel):
     """Greedy decoding budget per row."""
     batch_size: int = Field(8, ge=1)
     """Rows per generation / eval-loss batch on each worker."""
+    constrained: bool = True
+    """Grammar-constrained decoding, as ``giellm score`` uses (needs a ``text`` column in
+    ``data.eval``). ZeRO-3 generates with plain ``model.generate`` and is never constrained."""
 
 
 class FaultInjection(StrictModel):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from giellm_ray import io
 from giellm_ray.config import dump_config
-from giellm_ray.schema import DATASET, PROMPT, TARGET
+from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.export import copy_dir
 
@@ -98,7 +98,8 @@ def build_trainer(cfg: TrainConfig, model_path: str):
     datasets = {"train": read_dataset(cfg.data.train, [PROMPT, TARGET])}
     eval_rows = 0
     if cfg.data.eval:
-        datasets["eval"] = read_dataset(cfg.data.eval, [PROMPT, TARGET, DATASET])
+        eval_columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
+        datasets["eval"] = read_dataset(cfg.data.eval, eval_columns)
         eval_rows = datasets["eval"].count()
     metrics_on = bool(eval_rows) and (cfg.eval.metrics == "on" or (
         cfg.eval.metrics == "auto" and eval_rows <= cfg.eval.auto_max_rows))

@@ -5,8 +5,8 @@ its rows and greedily generates answers, then the counts from ``giellm_ray.metri
 are gathered and merged on rank 0 (counts sum across shards). Every rank runs the same number of
 forward/generate calls (short shards repeat their last batch, results discarded) because ZeRO-3
 gathers parameters collectively; generation uses ``synced_gpus`` for the same reason.
-Greedy decoding uses ``giellm_ray.infer.engine.GenerationEngine`` when it exists and ZeRO < 3,
-else plain ``model.generate``.
+Greedy decoding uses the scoring engine (``giellm_ray.infer.engine``) with the format constraint
+(``eval.constrained``, on by default) below ZeRO-3, else plain ``model.generate``.
 """
 
 from __future__ import annotations
@@ -66,22 +66,36 @@ def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[flo
     return float(total[0] / max(total[1], 1)), int(total[1])
 
 
-def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
-                    batch_size: int, num_batches: int, synced: bool, device) -> list[str]:
-    """Greedy answers for ``prompts``, running exactly ``num_batches`` generate calls."""
+def greedy_generate(model, tokenizer, rows: Sequence[dict], max_new_tokens: int,
+                    batch_size: int, num_batches: int, synced: bool, device,
+                    constrained: bool = False) -> list[str]:
+    """Greedy answers for ``rows`` (``prompt``; ``text`` and ``dataset`` when constrained).
+
+    Without ZeRO-3 this is the scoring engine, with the format constraint when ``constrained``;
+    under ZeRO-3 every rank must run exactly ``num_batches`` collective ``generate`` calls.
+    """
     import torch
 
-    try:
-        if synced:
-            raise ImportError
+    prompts = [r["prompt"] for r in rows]
+    if not synced and prompts:
+        from giellm_ray.formats import DEFAULT_REGISTRY
         from giellm_ray.infer.engine import GenerationConfig, GenerationEngine, GenerationRequest
-    except ImportError:
-        GenerationEngine = None
-    if GenerationEngine is not None and prompts:
+
+        factory = None
+        if constrained:
+            from giellm_ray.decoding import build_constraint_factory
+
+            factory = build_constraint_factory(tokenizer, DEFAULT_REGISTRY)
+        requests = []
+        for r in rows:
+            constraint = None
+            if factory is not None and r.get("text") and r.get("dataset") in DEFAULT_REGISTRY:
+                constraint = factory.for_row(r["text"], DEFAULT_REGISTRY[r["dataset"]],
+                                             max_new_tokens)
+            requests.append(GenerationRequest(prompt=r["prompt"], max_new_tokens=max_new_tokens,
+                                              constraint=constraint))
         engine = GenerationEngine(model, tokenizer, GenerationConfig(batch_size=batch_size))
-        results = engine.generate([GenerationRequest(prompt=p, max_new_tokens=max_new_tokens)
-                                   for p in prompts])
-        return [r.text for r in results]
+        return [res.text for res in engine.generate(requests)]
     out: list[str] = []
     for idx, real in _padded_batches(len(prompts), batch_size, num_batches):
         batch = [prompts[i] for i in idx] or [""]
@@ -97,19 +111,17 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
 
 
 def eval_metrics(engine, rows: Sequence[dict], tokenizer, cfg, device, synced: bool) -> dict | None:
-    """Merged metric counts (rank 0; ``None`` elsewhere or when the metrics module is absent)."""
+    """Merged metric counts on rank 0 (``None`` on other ranks)."""
     import torch.distributed as dist
 
-    try:
-        from giellm_ray.metrics import count_rows, merge_counts
-    except ImportError:
-        return None
+    from giellm_ray.metrics import count_rows, merge_counts
+
     bs = cfg.eval.batch_size
     num = _max_over_ranks(math.ceil(len(rows) / bs))
     model = engine.module
     model.eval()
-    preds = greedy_generate(model, tokenizer, [r["prompt"] for r in rows], cfg.eval.max_new_tokens,
-                            bs, num, synced, device)
+    preds = greedy_generate(model, tokenizer, rows, cfg.eval.max_new_tokens, bs, num, synced,
+                            device, constrained=cfg.eval.constrained)
     model.train()
     counts = count_rows([r["dataset"] for r in rows], [r["target"] for r in rows], preds)
     gathered: list = [None] * (dist.get_world_size() if dist.is_initialized() else 1)

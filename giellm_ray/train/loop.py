@@ -165,7 +165,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     eval_rows: list[dict] = []
     if config.get("has_eval"):
-        eval_rows = read_shard("eval", ["prompt", "target", "dataset"])[rank::world]
+        columns = ["prompt", "target", "dataset"] + (["text"] if cfg.eval.constrained else [])
+        eval_rows = read_shard("eval", columns)[rank::world]
     lengths = [len(e) for e in examples]
     base = {"resumed_from_step": resumed_from, "total_steps": total_steps}
     data_metrics = {f"data_{k}": v for k, v in data_stats.items()}
