@@ -147,7 +147,8 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     batches = list(iter_parquet_batches(path, columns))
     if not batches:
         fs, p = resolve(parquet_files(path)[0])
-        return pq.read_schema(fs.open_input_file(p)).empty_table()
+        empty = pq.read_schema(fs.open_input_file(p)).empty_table()
+        return empty.select(columns) if columns else empty
     return pa.Table.from_batches(batches)
 
 
