@@ -12,6 +12,9 @@ Dataset files (written by ``giellm data ...``, read by training, scoring and eva
     split     string   train / test (mix builder), else null
     error     string   why the row could not be built (null when fine); such rows have no target
 
+Scoring also reads an optional ``max_new_tokens`` (integer) column: a per-row cap on generated
+tokens, applied below the task's bound (e.g. to bound cost when expected outputs are short).
+
 Scored files add ``prediction``, ``pred_tl_label``, ``pred_items`` (items with character
 offsets), ``num_generated_tokens`` and reuse ``error`` for the scoring error. Pure pyarrow.
 """
@@ -33,6 +36,7 @@ PREDICTION = "prediction"
 PRED_TL_LABEL = "pred_tl_label"
 PRED_ITEMS = "pred_items"
 NUM_GENERATED_TOKENS = "num_generated_tokens"
+MAX_NEW_TOKENS = "max_new_tokens"
 
 ITEM_TYPE = pa.struct(
     [("label", pa.string()), ("span", pa.string()), ("tail", pa.string())]

@@ -1,7 +1,8 @@
 """The driver of ``giellm score`` / ``jobs/score.py``: check inputs, run the Ray Data job, commit, report.
 
 ``run_score(cfg)`` reads Parquet (local or ``s3://``, ``filesystem=`` always explicit), checks every
-input file's schema before any work (needs ``dataset`` and ``text`` or ``prompt``), streams the rows
+input file's schema before any work (needs ``dataset`` and ``text`` or ``prompt``; an optional
+``max_new_tokens`` per-row cap must be an integer column), streams the rows
 through a repartition → ``map_batches(ScoreBatch, ActorPoolStrategy)`` → ``write_parquet`` pipeline
 (nothing is materialised), then commits and, when gold ``target`` is present, writes the metrics
 report aggregated from per-file counts.
@@ -24,6 +25,7 @@ import tempfile
 import time
 import uuid
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
@@ -72,6 +74,10 @@ def check_inputs(cfg: ScoreConfig) -> tuple[pafs.FileSystem, list[str], object, 
             for col in (S.DATASET, S.TEXT, S.PROMPT):
                 if col in names and not str(sch.field(col).type).startswith(("string", "large_str")):
                     raise ValueError(f"{f}: column '{col}' must be string, is {sch.field(col).type}")
+            cap = sch.field(S.MAX_NEW_TOKENS) if S.MAX_NEW_TOKENS in names else None
+            if cap is not None and not pa.types.is_integer(cap.type):
+                raise ValueError(f"{f}: column '{S.MAX_NEW_TOKENS}' (per-row cap) must be an "
+                                 f"integer type, is {cap.type}")
         elif not sch.equals(first):
             raise ValueError(f"{f}: schema differs from {files[0]}:\n{sch}\nvs\n{first}")
     return fs, files, first, total

@@ -2,8 +2,8 @@
 
 ``Extractor(model_cfg, gen_cfg, registry)`` loads the model and tokenizer once (in a Ray Data actor
 or a Serve replica) and ``extract(rows)`` turns dicts with ``text``, ``dataset`` (and optionally
-``prompt``) into dicts with the scored columns of ``giellm_ray.schema.SCORED_FIELDS``. A row that
-cannot be scored (null/empty text, unknown dataset, a prompt the model cannot hold, an engine
+``prompt`` and a per-row ``max_new_tokens`` cap) into dicts with the scored columns of ``giellm_ray.schema.SCORED_FIELDS``. A row that
+cannot be scored (null/empty text, unknown dataset, a bad ``max_new_tokens``, a prompt the model cannot hold, an engine
 error) gets its reason in ``error``; nothing raises for a bad row. With ``constrained=True`` (the
 default) each row decodes under a constraint from
 ``giellm_ray.decoding.build_constraint_factory`` so outputs stay inside the task's format.
@@ -79,30 +79,35 @@ class Extractor:
             return None
         return build_constraint_factory(self.tokenizer, self.registry)
 
-    def _max_new_tokens(self, task) -> int:
-        cap = self.gen_cfg.max_new_tokens
-        return task.max_new_tokens if cap is None else min(task.max_new_tokens, cap)
+    def _budget(self, task, row_cap: int | None = None) -> int:
+        """Tokens this row may generate: the task's bound, the engine cap and the row's cap."""
+        caps = [task.max_new_tokens, self.gen_cfg.max_new_tokens, row_cap]
+        return min(c for c in caps if c is not None)
 
-    def _prepare(self, row: Mapping) -> tuple[str, object, str] | str:
-        """``(prompt, task, text)`` for a row that can be generated, else the error message."""
+    def _prepare(self, row: Mapping) -> tuple[str, object, str, int] | str:
+        """``(prompt, task, text, budget)`` for a row that can be generated, else the error."""
         dataset = row.get(S.DATASET)
         if dataset is None or dataset not in self.registry:
             return f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(self.registry))}"
         task = self.registry[dataset]
+        cap = row.get(S.MAX_NEW_TOKENS)
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            return f"max_new_tokens must be a positive integer, got {cap!r}"
+        budget = self._budget(task, cap)
         text = row.get(S.TEXT)
         prompt = row.get(S.PROMPT)
         if isinstance(prompt, str) and prompt:
-            return prompt, task, text if isinstance(text, str) else ""
+            return prompt, task, text if isinstance(text, str) else "", budget
         if text is None:
             return "text is null"
         if not isinstance(text, str) or not text.strip():
             return "text is empty"
-        return build_prompt(text, task), task, text
+        return build_prompt(text, task), task, text, budget
 
     def extract(self, rows: list[Mapping]) -> list[dict]:
         """Scored columns for each row, in order (``error`` set where a row could not be scored)."""
         outputs: list[dict | None] = [None] * len(rows)
-        todo: list[tuple[int, str, object, str]] = []
+        todo: list[tuple[int, str, object, str, int]] = []
         for i, row in enumerate(rows):
             prepared = self._prepare(row)
             if isinstance(prepared, str):
@@ -110,36 +115,34 @@ class Extractor:
             else:
                 todo.append((i, *prepared))
         if todo:
-            lengths = [len(x) for x in self.tokenizer([p for _, p, _, _ in todo],
+            lengths = [len(x) for x in self.tokenizer([t[1] for t in todo],
                                                       add_special_tokens=True)["input_ids"]]
             ready = []
-            for (i, prompt, task, text), n in zip(todo, lengths, strict=True):
-                budget = self.max_positions - self._max_new_tokens(task)
-                if n > budget:
+            for (i, prompt, task, text, budget), n in zip(todo, lengths, strict=True):
+                if n > self.max_positions - budget:
                     outputs[i] = empty_output(
                         f"prompt too long: {n} tokens; the model takes {self.max_positions} "
-                        f"positions, {self._max_new_tokens(task)} kept for the output")
+                        f"positions, {budget} kept for the output")
                 else:
-                    ready.append((i, prompt, task, text))
+                    ready.append((i, prompt, task, text, budget))
             results = self._generate(ready)
-            for (i, _, task, text), res in zip(ready, results, strict=True):
+            for (i, _, task, text, _), res in zip(ready, results, strict=True):
                 outputs[i] = self._finish_row(res, task, text)
         return outputs  # type: ignore[return-value]
 
-    def _request(self, prompt: str, task, text: str) -> GenerationRequest:
-        budget = self._max_new_tokens(task)
+    def _request(self, prompt: str, task, text: str, budget: int) -> GenerationRequest:
         # The constraint closes the output in time when it knows the engine's token budget.
         constraint = (self.constraint_factory.for_row(text, task, budget)
                       if self.constraint_factory else None)
         return GenerationRequest(prompt, budget, constraint)
 
     def _generate(self, ready: list[tuple]) -> list[GenerationResult]:
-        results = self.engine.generate([self._request(p, t, x) for _, p, t, x in ready])
+        results = self.engine.generate([self._request(*r[1:]) for r in ready])
         if self.constraint_factory is not None:
             # A constrained row caught in a failing batch is retried alone with a fresh constraint.
-            for k, (_, p, t, x) in enumerate(ready):
+            for k, r in enumerate(ready):
                 if results[k].error and results[k].error.startswith("engine error"):
-                    results[k] = self.engine.generate([self._request(p, t, x)])[0]
+                    results[k] = self.engine.generate([self._request(*r[1:])])[0]
         return results
 
     @staticmethod

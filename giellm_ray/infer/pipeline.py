@@ -18,7 +18,7 @@ from giellm_ray.infer.config import ScoreConfig
 from giellm_ray.infer.extractor import empty_output
 
 SCORED_NAMES = [f.name for f in S.SCORED_FIELDS]
-INPUT_COLUMNS = (S.DATASET, S.TEXT, S.PROMPT)
+INPUT_COLUMNS = (S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS)
 
 
 def build_filesystem(path: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:

@@ -1,6 +1,6 @@
 """Request and response shapes of the HTTP API, and the checks a request must pass.
 
-``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset}``) and answers an
+``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens]}``) and answers an
 :class:`ExtractResponse` (``{tl_label, items, raw_output, error, model, latency_ms, request_id}``);
 ``POST /v1/extract/batch`` takes ``{"requests": [...]}`` and answers ``{"results": [...]}``.
 :func:`check_request` raises :class:`ApiError` (status + message) for an empty text, a text over
@@ -33,6 +33,9 @@ class ExtractRequest(BaseModel):
 
     text: str = Field(description="Japanese source text (non-empty, at most the configured size).")
     dataset: str = Field(description="Task name, e.g. SCNM or SCPOS:RW (see GET /v1/tasks).")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Cap on generated tokens for this text (below the task's own bound).")
 
 
 class BatchRequest(BaseModel):

@@ -76,7 +76,8 @@ class ExtractorModel:
     def _run(self, rows: list[dict]) -> list[dict]:
         """One model call (in a worker thread, so the event loop keeps taking requests)."""
         try:
-            return self.extractor.extract([{"text": r["text"], "dataset": r["dataset"]}
+            return self.extractor.extract([{"text": r["text"], "dataset": r["dataset"],
+                                            "max_new_tokens": r.get("max_new_tokens")}
                                            for r in rows])
         except Exception as exc:  # the Extractor should never raise; keep the 200 contract if it does
             logger.exception("extractor failed on a batch of %d", len(rows))

@@ -136,7 +136,8 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
 
     async def run(reqs: list[ExtractRequest], rid: str, route: str) -> tuple[list, float]:
         start = time.perf_counter()
-        rows = [{"text": r.text, "dataset": r.dataset, "request_id": rid} for r in reqs]
+        rows = [{"text": r.text, "dataset": r.dataset, "max_new_tokens": r.max_new_tokens,
+                 "request_id": rid} for r in reqs]
         outs = await extract(rows)
         latency_ms = (time.perf_counter() - start) * 1000.0
         if observe is not None:

@@ -138,3 +138,14 @@ def test_schema_is_checked_before_any_work(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="need columns 'dataset' and 'text'"):
         run_score(cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_float_max_new_tokens_column_is_refused_before_any_work(tmp_path, tiny_model_dir):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"dataset": ["SCNM"], "text": ["x"], "max_new_tokens": [3.0]}),
+                   tmp_path / "in.parquet")
+    cfg = config(tiny_model_dir, str(tmp_path / "in.parquet"), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="'max_new_tokens' .* must be an integer type"):
+        run_score(cfg)
+    assert not (tmp_path / "out").exists()

@@ -45,3 +45,17 @@ def test_bad_rows_get_errors_and_good_rows_are_scored(extractor, stockmark_recor
 
 def test_empty_batch(extractor):
     assert extractor.extract([]) == []
+
+
+def test_per_row_max_new_tokens_caps_generation(extractor, stockmark_records):
+    text = stockmark_records[1]["text"]
+    rows = [{S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 2},
+            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 50},  # above the engine cap (6)
+            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: None},
+            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 0},
+            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: True}]
+    out = extractor.extract(rows)
+    assert [o[S.NUM_GENERATED_TOKENS] for o in out] == [2, 6, 6, 0, 0]
+    assert out[0][S.PREDICTION] is not None
+    for o in out[3:]:
+        assert o[S.ERROR].startswith("max_new_tokens must be a positive integer")

@@ -58,6 +58,14 @@ def test_extract_returns_label_items_offsets(client):
     assert isinstance(body["latency_ms"], float)
 
 
+def test_max_new_tokens_reaches_the_extractor(client):
+    r = client.post("/v1/extract", json={"text": TEXT, "dataset": "SCNM", "max_new_tokens": 7})
+    assert r.status_code == 200, r.text
+    assert [row["max_new_tokens"] for row in client.calls[-1]] == [7]
+    client.post("/v1/extract", json={"text": TEXT, "dataset": "SCNM"})
+    assert [row["max_new_tokens"] for row in client.calls[-1]] == [None]
+
+
 def test_unparseable_output_is_200_with_error(client):
     r = client.post("/v1/extract", json={"text": "画面が暗い。", "dataset": "SCNM"})
     assert r.status_code == 200
@@ -85,6 +93,7 @@ def test_batch_keeps_order(client):
         ({"text": TEXT}, 422, "dataset"),
         ({"text": TEXT, "dataset": "SCNM", "extra": 1}, 422, "extra"),
         ({"text": 5, "dataset": "SCNM"}, 422, "text"),
+        ({"text": TEXT, "dataset": "SCNM", "max_new_tokens": 0}, 422, "max_new_tokens"),
     ],
 )
 def test_bad_single_requests(client, body, status, words):
