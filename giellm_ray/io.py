@@ -4,6 +4,8 @@
 ``LocalFileSystem``, ``s3://`` to s3fs wrapped for pyarrow (so Ray Data and ``pyarrow.parquet``
 both take it as ``filesystem=``). The S3 endpoint comes from ``AWS_ENDPOINT_URL`` (or
 ``GIELLM_S3_ENDPOINT_URL``) when set, e.g. a ``moto_server`` on 127.0.0.1 in tests.
+``resolve_native(path, endpoint_url)`` is the variant for filesystems shipped to Ray workers:
+pyarrow's own ``S3FileSystem`` (picklable) with the endpoint and credentials made explicit.
 """
 
 from __future__ import annotations
@@ -38,6 +40,32 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         fs = pafs.PyFileSystem(pafs.FSSpecHandler(s3fs_filesystem()))
         return fs, path[len("s3://"):]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_native(path: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """Like :func:`resolve`, but S3 gets pyarrow's native, picklable ``S3FileSystem``.
+
+    For filesystems that travel to Ray workers (``giellm score`` hands it to Ray Data's read and
+    write tasks): ``endpoint_url`` (else ``GIELLM_S3_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL``) and the
+    credentials found on the driver are passed explicitly, so workers started without the
+    driver's environment (e.g. a shared local cluster) reach the same endpoint.
+    """
+    if not is_s3(path):
+        return resolve(path)
+    endpoint = (endpoint_url or os.environ.get("GIELLM_S3_ENDPOINT_URL")
+                or os.environ.get("AWS_ENDPOINT_URL"))
+    kwargs: dict = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                      secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs), path[len("s3://"):]
 
 
 def exists(path: str) -> bool:

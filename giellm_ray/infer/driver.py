@@ -33,7 +33,7 @@ import yaml
 from giellm_ray import io
 from giellm_ray import schema as S
 from giellm_ray.infer.config import ScoreConfig
-from giellm_ray.infer.pipeline import ScoreBatch, build_filesystem
+from giellm_ray.infer.pipeline import ScoreBatch
 from giellm_ray.infer.progress import STAT_KEYS, ProgressCounter, ProgressPrinter, derived
 
 SUCCESS = "_SUCCESS"
@@ -54,7 +54,7 @@ def check_inputs(cfg: ScoreConfig) -> tuple[pafs.FileSystem, list[str], object, 
     for path in cfg.input:
         if (path.rstrip("/") + "/").startswith(out_norm):
             raise ValueError(f"input {path} lies inside the output directory {cfg.output}")
-        fs, p = build_filesystem(path, cfg.s3_endpoint_url)
+        fs, p = io.resolve_native(path, cfg.s3_endpoint_url)
         files += io.list_parquet(fs, p)
     first, total = None, 0
     for f in files:
@@ -170,7 +170,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     start = time.monotonic()
     fs_in, files, in_schema, total = check_inputs(cfg)
     registry = load_registry(cfg.tasks)
-    fs_out, out = build_filesystem(cfg.output, cfg.s3_endpoint_url)
+    fs_out, out = io.resolve_native(cfg.output, cfg.s3_endpoint_url)
     started = _init_ray(cfg)
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress_bars

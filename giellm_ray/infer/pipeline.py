@@ -11,7 +11,6 @@ batch carries the reason in ``error``). The driver that wires it into a pipeline
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from giellm_ray import schema as S
 from giellm_ray.infer.config import ScoreConfig
@@ -19,34 +18,6 @@ from giellm_ray.infer.extractor import empty_output
 
 SCORED_NAMES = [f.name for f in S.SCORED_FIELDS]
 INPUT_COLUMNS = (S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS)
-
-
-def build_filesystem(path: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, path-within-it)``; S3 gets a picklable pyarrow ``S3FileSystem``.
-
-    Credentials found on the driver are passed explicitly so that Ray workers started without
-    the driver's environment (e.g. a shared local cluster) reach the same endpoint.
-    """
-    import os
-
-    from giellm_ray import io
-
-    if not io.is_s3(path):
-        return io.resolve(path)
-    endpoint = (endpoint_url or os.environ.get("GIELLM_S3_ENDPOINT_URL")
-                or os.environ.get("AWS_ENDPOINT_URL"))
-    kwargs: dict = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                      secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs), path[len("s3://"):]
 
 
 def scored_schema(input_schema: pa.Schema) -> pa.Schema:

@@ -116,10 +116,10 @@ def test_score_local_then_rerun_after_interruption(ray_cluster, tiny_model_dir,
 
 @pytest.mark.timeout(180)
 def test_score_s3_in_and_out(ray_cluster, s3_server, tiny_model_dir, stockmark_records):
-    from giellm_ray.infer.pipeline import build_filesystem
+    from giellm_ray.io import resolve_native
 
     rows = make_rows(stockmark_records, 40)
-    fs, _ = build_filesystem("s3://giellm-test/x", s3_server)
+    fs, _ = resolve_native("s3://giellm-test/x", s3_server)
     write_input(rows, "giellm-test/score-in", filesystem=fs)
     out = "s3://giellm-test/score-out"
     cfg = config(tiny_model_dir, "s3://giellm-test/score-in", out, s3_endpoint_url=s3_server)
