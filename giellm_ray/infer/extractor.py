@@ -2,9 +2,10 @@
 
 ``Extractor(model_cfg, gen_cfg, registry)`` loads the model and tokenizer once (in a Ray Data actor
 or a Serve replica) and ``extract(rows)`` turns dicts with ``text``, ``dataset`` (and optionally
-``prompt`` and a per-row ``max_new_tokens`` cap) into dicts with the scored columns of ``giellm_ray.schema.SCORED_FIELDS``. A row that
-cannot be scored (null/empty text, unknown dataset, a bad ``max_new_tokens``, a prompt the model cannot hold, an engine
-error) gets its reason in ``error``; nothing raises for a bad row. With ``constrained=True`` (the
+``prompt`` and a per-row ``max_new_tokens`` cap) into dicts with the scored columns of
+``giellm_ray.schema.SCORED_FIELDS``. A row that cannot be scored (null/empty text, unknown
+dataset, a bad ``max_new_tokens``, a prompt the model cannot hold, an engine error) gets its
+reason in ``error``; nothing raises for a bad row. With ``constrained=True`` (the
 default) each row decodes under a constraint from
 ``giellm_ray.decoding.build_constraint_factory`` so outputs stay inside the task's format.
 """
