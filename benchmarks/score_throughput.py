@@ -130,7 +130,8 @@ def run_naive(model_dir: str, rows: list[dict]) -> dict:
     secs = time.perf_counter() - start
     return {"rows": len(rows), "seconds": secs, "rows_per_s": len(rows) / secs,
             "generated_tokens": tokens, "tokens_per_s": tokens / secs,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def run_engine(model_dir: str, rows: list[dict], refill: bool) -> dict:
