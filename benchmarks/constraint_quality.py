@@ -29,19 +29,10 @@ from constraint_cost import NER, tiny_model  # noqa: E402
 
 
 def validity(rows: list[dict], outs: list[dict], task) -> dict[str, float]:
-    from giellm_ray.formats import parse
+    from giellm_ray.metrics import format_validity
 
-    parsed = labels = spans = 0
-    for row, out in zip(rows, outs, strict=True):
-        p = parse(out["prediction"] or "", task)
-        if not p.ok:
-            continue
-        parsed += 1
-        labels += p.tl_label in task.tl_labels and all(
-            it["label"] in task.wl_labels for it in p.items)
-        spans += all(it["span"] and it["span"] in row["text"] for it in p.items)
-    n = len(rows)
-    return {"parse_rate": parsed / n, "label_rate": labels / n, "span_rate": spans / n}
+    v = format_validity([r["text"] for r in rows], [o["prediction"] or "" for o in outs], task)
+    return {"parse_rate": v["parse"], "label_rate": v["labels"], "span_rate": v["spans"]}
 
 
 def sft_batches(tokenizer, records: list[dict], task, batch_size: int, rng: random.Random):

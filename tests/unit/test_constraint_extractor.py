@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from giellm_ray.formats import DEFAULT_REGISTRY, parse
+from giellm_ray.formats import DEFAULT_REGISTRY
 from giellm_ray.infer.engine import GenerationConfig
 from giellm_ray.infer.extractor import Extractor
+from giellm_ray.metrics import format_validity
 from giellm_ray.model.loader import ModelConfig
 
 SCNM = DEFAULT_REGISTRY["SCNM"]
@@ -15,18 +16,10 @@ GEN = GenerationConfig(batch_size=64, max_new_tokens=48)  # below SCNM's 128: th
 
 
 def rates(rows: list[dict], outs: list[dict]) -> dict[str, float]:
-    """Shares of outputs that parse, whose labels are all known, whose spans are all in the text."""
-    parsed = labels = spans = 0
-    for row, out in zip(rows, outs, strict=True):
-        p = parse(out["prediction"] or "", SCNM)
-        if not p.ok or out["error"]:
-            continue
-        parsed += 1
-        labels += p.tl_label in SCNM.tl_labels and all(
-            it["label"] in SCNM.wl_labels for it in p.items)
-        spans += all(it["span"] and it["span"] in row["text"] for it in p.items)
-    n = len(rows)
-    return {"parse": parsed / n, "labels": labels / n, "spans": spans / n}
+    """Shares of outputs that parse, whose labels are all known, whose spans are all in the text
+    (an output the Extractor flagged with an error counts as not parsed)."""
+    return format_validity([r["text"] for r in rows],
+                           [None if o["error"] else o["prediction"] for o in outs], SCNM)
 
 
 @pytest.fixture(scope="module")

@@ -102,3 +102,18 @@ def test_eval_bad_inputs_exit_nonzero_with_a_message(tmp_path, capsys):
     for path, message in cases:
         assert main(["eval", str(path), "--output", str(tmp_path / "out")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_format_validity_counts_parse_labels_and_spans():
+    from giellm_ray.formats import DEFAULT_REGISTRY, build_target
+    from giellm_ray.metrics import format_validity
+
+    task = DEFAULT_REGISTRY["SCNM"]
+    tl, label = task.tl_labels[0], task.wl_labels[0]
+    text = "田中太郎は東京に住む。"
+    good = build_target(tl, [{"label": label, "span": "田中太郎", "tail": None}], task)
+    not_in_text = build_target(tl, [{"label": label, "span": "山田花子", "tail": None}], task)
+    texts = [text] * 4
+    v = format_validity(texts, [good, not_in_text, "garbage", None], task)
+    assert v == {"parse": 0.5, "labels": 0.5, "spans": 0.25}
+    assert format_validity([], [], task) == {"parse": 0.0, "labels": 0.0, "spans": 0.0}
