@@ -14,7 +14,7 @@ single bad JSON line later in a file becomes that row's ``_error`` and the build
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -57,7 +57,19 @@ def _missing(path: str, columns: list[str], found: list[str]) -> None:
         raise ValueError(f"{path}: missing column(s) {missing}; the file has columns {found}")
 
 
-def _csv_chunks(path: str, columns: list[str], chunk_size: int, delimiter: str):
+def _chunked(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Lists of at most ``size`` records, in order."""
+    pending: list[dict] = []
+    for rec in records:
+        pending.append(rec)
+        if len(pending) >= size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def _csv_records(path: str, columns: list[str], delimiter: str) -> Iterator[dict]:
     fs, p = io.resolve(path)
     if fs.get_file_info(p).type.name == "NotFound":
         raise FileNotFoundError(f"no such file: {path}")
@@ -74,17 +86,11 @@ def _csv_chunks(path: str, columns: list[str], chunk_size: int, delimiter: str):
         with fs.open_input_stream(p) as raw:
             reader = pcsv.open_csv(raw, read_options=read, parse_options=parse,
                                    convert_options=convert)
-            pending: list[dict] = []
             for batch in reader:
                 for rec in batch.to_pylist():
                     rec[ROW] = row
                     row += 1
-                    pending.append(rec)
-                    if len(pending) >= chunk_size:
-                        yield pending
-                        pending = []
-            if pending:
-                yield pending
+                    yield rec
     except pa.ArrowInvalid as exc:
         msg = str(exc)
         if "UTF8" in msg or "UTF-8" in msg:
@@ -130,8 +136,7 @@ def json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
         yield (rec, None) if isinstance(rec, dict) else (None, f"line {n}: not an object")
 
 
-def _json_chunks(path: str, columns: list[str], chunk_size: int):
-    pending: list[dict] = []
+def _json_rows(path: str, columns: list[str]) -> Iterator[dict]:
     for row, (rec, error) in enumerate(json_records(path)):
         if row == 0 and rec is not None:
             _missing(path, columns, list(rec))
@@ -139,12 +144,7 @@ def _json_chunks(path: str, columns: list[str], chunk_size: int):
         out[ROW] = row
         if error:
             out[ROW_ERROR] = error
-        pending.append(out)
-        if len(pending) >= chunk_size:
-            yield pending
-            pending = []
-    if pending:
-        yield pending
+        yield out
 
 
 def _parquet_chunks(path: str, columns: list[str], chunk_size: int):
@@ -163,8 +163,8 @@ def iter_chunks(path: str, columns: list[str], chunk_size: int = 2048) -> Iterat
     """Chunks of row dicts with ``columns`` (``str`` or ``None``), ``_row`` and maybe ``_error``."""
     fmt = detect_format(path)
     if fmt in ("csv", "tsv"):
-        yield from _csv_chunks(path, columns, chunk_size, "," if fmt == "csv" else "\t")
+        yield from _chunked(_csv_records(path, columns, "," if fmt == "csv" else "\t"), chunk_size)
     elif fmt in ("jsonl", "json"):
-        yield from _json_chunks(path, columns, chunk_size)
+        yield from _chunked(_json_rows(path, columns), chunk_size)
     else:
         yield from _parquet_chunks(path, columns, chunk_size)
