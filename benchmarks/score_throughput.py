@@ -62,11 +62,10 @@ def build_model(workdir: str) -> str:
 
 def gold_rows(model_dir: str, rows: int) -> tuple[list[dict], str | None]:
     """SCNM rows with gold targets; ``max_new_tokens`` = gold length in tokens + 1 (EOS)."""
-    from transformers import AutoTokenizer
-
     from giellm_ray.data.scnm import build_row
+    from giellm_ray.model.loader import ModelConfig, load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(ModelConfig(name_or_path=model_dir))
     records = json.loads(NER.read_text(encoding="utf-8"))
     # Stockmark has no article categories; one TL label for all (it does not change the cost).
     built = [build_row(r, {str(r["curid"]): "社会"}) for r in records]
