@@ -63,7 +63,7 @@ def same_lengths(engine, factory, task, rows, outs, budget: int, repeats: int) -
     """Best tokens/s of the engine alone, each row capped at its constrained output's length,
     without and with a (fresh) constraint: equal work per row, so the gap is the constraint's."""
     from giellm_ray.formats import build_prompt
-    from giellm_ray.infer.engine import GenerationRequest
+    from giellm_ray.generation.base import GenerationRequest
 
     prompts = [build_prompt(r["text"], task) for r in rows]
     lengths = [max(1, o["num_generated_tokens"]) for o in outs]
@@ -91,8 +91,8 @@ def main() -> int:
 
     from giellm_ray.decoding import build_constraint_factory
     from giellm_ray.formats import DEFAULT_REGISTRY
-    from giellm_ray.infer.engine import GenerationConfig
-    from giellm_ray.infer.extractor import Extractor
+    from giellm_ray.generation.config import GenerationConfig
+    from giellm_ray.generation.extractor import Extractor
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
     records = json.loads(NER.read_text(encoding="utf-8"))

@@ -94,8 +94,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from giellm_ray.formats import DEFAULT_REGISTRY, build_target, make_item
-    from giellm_ray.infer.engine import GenerationConfig
-    from giellm_ray.infer.extractor import Extractor
+    from giellm_ray.generation.config import GenerationConfig
+    from giellm_ray.generation.extractor import Extractor
     from giellm_ray.metrics import count_rows, ratios
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
     from giellm_ray.model.tiny import TinyConfig, build_tiny

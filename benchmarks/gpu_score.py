@@ -38,7 +38,9 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.infer.engine import GenerationConfig, GenerationEngine, GenerationRequest
+    from giellm_ray.generation.base import GenerationRequest
+    from giellm_ray.generation.config import GenerationConfig
+    from giellm_ray.generation.hf import HFEngine
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
     from giellm_ray.schema import dataset_table
 
@@ -51,7 +53,7 @@ def main() -> None:
     cfg = ModelConfig(name_or_path=args.model, dtype="bfloat16")
     model, tok = load_model(cfg, "cuda"), load_tokenizer(cfg)
     for refill in (False, True):
-        eng = GenerationEngine(model, tok, GenerationConfig(
+        eng = HFEngine(model, tok, GenerationConfig(
             batch_size=128, refill_threshold=0.1 if refill else 1.0))
         reqs = [GenerationRequest(build_prompt(r["text"], DEFAULT_REGISTRY[r["dataset"]]),
                                   DEFAULT_REGISTRY[r["dataset"]].max_new_tokens)

@@ -136,13 +136,15 @@ def run_naive(model_dir: str, rows: list[dict]) -> dict:
 def run_engine(model_dir: str, rows: list[dict], refill: bool) -> dict:
     import torch
 
-    from giellm_ray.infer.engine import GenerationConfig, GenerationEngine, GenerationRequest
+    from giellm_ray.generation.base import GenerationRequest
+    from giellm_ray.generation.config import GenerationConfig
+    from giellm_ray.generation.hf import HFEngine
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
     torch.set_num_threads(1)
     cfg = ModelConfig(name_or_path=model_dir)
     gen = GenerationConfig(batch_size=32, refill_threshold=0.1 if refill else 1.0)
-    engine = GenerationEngine(load_model(cfg, "cpu"), load_tokenizer(cfg), gen)
+    engine = HFEngine(load_model(cfg, "cpu"), load_tokenizer(cfg), gen)
     start = time.perf_counter()
     engine.generate([GenerationRequest(r["prompt"], r["max_new_tokens"]) for r in rows])
     secs = time.perf_counter() - start

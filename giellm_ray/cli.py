@@ -1,11 +1,13 @@
 """The ``giellm`` command: one entry point whose subcommands are plain functions.
 
-Each area registers its own subcommands from a light ``cli`` module (argparse only; heavy imports
-happen inside the handlers), so ``giellm --help`` is instant and ``jobs/*.py`` reuse the same
-functions. Errors a user can fix (bad config, missing file, malformed input) print one clear
+Each area registers its subcommands from a light ``cli`` module (argparse only; heavy imports
+happen inside the handlers, each named ``handle`` or ``handle_<subcommand>``), so
+``giellm --help`` is instant and ``jobs/*.py`` reuse the same functions. ``-v``/``-q`` (or
+``GIELLM_LOG_LEVEL``) set the verbosity of the ``giellm_ray`` loggers (see :mod:`giellm_ray.log`).
+Errors a user can fix (bad config, missing file or dependency, malformed input) print one clear
 ``giellm: error: ...`` line and exit 2; anything else is a bug and keeps its traceback.
 
-    giellm data scnm|scpos|authors|mix ...
+    giellm [-v | -q] data scnm|scpos|authors|mix ...
     giellm eval PREDICTIONS --output DIR
     giellm train --config PATH [--set k=v ...]
     giellm score --model PATH --input PATH... --output PATH
@@ -16,20 +18,17 @@ functions. Errors a user can fix (bad config, missing file, malformed input) pri
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules that each define ``register(subparsers)``; a missing one is skipped so a partial
-# install still offers the rest.
-COMMAND_MODULES = (
-    "giellm_ray.data.cli",
-    "giellm_ray.metrics.cli",
-    "giellm_ray.train.cli",
-    "giellm_ray.infer.cli",
-    "giellm_ray.serve.cli",
-    "giellm_ray.demo_cli",
-)
+from giellm_ray.data import cli as data_cli
+from giellm_ray.demo import cli as demo_cli
+from giellm_ray.metrics import cli as metrics_cli
+from giellm_ray.score import cli as score_cli
+from giellm_ray.serve import cli as serve_cli
+from giellm_ray.train import cli as train_cli
+
+COMMANDS = (data_cli, metrics_cli, train_cli, score_cli, serve_cli, demo_cli)
 
 
 class UserError(Exception):
@@ -41,26 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="giellm",
         description="GIELLM on Ray: data building, training, bulk scoring, serving, evaluation.",
     )
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="count", default=0,
+                       help="debug logging (also GIELLM_LOG_LEVEL=DEBUG)")
+    level.add_argument("-q", "--quiet", action="count", default=0,
+                       help="warnings and errors only, no progress lines (-qq: errors only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in COMMANDS:
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from giellm_ray.config import ConfigError
+    from giellm_ray.deps import MissingDependency
+    from giellm_ray.log import level_from_flags, setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(level_from_flags(args.verbose, args.quiet))
     try:
         result = args.handler(args)
-    except (UserError, ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (UserError, ConfigError, MissingDependency, FileNotFoundError, ValueError,
+            KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"giellm: error: {msg}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ beside every output.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -76,7 +77,29 @@ def load_config(cls: type[T], path: str | None = None, overrides: Iterable[str] 
         raise ConfigError(f"invalid {cls.__name__} in {where}:\n" + "\n".join(lines)) from None
 
 
-def dump_config(config: BaseModel, path: str) -> None:
-    """Write the resolved config as YAML (local or s3://)."""
-    io.write_text(path, yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True,
-                                       sort_keys=False))
+def dump_config(config: BaseModel, path: str, filesystem=None) -> None:
+    """Write the resolved config as YAML beside an output (local or ``s3://``).
+
+    ``filesystem``: a ``pyarrow.fs.FileSystem`` that ``path`` lies in (e.g. the one an output was
+    written through, with its own S3 endpoint); ``None`` resolves ``path`` itself.
+    """
+    text = yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
+    if filesystem is None:
+        io.write_text(path, text)
+        return
+    with filesystem.open_output_stream(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def flag_overrides(pairs: Iterable[tuple[str, object]]) -> list[str]:
+    """``--set``-style overrides from shortcut flags (``(dotted.key, value)``; ``None`` skipped).
+
+    Commands turn their shortcut flags (``--model``, ``--input``, ``--port``) into overrides that
+    go after the ``--set`` ones, so a flag wins and is validated like any other key.
+    """
+    out = []
+    for key, value in pairs:
+        if value is None:
+            continue
+        out.append(f"{key}={json.dumps(value)}")  # JSON is YAML: "null", "#" stay strings
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -80,6 +81,20 @@ def makedirs(path: str) -> None:
 
 def join(base: str, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *parts])
+
+
+def copy_dir(src: str, dest: str) -> None:
+    """Copy a local directory to ``dest`` (local path or ``s3://``), replacing what is there."""
+    if is_s3(dest):
+        fs, path = resolve(dest)
+        fs.create_dir(path, recursive=True)
+        pafs.copy_files(src, path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=fs)
+        return
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest)
+    os.chmod(dest, 0o755)  # a temporary source directory is private
 
 
 def read_bytes(path: str) -> bytes:

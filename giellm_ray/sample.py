@@ -214,6 +214,20 @@ def sample_path(split: str = "train") -> str:
     return str(resources.files("giellm_ray") / "resources" / "sample" / f"{split}.parquet")
 
 
+SCHEME = "sample:"
+
+
+def resolve_uri(path: str | None) -> str | None:
+    """``sample:train`` / ``sample:test`` → the shipped file's path; any other path unchanged.
+
+    Shipped configs (``tiny-cpu.yaml``) name the sample this way so they work from any working
+    directory and from an installed wheel; config validators call this.
+    """
+    if isinstance(path, str) and path.startswith(SCHEME):
+        return sample_path(path[len(SCHEME):])
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="directory for train/test .parquet")

@@ -77,6 +77,42 @@ SCORED_FIELDS = [
 ]
 
 
+SCORED_NAMES = [f.name for f in SCORED_FIELDS]
+
+
+def empty_scored(error: str | None) -> dict:
+    """The scored columns of a row that was not generated (``error`` says why)."""
+    return {PREDICTION: None, PRED_TL_LABEL: None, PRED_ITEMS: None, ERROR: error,
+            NUM_GENERATED_TOKENS: 0}
+
+
+# ``giellm eval``'s per-row analysis file (``DIR/rows.parquet``): parsed target and prediction,
+# which levels matched, why parsing failed. Items carry offsets where the text is known, as in
+# scored files.
+TARGET_TL_LABEL = "target_tl_label"
+TARGET_ITEMS = "target_items"
+EVAL_ROWS_SCHEMA = pa.schema(
+    [
+        (ID, pa.string()),
+        (DATASET, pa.string()),
+        (TARGET, pa.string()),
+        (PREDICTION, pa.string()),
+        (TARGET_TL_LABEL, pa.string()),
+        (TARGET_ITEMS, pa.list_(GROUNDED_ITEM_TYPE)),
+        (PRED_TL_LABEL, pa.string()),
+        (PRED_ITEMS, pa.list_(GROUNDED_ITEM_TYPE)),
+        ("tl_match", pa.bool_()),
+        ("wl_match", pa.bool_()),
+        ("all_match", pa.bool_()),
+        ("item_tp", pa.int32()),
+        ("item_fp", pa.int32()),
+        ("item_fn", pa.int32()),
+        ("target_error", pa.string()),
+        ("prediction_error", pa.string()),
+    ]
+)
+
+
 def dataset_table(rows: list[dict]) -> pa.Table:
     """Rows (dicts with any subset of the dataset columns) as a table in ``DATASET_SCHEMA``."""
     cols = {f.name: [r.get(f.name) for r in rows] for f in DATASET_SCHEMA}

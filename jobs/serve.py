@@ -9,9 +9,12 @@ Same arguments and code path as ``giellm serve`` (SIGTERM or Ctrl-C drains and s
 
 from __future__ import annotations
 
+import os
 import sys
 
-from giellm_ray.cli import main
-
 if __name__ == "__main__":
+    # The job's working dir is the repository root: make the package importable from there.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from giellm_ray.cli import main
+
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 
@@ -36,6 +36,8 @@ from giellm_ray.data.progress import Progress
 from giellm_ray.data.sink import ParquetSink, safe_name
 from giellm_ray.data.tables import json_records
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, TaskSpec, learn_task, parse
+
+log = logging.getLogger(__name__)
 
 PAIR_KEYS = (("input", "output"), ("source", "target"), ("prompt", "target"),
              ("prompt", "completion"))
@@ -167,8 +169,8 @@ def learn_tasks(path: str, dataset: str | None = None,
         if name in registry:
             base = registry[name]
         else:
-            print(f"giellm data authors: {name!r} is not a known dataset; its task is learned "
-                  "entirely from the data", file=sys.stderr)
+            log.warning("giellm data authors: %r is not a known dataset; its task is learned "
+                        "entirely from the data", name)
             base = TaskSpec(name, (), (), iw)
         relational = bool(base.relation_labels) or name == "TCREE"
         marker = none_markers[iw].most_common(1)[0][0] if none_markers[iw] else base.none_marker

@@ -6,8 +6,8 @@
     giellm data authors --input SCNM.csv --output authors/scnm.parquet [--dataset SCNM]
     giellm data mix --input scnm.parquet scpos/ --output mix/ [--seed 0] [--sizes SCNM=1000 ...]
 
-Every path may be local or ``s3://``. Each handler prints a JSON summary on stdout and progress
-on stderr; bad inputs raise ``ValueError``/``FileNotFoundError``, which ``giellm`` turns into
+Every path may be local or ``s3://``. Each handler prints a JSON summary on stdout and logs progress
+(stderr, ``-q`` turns it off); bad inputs raise ``ValueError``/``FileNotFoundError``, which ``giellm`` turns into
 ``giellm: error: ...`` and exit status 2. Heavy imports (fugashi, pyarrow) happen in handlers.
 """
 
@@ -15,28 +15,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def _print(summary: dict) -> None:
     print(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
-def run_scnm(args: argparse.Namespace) -> int:
+def handle_scnm(args: argparse.Namespace) -> int:
     from giellm_ray.data.scnm import build_scnm
 
     summary = build_scnm(args.ner_json, args.output, args.tl_labels)
     _print(summary)
     if summary["missing_tl_label"]:
-        print(f"giellm data scnm: {summary['missing_tl_label']} of {summary['rows']} rows have no "
-              "TL label (target left empty, error recorded). Stockmark's ner.json has none: give "
-              "them with --tl-labels FILE, a CSV with header `curid,label` or JSONL "
-              '{"curid": ..., "label": ...}, label one of 社会 文芸 学問 技術 自然.',
-              file=sys.stderr)
+        log.warning("giellm data scnm: %d of %d rows have no TL label (target left empty, error "
+                    "recorded). Stockmark's ner.json has none: give them with --tl-labels FILE, a "
+                    "CSV with header `curid,label` or JSONL {\"curid\": ..., \"label\": ...}, "
+                    "label one of 社会 文芸 学問 技術 自然.", summary["missing_tl_label"],
+                    summary["rows"])
     return 0
 
 
-def run_scpos(args: argparse.Namespace) -> int:
+def handle_scpos(args: argparse.Namespace) -> int:
     from giellm_ray.data.pos import PosConfig
     from giellm_ray.data.scpos import SCPOS_TASKS, ScposConfig, build_scpos
 
@@ -57,7 +59,7 @@ def run_scpos(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_authors(args: argparse.Namespace) -> int:
+def handle_authors(args: argparse.Namespace) -> int:
     from giellm_ray.data.authors import read_authors
 
     summary = read_authors(args.input, args.output, args.dataset)
@@ -66,7 +68,7 @@ def run_authors(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_mix(args: argparse.Namespace) -> int:
+def handle_mix(args: argparse.Namespace) -> int:
     from giellm_ray.data.mix import build_mix, parse_sizes
 
     sizes = parse_sizes(args.sizes) if args.sizes else None
@@ -86,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ner-json", required=True, help="Stockmark ner.json (local or s3://)")
     p.add_argument("--tl-labels", help="CSV (curid,label) or JSONL with the TL label per curid")
     p.add_argument("--output", required=True, help="output .parquet file")
-    p.set_defaults(handler=run_scnm)
+    p.set_defaults(handler=handle_scnm)
 
     p = sub.add_parser("scpos", help="SCPOS:RW/N/Adj/N&Adj from a (text, sentiment) table")
     p.add_argument("--input", required=True, help="CSV, TSV, JSONL, JSON or Parquet (file/dir)")
@@ -102,14 +104,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-map", nargs="+", metavar="VALUE=TL",
                    help="replace the sentiment label mapping, e.g. positive=積極 negative=消極")
     p.add_argument("--chunk-size", type=int, default=2048, help="rows per chunk/row group")
-    p.set_defaults(handler=run_scpos)
+    p.set_defaults(handler=handle_scpos)
 
     p = sub.add_parser("authors", help="the authors' released CSV/JSON files")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True,
                    help="a .parquet file (tasks.json is written beside it) or a directory")
     p.add_argument("--dataset", help="dataset name (default: inferred from the instruction word)")
-    p.set_defaults(handler=run_authors)
+    p.set_defaults(handler=handle_authors)
 
     p = sub.add_parser("mix", help="the paper's training mix, splits, single-task corpora")
     p.add_argument("--input", required=True, nargs="+", help="dataset Parquet files/dirs")
@@ -119,4 +121,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training rows per dataset (default: the paper's 4,500-row mix)")
     p.add_argument("--test-sizes", nargs="+", metavar="NAME=N",
                    help="cap test rows per dataset (default: all rows not used for training)")
-    p.set_defaults(handler=run_mix)
+    p.set_defaults(handler=handle_mix)

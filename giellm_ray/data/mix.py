@@ -24,8 +24,8 @@ only the (small) training rows are held.
 from __future__ import annotations
 
 import json
+import logging
 import random
-import sys
 from collections import Counter, defaultdict
 
 import pyarrow as pa
@@ -36,6 +36,8 @@ from giellm_ray.data.progress import Progress
 from giellm_ray.data.sink import ParquetSink, safe_name
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry
 from giellm_ray.schema import DATASET, DATASET_SCHEMA, ERROR, SPLIT, TARGET
+
+log = logging.getLogger(__name__)
 
 PAPER_SIZES = {"SCNM": 1000, "SCPOS:RW": 1000, "SCPOS:N": 500, "SCPOS:Adj": 500,
                "SCPOS:N&Adj": 500, "TCREE": 1000}
@@ -101,13 +103,8 @@ def merged_registry(inputs: list[str]) -> TaskRegistry:
     return registry
 
 
-def build_mix(inputs: list[str], output: str, seed: int = 0,
-              sizes: dict[str, int] | None = None,
-              test_sizes: dict[str, int] | None = None) -> dict:
-    """Write the mix, splits and single-task corpora under ``output``; return the manifest."""
-    sizes = dict(PAPER_SIZES if sizes is None else sizes)
-    test_sizes = dict(test_sizes or {})
-    files = _files(inputs)
+def _count(files: list[str], sizes: dict[str, int], test_sizes: dict[str, int]):
+    """Check every file's columns; count usable and excluded rows per dataset."""
     available: Counter[str] = Counter()
     excluded: Counter[str] = Counter()
     for f in files:
@@ -126,7 +123,11 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
     for name in [*sizes, *test_sizes]:
         if name not in known:
             raise ValueError(f"unknown dataset {name!r}; known: {sorted(known)}")
+    return available, excluded
 
+
+def _draw(available: Counter, seed: int, sizes: dict[str, int], test_sizes: dict[str, int]):
+    """Per dataset, the row positions (among its usable rows) for train and for test; seeded."""
     train_idx, test_idx = {}, {}
     for name, n in available.items():
         rng = random.Random(f"{seed}:{name}")
@@ -135,13 +136,15 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
         if name in test_sizes:
             rest = rng.sample(rest, min(test_sizes[name], len(rest)))
         test_idx[name] = set(rest)
+    return train_idx, test_idx
 
-    single = {name: io.join(output, "single", safe_name(name)) for name in available}
+
+def _route(files, output: str, single: dict[str, str], train_idx, test_idx, progress):
+    """Stream the inputs once: test rows to their sinks, train rows kept per dataset."""
     test_sink = ParquetSink(io.join(output, "test.parquet"))
     single_test = {name: ParquetSink(io.join(d, "test.parquet")) for name, d in single.items()}
     train_parts: dict[str, list[pa.Table]] = defaultdict(list)
     seen: Counter[str] = Counter()
-    progress = Progress("giellm data mix")
     for batch in _batches(files):
         table = _conform(batch)
         routes: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -165,9 +168,13 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
     test_sink.close()
     for sink in single_test.values():
         sink.close()
+    return train_parts, test_sink.rows
 
+
+def _write_train(output: str, single: dict[str, str], train_parts, seed: int) -> int:
+    """Each dataset's train rows to ``single/<name>/``, all of them shuffled to the mix."""
     mixed = []
-    for name in sorted(available):
+    for name in sorted(single):
         table = (pa.concat_tables(train_parts[name]) if train_parts[name]
                  else DATASET_SCHEMA.empty_table())
         io.write_parquet(table, io.join(single[name], "train.parquet"))
@@ -176,6 +183,22 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
     order = list(range(train.num_rows))
     random.Random(seed).shuffle(order)
     io.write_parquet(train.take(pa.array(order, pa.int64())), io.join(output, "train.parquet"))
+    return train.num_rows
+
+
+def build_mix(inputs: list[str], output: str, seed: int = 0,
+              sizes: dict[str, int] | None = None,
+              test_sizes: dict[str, int] | None = None) -> dict:
+    """Write the mix, splits and single-task corpora under ``output``; return the manifest."""
+    sizes = dict(PAPER_SIZES if sizes is None else sizes)
+    test_sizes = dict(test_sizes or {})
+    files = _files(inputs)
+    available, excluded = _count(files, sizes, test_sizes)
+    train_idx, test_idx = _draw(available, seed, sizes, test_sizes)
+    single = {name: io.join(output, "single", safe_name(name)) for name in available}
+    progress = Progress("giellm data mix")
+    train_parts, test_rows = _route(files, output, single, train_idx, test_idx, progress)
+    train_rows = _write_train(output, single, train_parts, seed)
     progress.done()
 
     per_dataset = {}
@@ -186,12 +209,12 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
                              "path": f"single/{safe_name(name)}" if name in available else None}
         if asked and got < asked:
             per_dataset[name]["short_by"] = asked - got
-            print(f"giellm data mix: {name}: asked for {asked} training rows, only {got} usable "
-                  f"rows available ({excluded[name]} excluded for errors/no target)",
-                  file=sys.stderr)
+            log.warning("giellm data mix: %s: asked for %d training rows, only %d usable rows "
+                        "available (%d excluded for errors/no target)", name, asked, got,
+                        excluded[name])
     manifest = {"seed": seed, "inputs": list(inputs), "files": files, "sizes": sizes,
-                "test_sizes": test_sizes, "train_rows": train.num_rows,
-                "test_rows": test_sink.rows, "datasets": per_dataset}
+                "test_sizes": test_sizes, "train_rows": train_rows,
+                "test_rows": test_rows, "datasets": per_dataset}
     io.write_text(io.join(output, "tasks.json"),
                   json.dumps(merged_registry(inputs).to_dict(), ensure_ascii=False, indent=2))
     io.write_text(io.join(output, "manifest.json"),

@@ -1,41 +1,42 @@
-"""Progress lines for long data builds: rows done and rows/s, printed to stderr.
+"""Progress lines for long data builds: rows done and rows/s, logged at INFO.
 
-``Progress("scpos")`` prints at most every ``every_s`` seconds while rows arrive and once more
-at :meth:`Progress.done`, so a 187k-row build shows it is alive without flooding a log.
+``Progress("scpos")`` logs at most every ``every_s`` seconds while rows arrive and once more
+at :meth:`Progress.done`, so a 187k-row build shows it is alive without flooding a log
+(``giellm -q`` turns the lines off).
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
-from typing import TextIO
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
-    """Counts rows and prints ``NAME: N rows, R rows/s`` to ``stream`` now and then."""
+    """Counts rows and logs ``NAME: N rows, R rows/s`` now and then."""
 
-    def __init__(self, name: str, every_s: float = 5.0, stream: TextIO | None = None) -> None:
+    def __init__(self, name: str, every_s: float = 5.0) -> None:
         self.name = name
         self.every_s = every_s
-        self.stream = stream
         self.rows = 0
         self.started = time.perf_counter()
         self._last = self.started
 
-    def _print(self, final: bool = False) -> None:
+    def _log(self, final: bool = False) -> None:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         state = "done" if final else "running"
-        print(f"{self.name}: {self.rows:,} rows, {self.rows / elapsed:,.0f} rows/s ({state}, "
-              f"{elapsed:.1f} s)", file=self.stream or sys.stderr, flush=True)
+        log.info("%s: %s rows, %s rows/s (%s, %.1f s)", self.name, f"{self.rows:,}",
+                 f"{self.rows / elapsed:,.0f}", state, elapsed)
 
     def add(self, n: int) -> None:
         self.rows += n
         now = time.perf_counter()
         if now - self._last >= self.every_s:
             self._last = now
-            self._print()
+            self._log()
 
     def done(self) -> float:
-        """Print the final line; return rows/s."""
-        self._print(final=True)
+        """Log the final line; return rows/s."""
+        self._log(final=True)
         return self.rows / max(time.perf_counter() - self.started, 1e-9)

@@ -1,6 +1,6 @@
 """The contract between the generation engine and a decoding constraint.
 
-The engine (``giellm_ray.infer.engine``) asks each row's :class:`RowConstraint` which token ids may
+The engine (``giellm_ray.generation.hf``) asks each row's :class:`RowConstraint` which token ids may
 come next, masks every other logit, picks the next token greedily and reports it back with
 ``advance``. A :class:`ConstraintFactory` makes one fresh constraint per row from the row's source
 text and task. Implementations live beside this file; torch-free.

@@ -14,6 +14,9 @@ never contain ``;`` (heads also no ``:``, and a head may not equal a label): wit
 their shortest tokenization (``cost``, computed by the factory over the vocabulary), span parts
 their bytes (every byte has a single-byte token in byte-level vocabularies; SentencePiece pieces
 are whole characters). It lets the constraint close the output before a token budget runs out.
+
+Over 300 lines on purpose: the state encoding, the transitions that read it and ``need`` must
+change together (a state tuple's shape is read in all three), so they stay in one module.
 """
 
 from __future__ import annotations

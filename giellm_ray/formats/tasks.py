@@ -139,6 +139,30 @@ class TaskRegistry(Mapping[str, TaskSpec]):
             )
         return cls(tasks)
 
+    @classmethod
+    def load(cls, path: str | None) -> TaskRegistry:
+        """The default registry when ``path`` is empty, else the ``tasks.json`` at ``path``
+        (local or ``s3://``; e.g. learned from the authors' files by ``giellm data authors``).
+
+        A missing file raises ``FileNotFoundError``, a file of another shape ``ValueError``;
+        both name the path.
+        """
+        if not path:
+            return DEFAULT_REGISTRY
+        import json
+
+        from giellm_ray import io  # pyarrow-backed I/O, imported only when a file is read
+
+        try:
+            text = io.read_text(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"tasks file not found: {path}") from None
+        try:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a tasks.json written by giellm "
+                             f"(TaskRegistry.to_dict): {exc}") from None
+
 
 DEFAULT_REGISTRY = TaskRegistry()
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 
-def _run(args) -> int:
-    from giellm_ray.metrics.evaluate import run_eval
 
-    return run_eval(args)
+def handle(args: argparse.Namespace) -> int:
+    from giellm_ray import io
+    from giellm_ray.formats import TaskRegistry
+    from giellm_ray.metrics.evaluate import evaluate
+    from giellm_ray.metrics.report import markdown_table
+
+    metrics = evaluate(args.predictions, args.output, TaskRegistry.load(args.tasks))
+    print(markdown_table(metrics))
+    print(f"wrote {io.join(args.output, 'metrics.json')}, metrics.md, metrics.png, rows.parquet")
+    return 0
 
 
 def register(subparsers) -> None:
@@ -20,4 +28,4 @@ def register(subparsers) -> None:
     p.add_argument("--output", required=True, help="report directory (local or s3://)")
     p.add_argument("--tasks", default=None,
                    help="tasks.json with label inventories (default: the built-in registry)")
-    p.set_defaults(handler=_run)
+    p.set_defaults(handler=handle)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from giellm_ray import schema as S
 from giellm_ray.formats.tasks import TaskRegistry
 
 
@@ -121,16 +122,16 @@ def to_response(row: Mapping, req: ExtractRequest, *, request_id: str, model: st
     """An Extractor output row (prediction, pred_tl_label, pred_items, error, ...) as a response."""
     items = [
         Item(**{k: it.get(k) for k in Item.model_fields})
-        for it in (row.get("pred_items") or ())
+        for it in (row.get(S.PRED_ITEMS) or ())
     ]
     return ExtractResponse(
         request_id=request_id,
         dataset=req.dataset,
-        tl_label=row.get("pred_tl_label"),
+        tl_label=row.get(S.PRED_TL_LABEL),
         items=items,
-        raw_output=row.get("prediction") or "",
-        error=row.get("error"),
-        num_generated_tokens=int(row.get("num_generated_tokens") or 0),
+        raw_output=row.get(S.PREDICTION) or "",
+        error=row.get(S.ERROR),
+        num_generated_tokens=int(row.get(S.NUM_GENERATED_TOKENS) or 0),
         model=model,
         latency_ms=round(latency_ms, 3),
     )

@@ -23,28 +23,27 @@ def register(subparsers) -> None:
                    help="override a config key, e.g. --set batching.max_batch_size=32")
     p.add_argument("--host", help="bind address (overrides http.host; default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (overrides http.port; default 8000)")
-    p.set_defaults(handler=run_serve)
+    p.set_defaults(handler=handle)
 
 
 def resolve_config(args: argparse.Namespace):
     """The ServeConfig from ``--config``, ``--set`` and the shortcut flags (flags win)."""
-    from giellm_ray.config import load_config
+    from giellm_ray.config import flag_overrides, load_config
     from giellm_ray.serve.config import ServeConfig
 
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"model.name_or_path={args.model}")
-    if args.host:
-        overrides.append(f"http.host={args.host}")
-    if args.port is not None:
-        overrides.append(f"http.port={args.port}")
-    cfg = load_config(ServeConfig, args.config, overrides)
+    flags = flag_overrides([("model.name_or_path", args.model), ("http.host", args.host),
+                            ("http.port", args.port)])
+    cfg = load_config(ServeConfig, args.config, [*args.overrides, *flags])
     if not args.model and not args.config:
         raise ValueError("give --model PATH (or a --config whose model.name_or_path is set)")
     return cfg
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
+    from giellm_ray.deps import require
+
+    cfg = resolve_config(args)
+    require("serve", engine=getattr(cfg, "engine", "hf"))
     from giellm_ray.serve.driver import serve_forever
 
-    return serve_forever(resolve_config(args))
+    return serve_forever(cfg)

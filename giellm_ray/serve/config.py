@@ -9,15 +9,13 @@ sized and autoscaled (``replica``), the light HTTP ingress (``ingress``) and the
 
 from __future__ import annotations
 
-import json
 import os
 
 from pydantic import Field, model_validator
 
-from giellm_ray import io
-from giellm_ray.config import ConfigError, StrictModel
-from giellm_ray.formats.tasks import DEFAULT_REGISTRY, TaskRegistry
-from giellm_ray.infer.engine import GenerationConfig
+from giellm_ray.config import StrictModel
+from giellm_ray.formats.tasks import TaskRegistry
+from giellm_ray.generation.config import GenerationConfig
 from giellm_ray.model.loader import ModelConfig
 
 
@@ -133,23 +131,13 @@ class ServeConfig(StrictModel):
             return b.max_concurrent_batches
         return max(2, 2 * b.max_batch_size)
 
+    def registry(self) -> TaskRegistry:
+        """The task registry the service answers for: ``tasks_file`` if set, else the defaults."""
+        return TaskRegistry.load(self.tasks_file)
+
     @property
     def served_model_name(self) -> str:
         """The model name reported in every response."""
         if self.model_name:
             return self.model_name
         return os.path.basename(self.model.name_or_path.rstrip("/")) or self.model.name_or_path
-
-
-def load_registry(cfg: ServeConfig) -> TaskRegistry:
-    """The task registry the service answers for: ``tasks_file`` if set, else the defaults."""
-    if not cfg.tasks_file:
-        return DEFAULT_REGISTRY
-    try:
-        data = json.loads(io.read_text(cfg.tasks_file))
-        return TaskRegistry.from_dict(data)
-    except FileNotFoundError:
-        raise ConfigError(f"tasks_file not found: {cfg.tasks_file}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"tasks_file {cfg.tasks_file}: not a TaskRegistry.to_dict() JSON: "
-                          f"{exc}") from None

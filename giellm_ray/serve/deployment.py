@@ -1,6 +1,6 @@
 """The two Serve deployments: the batched model (:class:`ExtractorModel`) and the FastAPI ingress.
 
-``ExtractorModel`` holds one :class:`giellm_ray.infer.extractor.Extractor` (the same prompt →
+``ExtractorModel`` holds one :class:`giellm_ray.generation.extractor.Extractor` (the same prompt →
 generate → parse → ground code as bulk scoring) built by an injectable ``extractor_factory`` and
 answers single rows through ``@serve.batch``: concurrent requests are gathered (waiting at most
 ``batching.batch_wait_timeout_s``), merged by a :class:`Coalescer` while the model is busy, and
@@ -25,8 +25,16 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
+from giellm_ray.schema import (
+    DATASET,
+    ERROR,
+    MAX_NEW_TOKENS,
+    NUM_GENERATED_TOKENS,
+    TEXT,
+    empty_scored,
+)
 from giellm_ray.serve.coalescer import Coalescer
-from giellm_ray.serve.config import ServeConfig, load_registry
+from giellm_ray.serve.config import ServeConfig
 from giellm_ray.serve.http import build_http_app
 
 logger = logging.getLogger("ray.serve")
@@ -38,9 +46,9 @@ LATENCY_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 3000
 
 def load_extractor(cfg: ServeConfig):
     """The default factory: the bulk-scoring Extractor on this replica's device."""
-    from giellm_ray.infer.extractor import Extractor
+    from giellm_ray.generation.extractor import Extractor
 
-    return Extractor(cfg.model, cfg.generation, load_registry(cfg), constrained=cfg.constrained)
+    return Extractor(cfg.model, cfg.generation, cfg.registry(), constrained=cfg.constrained)
 
 
 @serve.deployment(name="ExtractorModel")
@@ -76,22 +84,21 @@ class ExtractorModel:
     def _run(self, rows: list[dict]) -> list[dict]:
         """One model call (in a worker thread, so the event loop keeps taking requests)."""
         try:
-            return self.extractor.extract([{"text": r["text"], "dataset": r["dataset"],
-                                            "max_new_tokens": r.get("max_new_tokens")}
+            return self.extractor.extract([{TEXT: r[TEXT], DATASET: r[DATASET],
+                                            MAX_NEW_TOKENS: r.get(MAX_NEW_TOKENS)}
                                            for r in rows])
         except Exception as exc:  # the Extractor should never raise; keep the 200 contract if it does
             logger.exception("extractor failed on a batch of %d", len(rows))
             error = f"extractor error: {type(exc).__name__}: {exc}"
-            return [{"prediction": None, "pred_tl_label": None, "pred_items": None,
-                     "error": error, "num_generated_tokens": 0} for _ in rows]
+            return [empty_scored(error) for _ in rows]
 
     def _record(self, rows: list[dict], outs: list[dict], seconds: float) -> None:
         self.batch_size.observe(len(rows))
         self.batch_ms.observe(seconds * 1000.0)
-        tokens = sum(int(o.get("num_generated_tokens") or 0) for o in outs)
+        tokens = sum(int(o.get(NUM_GENERATED_TOKENS) or 0) for o in outs)
         if tokens:
             self.tokens.inc(tokens)
-        errors = sum(1 for o in outs if o.get("error"))
+        errors = sum(1 for o in outs if o.get(ERROR))
         if errors:
             self.output_errors.inc(errors)
         self.counts["batches"] += 1
@@ -125,7 +132,7 @@ class ExtractIngress:
 
     def __init__(self, config: dict, model: DeploymentHandle) -> None:
         self.cfg = ServeConfig.model_validate(config)
-        self.registry = load_registry(self.cfg)
+        self.registry = self.cfg.registry()
         self.model = model
         self.latency = Histogram("giellm_request_latency_ms", boundaries=LATENCY_BOUNDS_MS,
                                  description="Extraction latency per HTTP request.",

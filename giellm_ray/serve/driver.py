@@ -24,14 +24,13 @@ log = logging.getLogger(__name__)
 
 def start_service(cfg: ServeConfig, extractor_factory=None) -> str:
     """Deploy the app (Ray and Serve started if needed) and return its base URL."""
-    import ray
     from ray import serve
 
+    from giellm_ray.ray_session import connect_ray
     from giellm_ray.serve.app import build_app
 
     app = build_app(cfg, extractor_factory)  # fails fast on a bad model path, before Ray starts
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    connect_ray()
     http = cfg.http
     options = {"host": http.host, "port": http.port, "keep_alive_timeout_s": http.keep_alive_timeout_s}
     if http.request_timeout_s is not None:
@@ -60,17 +59,17 @@ def serve_forever(cfg: ServeConfig, extractor_factory=None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        print(yaml.safe_dump({"resolved_config": cfg.model_dump(mode="json")},
-                             allow_unicode=True, sort_keys=False), flush=True)
+        log.info("resolved config:\n%s", yaml.safe_dump(cfg.model_dump(mode="json"),
+                                                        allow_unicode=True, sort_keys=False))
         url = start_service(cfg, extractor_factory)
-        print(f"giellm serve: listening on {url} (docs: {url}/docs); Ctrl-C or SIGTERM stops",
-              flush=True)
+        log.info("giellm serve: listening on %s (docs: %s/docs); Ctrl-C or SIGTERM stops",
+                 url, url)
         while not stop.wait(1.0):
             pass
         started = time.perf_counter()
-        print("giellm serve: shutting down (draining in-flight requests)", flush=True)
+        log.info("giellm serve: shutting down (draining in-flight requests)")
         stop_service(cfg)
-        print(f"giellm serve: stopped in {time.perf_counter() - started:.1f} s", flush=True)
+        log.info("giellm serve: stopped in %.1f s", time.perf_counter() - started)
         return 0
     finally:
         for sig, handler in previous.items():

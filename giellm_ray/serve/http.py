@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from giellm_ray import schema as S
 from giellm_ray.formats.tasks import TaskRegistry
 from giellm_ray.serve.api import (
     ApiError,
@@ -114,12 +115,8 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     return 422, "invalid request: " + "; ".join(parts)
 
 
-def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
-                   extract: ExtractFn, observe: ObserveFn | None = None) -> FastAPI:
-    """The FastAPI app; ``observe(route, latency_ms, n_texts)`` is called after each extraction."""
-    app = FastAPI(title="GIELLM extraction", version="1",
-                  description="Japanese general information extraction (GIELLM) on Ray Serve.")
-    app.add_middleware(BodyLimitMiddleware, limit=http.max_body_bytes)
+def _add_error_handlers(app: FastAPI) -> None:
+    """4xx answers with ``{detail, request_id}`` for refused and malformed requests."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -134,15 +131,24 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
         logger.info("request %s refused %d: %s", rid, status, detail)
         return JSONResponse({"detail": detail, "request_id": rid}, status_code=status)
 
+
+def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
+                   extract: ExtractFn, observe: ObserveFn | None = None) -> FastAPI:
+    """The FastAPI app; ``observe(route, latency_ms, n_texts)`` is called after each extraction."""
+    app = FastAPI(title="GIELLM extraction", version="1",
+                  description="Japanese general information extraction (GIELLM) on Ray Serve.")
+    app.add_middleware(BodyLimitMiddleware, limit=http.max_body_bytes)
+    _add_error_handlers(app)
+
     async def run(reqs: list[ExtractRequest], rid: str, route: str) -> tuple[list, float]:
         start = time.perf_counter()
-        rows = [{"text": r.text, "dataset": r.dataset, "max_new_tokens": r.max_new_tokens,
+        rows = [{S.TEXT: r.text, S.DATASET: r.dataset, S.MAX_NEW_TOKENS: r.max_new_tokens,
                  "request_id": rid} for r in reqs]
         outs = await extract(rows)
         latency_ms = (time.perf_counter() - start) * 1000.0
         if observe is not None:
             observe(route, latency_ms, len(reqs))
-        errors = sum(1 for o in outs if o.get("error"))
+        errors = sum(1 for o in outs if o.get(S.ERROR))
         logger.info("request %s %s: %d text(s), %d with output errors, %.1f ms", rid, route,
                     len(reqs), errors, latency_ms)
         return outs, latency_ms

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    """Load the config, connect to Ray, train, print where the exported model is."""
+    """Load the config, check dependencies, connect to Ray, train, report the exported model."""
     from giellm_ray.config import load_config
+    from giellm_ray.deps import require
+    from giellm_ray.ray_session import connect_ray
     from giellm_ray.train.config import TrainConfig
-    from giellm_ray.train.driver import connect_ray, run_training
 
     cfg = load_config(TrainConfig, config_path, overrides)
+    require("train")  # before Ray starts: a missing DeepSpeed is one line, not N worker crashes
+    from giellm_ray.train.driver import run_training
+
     connect_ray()
     result = run_training(cfg)
-    print(f"last checkpoint: {result.checkpoint}")
+    log.info("last checkpoint: %s", result.checkpoint)
     if result.export_dir:
         print(f"exported model: {result.export_dir}")
     return 0
 
 
-def _handler(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace) -> int:
     return run(args.config, args.set or [])
 
 
@@ -38,4 +45,4 @@ def register(subparsers) -> None:
         "if set, else starts a local Ray. Prints the exported Hugging Face model directory.",
     )
     add_arguments(p)
-    p.set_defaults(handler=_handler)
+    p.set_defaults(handler=handle)

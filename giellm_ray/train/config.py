@@ -12,18 +12,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from giellm_ray.config import StrictModel
 from giellm_ray.model.loader import ModelConfig
 from giellm_ray.model.tiny import TinyConfig
+from giellm_ray.sample import resolve_uri
 
 
 class DataConfig(StrictModel):
     """Where the training corpus lives (Parquet in the dataset schema: ``prompt``, ``target``)."""
 
     train: str | None = None
-    """Training Parquet file or directory, local or ``s3://`` (required to run)."""
+    """Training Parquet file or directory, local or ``s3://`` (required to run); ``sample:train``
+    is the synthetic sample shipped in the package."""
     eval: str | None = None
     """Held-out Parquet for evaluation at the end of each epoch; ``None`` skips evaluation."""
     max_length: int = Field(1024, ge=8)
@@ -34,6 +36,12 @@ class DataConfig(StrictModel):
     """Batch rows of similar length together (less padding)."""
     seed: int = 0
     """Seed for shuffling and length grouping."""
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _shipped_sample(cls, value: str | None) -> str | None:
+        # ``sample:train`` / ``sample:test``: the sample shipped in the package, from any cwd.
+        return resolve_uri(value)
 
 
 class EvalConfig(StrictModel):
@@ -82,6 +90,9 @@ class TrainConfig(StrictModel):
     """Where checkpoints and the exported model go: a local path or ``s3://bucket/prefix``."""
     epochs: int = Field(3, ge=1)
     """Passes over the training data."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (smoke tests, rehearsals); ``None``: all epochs.
+    The LR schedule is laid out over the steps actually taken."""
     lr: float = Field(1e-5, gt=0)
     """Peak learning rate."""
     weight_decay: float = 0.0

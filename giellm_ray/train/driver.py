@@ -6,8 +6,8 @@
 ``TorchTrainer`` with ``ScalingConfig`` + ``RunConfig(storage_path, CheckpointConfig(num_to_keep),
 FailureConfig(max_failures))``. Workers run :func:`giellm_ray.train.loop.train_loop_per_worker`
 and write the final Hugging Face export to ``<run>/export``; the driver writes the resolved
-config beside it (``train_config.yaml``) and returns where it is. Needs ``ray.init`` first
-(``giellm train`` / ``jobs/train.py`` do it via :func:`connect_ray`).
+config beside it (``train_config.yaml``) and returns where it is. Needs Ray first
+(``giellm train`` / ``jobs/train.py`` join or start it via :func:`giellm_ray.ray_session.connect_ray`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from giellm_ray import io
 from giellm_ray.config import dump_config
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 from giellm_ray.train.config import TrainConfig
-from giellm_ray.train.export import copy_dir
 
 
 @dataclass
@@ -32,19 +31,6 @@ class TrainResult:
     export_dir: str | None
     checkpoint: str | None
     metrics: dict
-
-
-def connect_ray() -> None:
-    """Join the cluster in ``RAY_ADDRESS`` if set, else start a local one (idempotent)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        # Under `ray job submit` the job's runtime_env (working_dir) must stay as it is.
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(include_dashboard=False)
 
 
 def _absolute(path: str) -> str:
@@ -81,7 +67,7 @@ def prepare_base_model(cfg: TrainConfig) -> str:
     if not io.is_s3(dest):
         return build_tiny(dest, texts, cfg.tiny)
     with tempfile.TemporaryDirectory() as tmp:
-        copy_dir(build_tiny(tmp, texts, cfg.tiny), dest)
+        io.copy_dir(build_tiny(tmp, texts, cfg.tiny), dest)
     return dest
 
 

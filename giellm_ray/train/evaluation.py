@@ -5,7 +5,7 @@ its rows and greedily generates answers, then the counts from ``giellm_ray.metri
 are gathered and merged on rank 0 (counts sum across shards). Every rank runs the same number of
 forward/generate calls (short shards repeat their last batch, results discarded) because ZeRO-3
 gathers parameters collectively; generation uses ``synced_gpus`` for the same reason.
-Greedy decoding uses the scoring engine (``giellm_ray.infer.engine``) with the format constraint
+Greedy decoding uses the scoring engine (``giellm_ray.generation.hf``) with the format constraint
 (``eval.constrained``, on by default) below ZeRO-3, else plain ``model.generate``.
 """
 
@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 
 from giellm_ray.model.sft import IGNORE_INDEX, build_examples, collate
+from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 
 
 def _padded_batches(n: int, batch_size: int, num_batches: int) -> list[tuple[list[int], bool]]:
@@ -39,7 +40,7 @@ def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[flo
     import torch
     import torch.distributed as dist
 
-    examples, _ = build_examples(((r["prompt"], r["target"]) for r in rows), tokenizer,
+    examples, _ = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
                                  cfg.data.max_length, cfg.data.overlong)
     bs = cfg.eval.batch_size
     num = _max_over_ranks(math.ceil(len(examples) / bs))
@@ -76,10 +77,12 @@ def greedy_generate(model, tokenizer, rows: Sequence[dict], max_new_tokens: int,
     """
     import torch
 
-    prompts = [r["prompt"] for r in rows]
+    prompts = [r[PROMPT] for r in rows]
     if not synced and prompts:
         from giellm_ray.formats import DEFAULT_REGISTRY
-        from giellm_ray.infer.engine import GenerationConfig, GenerationEngine, GenerationRequest
+        from giellm_ray.generation.base import GenerationRequest
+        from giellm_ray.generation.config import GenerationConfig
+        from giellm_ray.generation.hf import HFEngine
 
         factory = None
         if constrained:
@@ -89,12 +92,12 @@ def greedy_generate(model, tokenizer, rows: Sequence[dict], max_new_tokens: int,
         requests = []
         for r in rows:
             constraint = None
-            if factory is not None and r.get("text") and r.get("dataset") in DEFAULT_REGISTRY:
-                constraint = factory.for_row(r["text"], DEFAULT_REGISTRY[r["dataset"]],
+            if factory is not None and r.get(TEXT) and r.get(DATASET) in DEFAULT_REGISTRY:
+                constraint = factory.for_row(r[TEXT], DEFAULT_REGISTRY[r[DATASET]],
                                              max_new_tokens)
-            requests.append(GenerationRequest(prompt=r["prompt"], max_new_tokens=max_new_tokens,
+            requests.append(GenerationRequest(prompt=r[PROMPT], max_new_tokens=max_new_tokens,
                                               constraint=constraint))
-        engine = GenerationEngine(model, tokenizer, GenerationConfig(batch_size=batch_size))
+        engine = HFEngine(model, tokenizer, GenerationConfig(batch_size=batch_size))
         return [res.text for res in engine.generate(requests)]
     out: list[str] = []
     for idx, real in _padded_batches(len(prompts), batch_size, num_batches):
@@ -123,7 +126,7 @@ def eval_metrics(engine, rows: Sequence[dict], tokenizer, cfg, device, synced: b
     preds = greedy_generate(model, tokenizer, rows, cfg.eval.max_new_tokens, bs, num, synced,
                             device, constrained=cfg.eval.constrained)
     model.train()
-    counts = count_rows([r["dataset"] for r in rows], [r["target"] for r in rows], preds)
+    counts = count_rows([r[DATASET] for r in rows], [r[TARGET] for r in rows], preds)
     gathered: list = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
     if dist.is_initialized():
         dist.all_gather_object(gathered, counts)

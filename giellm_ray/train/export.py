@@ -9,27 +9,9 @@ which ``AutoModelForCausalLM.from_pretrained`` loads.
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 
-import pyarrow.fs as pafs
-
 from giellm_ray import io
-
-
-def copy_dir(src: str, dest: str) -> None:
-    """Copy a local directory to ``dest`` (local path or ``s3://``), replacing what is there."""
-    if io.is_s3(dest):
-        fs, path = io.resolve(dest)
-        fs.create_dir(path, recursive=True)
-        pafs.copy_files(src, path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
-        return
-    if os.path.exists(dest):
-        shutil.rmtree(dest)
-    shutil.copytree(src, dest)
-    os.chmod(dest, 0o755)  # the temporary source directory was private
 
 
 def export_hf(engine, tokenizer, dest: str, zero_stage: int, rank: int) -> str | None:
@@ -47,5 +29,5 @@ def export_hf(engine, tokenizer, dest: str, zero_stage: int, rank: int) -> str |
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        copy_dir(tmp, dest)
+        io.copy_dir(tmp, dest)
     return dest

@@ -14,13 +14,16 @@ epoch). The driver is ``giellm_ray.train.driver``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import tempfile
 import time
 
+from giellm_ray.log import setup_logging
 from giellm_ray.model.loader import load_tokenizer, localize, resolve_dtype
 from giellm_ray.model.sft import build_examples, collate, length_grouped_batches
+from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.deepspeed_config import (
     ADAM_BETAS,
@@ -32,6 +35,7 @@ from giellm_ray.train.deepspeed_config import (
 from giellm_ray.train.evaluation import eval_loss, eval_metrics
 from giellm_ray.train.export import export_hf
 
+log = logging.getLogger(__name__)
 CKPT_TAG = "ds"
 STATE_FILE = "train_state.json"
 
@@ -73,7 +77,7 @@ def _load_model(cfg: TrainConfig, path: str, ds_config: dict):
 
             keep = HfDeepSpeedConfig(ds_config)
         except Exception as exc:  # PackageNotFoundError for accelerate
-            print(f"[train] loading unpartitioned (zero.Init unavailable: {exc})", flush=True)
+            log.warning("[train] loading unpartitioned (zero.Init unavailable: %s)", exc)
     dtype = resolve_dtype("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
     kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code,
                     "revision": cfg.model.revision}
@@ -106,6 +110,7 @@ def _maybe_fail(cfg: TrainConfig, rank: int, step: int) -> None:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` has ``train_config``, ``model_path``, ``export_dir``."""
+    setup_logging()  # this worker process: the level comes from GIELLM_LOG_LEVEL
     cfg = TrainConfig.model_validate(config["train_config"])
     if not cfg.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks an accelerator
@@ -121,8 +126,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.data.seed)
     tokenizer = load_tokenizer(cfg.model.model_copy(update={"name_or_path": config["model_path"]}))
 
-    rows = read_shard("train", ["prompt", "target"])
-    examples, stats = build_examples(((r["prompt"], r["target"]) for r in rows), tokenizer,
+    rows = read_shard("train", [PROMPT, TARGET])
+    examples, stats = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
                                      cfg.data.max_length, cfg.data.overlong)
     summed = _reduce([float(v) for v in stats.as_dict().values()])
     data_stats = dict(zip(stats.as_dict(), (int(v) for v in summed), strict=True))
@@ -133,10 +138,12 @@ def train_loop_per_worker(config: dict) -> None:
         raise ValueError(f"not enough training examples for batch {bs} x accumulation {ga} "
                          f"on {world} workers: {data_stats}")
     total_steps = total_optimizer_steps(n_batches, ga, cfg.epochs)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     ds_config = build_ds_config(cfg, total_steps, world)
     if rank == 0:
-        print(f"[train] data {data_stats}; {n_batches} batches/epoch/worker, "
-              f"{total_steps} optimizer steps", flush=True)
+        log.info("[train] data %s; %d batches/epoch/worker, %d optimizer steps", data_stats,
+                 n_batches, total_steps)
 
     model, _keep = _load_model(cfg, config["model_path"], ds_config)
     optimizer = None
@@ -161,11 +168,11 @@ def train_loop_per_worker(config: dict) -> None:
         first_loss = state.get("first_loss")
         resumed_from = step
         if rank == 0:
-            print(f"[train] resumed at epoch {epoch0} batch {batch0} step {step}", flush=True)
+            log.info("[train] resumed at epoch %d batch %d step %d", epoch0, batch0, step)
 
     eval_rows: list[dict] = []
     if config.get("has_eval"):
-        columns = ["prompt", "target", "dataset"] + (["text"] if cfg.eval.constrained else [])
+        columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
         eval_rows = read_shard("eval", columns)[rank::world]
     lengths = [len(e) for e in examples]
     base = {"resumed_from_step": resumed_from, "total_steps": total_steps}
@@ -207,7 +214,7 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics.update(loss=last_loss, lr=engine.get_lr()[0],
                                tokens_per_s=tokens / max(dt, 1e-9))
                 if rank == 0:
-                    print(f"[train] {json.dumps(metrics)}", flush=True)
+                    log.info("[train] %s", json.dumps(metrics))
                 window_loss, window_tokens, window_batches = 0.0, 0, 0
                 t0 = time.perf_counter()
             if at_ckpt:
@@ -216,6 +223,8 @@ def train_loop_per_worker(config: dict) -> None:
             elif at_log:
                 ray.train.report(metrics)
             _maybe_fail(cfg, rank, step)
+            if step >= total_steps:
+                break
         epoch_metrics = {**base, **data_metrics, "epoch": epoch, "step": step, "epoch_done": epoch + 1}
         if config.get("has_eval"):
             loss_e, n_tok = eval_loss(engine, eval_rows, tokenizer, cfg, device)
@@ -233,8 +242,10 @@ def train_loop_per_worker(config: dict) -> None:
                             epoch_metrics[f"eval/{ds}/{key}"] = r[key]
             last_eval = {k: v for k, v in epoch_metrics.items() if k.startswith("eval")}
             if rank == 0:
-                print(f"[eval] {json.dumps(epoch_metrics, ensure_ascii=False)}", flush=True)
+                log.info("[eval] %s", json.dumps(epoch_metrics, ensure_ascii=False))
         last_epoch = epoch_metrics
+        if step >= total_steps:  # max_steps reached (or the last epoch): the final report follows
+            break
         if epoch + 1 < cfg.epochs:  # the last epoch's checkpoint carries the final metrics
             _save_and_report(engine, epoch_metrics, {"epoch": epoch + 1, "batch": 0,
                                                      "step": step, "first_loss": first_loss})

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ray
 def test_quick_demo_runs_every_step_and_cleans_up(ray_cluster, tmp_path, capsys):
     from ray import serve
 
-    from giellm_ray.demo import DISCLAIMER, QUICK, DemoConfig, run_demo
+    from giellm_ray.demo.run import DISCLAIMER, QUICK, DemoConfig, run_demo
     from giellm_ray.sample import SIZES
 
     work = tmp_path / "demo"

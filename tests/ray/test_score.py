@@ -14,8 +14,8 @@ import pytest
 
 from giellm_ray import schema as S
 from giellm_ray.formats import render
-from giellm_ray.infer.config import ScoreConfig
-from giellm_ray.infer.driver import SUCCESS, run_score
+from giellm_ray.score.config import ScoreConfig
+from giellm_ray.score.driver import SUCCESS, run_score
 
 pytestmark = pytest.mark.ray
 

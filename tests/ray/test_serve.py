@@ -26,10 +26,9 @@ CLIENTS = 24
 def unconstrained_extractor(cfg):
     """The injected factory: the real Extractor on the tiny model, decoding unconstrained (so a
     random model's output fails to parse and the 200-with-error path is exercised)."""
-    from giellm_ray.infer.extractor import Extractor
-    from giellm_ray.serve.config import load_registry
+    from giellm_ray.generation.extractor import Extractor
 
-    return Extractor(cfg.model, cfg.generation, load_registry(cfg), constrained=False)
+    return Extractor(cfg.model, cfg.generation, cfg.registry(), constrained=False)
 
 
 def _free_port() -> int:

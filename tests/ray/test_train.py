@@ -112,3 +112,24 @@ def test_zero3_tiny_preset_eval_and_export_loads(ray_cluster, tmp_path):
     diff = [not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(),
                                                    strict=True)]
     assert any(diff) and all(p.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.timeout(300)
+def test_cli_train_shipped_config_from_another_directory(ray_cluster, tmp_path, monkeypatch):
+    """``giellm train --config <abs>/tiny-cpu.yaml`` from a directory that is not the clone:
+    the config names the shipped sample as ``sample:train``, so nothing is cwd-relative."""
+    from pathlib import Path
+
+    from giellm_ray.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GIELLM_LOG_LEVEL", raising=False)  # main() writes it; undone after
+    config = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "train" / "tiny-cpu.yaml"
+    rc = main(["train", "--config", str(config), "--set", "max_steps=2",
+               "--set", "storage_path=runs", "--set", "data.eval=null",
+               "--set", "checkpoint_every_steps=null", "--set", "log_every_steps=1"])
+    assert rc == 0
+    export = tmp_path / "runs" / "tiny-cpu" / "export"
+    assert (export / "model.safetensors").is_file() and (export / "train_config.yaml").is_file()
+    resolved = load_config(TrainConfig, str(export / "train_config.yaml"))
+    assert resolved.data.train == sample_path("train") and resolved.max_steps == 2

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from giellm_ray.formats import DEFAULT_REGISTRY
-from giellm_ray.infer.engine import GenerationConfig
-from giellm_ray.infer.extractor import Extractor
+from giellm_ray.generation.config import GenerationConfig
+from giellm_ray.generation.extractor import Extractor
 from giellm_ray.metrics import format_validity
 from giellm_ray.model.loader import ModelConfig
 

@@ -1,4 +1,4 @@
-"""GenerationEngine on the tiny model: batched continuous batching equals one-row greedy decoding
+"""HFEngine on the tiny model: batched continuous batching equals one-row greedy decoding
 token for token, EOS and max_new_tokens stop rows, constraints mask logits, errors stay per row."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import random
 import pytest
 
 from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-from giellm_ray.infer.engine import GenerationConfig, GenerationEngine, GenerationRequest
+from giellm_ray.generation.base import GenerationRequest
+from giellm_ray.generation.config import GenerationConfig
+from giellm_ray.generation.hf import HFEngine
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_batched_equals_one_row_greedy(tiny, prompts):
     rng = random.Random(1)
     reqs = [GenerationRequest(p, rng.randint(1, 12)) for p in prompts[:12]]
     # A small batch forces many evictions, prefills and cache merges.
-    engine = GenerationEngine(model, tok, GenerationConfig(batch_size=4))
+    engine = HFEngine(model, tok, GenerationConfig(batch_size=4))
     results = engine.generate(reqs)
     assert engine.stats.refills > 3
     for req, res in zip(reqs, results, strict=True):
@@ -59,7 +61,7 @@ def test_eos_stops_row(tiny, prompts):
     old = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = [tok.eos_token_id, stop]
     try:
-        engine = GenerationEngine(model, tok, GenerationConfig(batch_size=4))
+        engine = HFEngine(model, tok, GenerationConfig(batch_size=4))
         res = engine.generate([GenerationRequest(p, 6) for p in prompts[:6]])
     finally:
         model.generation_config.eos_token_id = old
@@ -74,7 +76,7 @@ def test_eos_stops_row(tiny, prompts):
 
 def test_max_new_tokens_bound_and_global_cap(tiny, prompts):
     model, tok = tiny
-    engine = GenerationEngine(model, tok, GenerationConfig(batch_size=8, max_new_tokens=3))
+    engine = HFEngine(model, tok, GenerationConfig(batch_size=8, max_new_tokens=3))
     res = engine.generate([GenerationRequest(p, n) for p, n in zip(prompts[:4], [1, 2, 10, 0],
                                                                    strict=True)])
     assert [r.num_generated_tokens for r in res] == [1, 2, 3, 0]
@@ -86,8 +88,8 @@ def test_refill_keeps_finished_slot_waste_low(tiny, prompts):
     rng = random.Random(2)
     lengths = [rng.choice([1, 2, 4, 8, 24]) for _ in prompts]
     reqs = [GenerationRequest(p, n) for p, n in zip(prompts, lengths, strict=True)]
-    refill = GenerationEngine(model, tok, GenerationConfig(batch_size=6))
-    static = GenerationEngine(model, tok, GenerationConfig(batch_size=6, refill_threshold=1.0))
+    refill = HFEngine(model, tok, GenerationConfig(batch_size=6))
+    static = HFEngine(model, tok, GenerationConfig(batch_size=6, refill_threshold=1.0))
     a, b = refill.generate(reqs), static.generate(reqs)
     assert [r.text for r in a] == [r.text for r in b]
     assert refill.stats.waste_fraction < 0.15
@@ -119,7 +121,7 @@ def test_constraint_masks_and_finishes_row(tiny, prompts):
     seq = tok("<社会>固有表現抽出", add_special_tokens=False)["input_ids"]
     c = ForcedSequence(seq)
     reqs = [GenerationRequest(prompts[0], 40, c), GenerationRequest(prompts[1], 5)]
-    res = GenerationEngine(model, tok, GenerationConfig(batch_size=4)).generate(reqs)
+    res = HFEngine(model, tok, GenerationConfig(batch_size=4)).generate(reqs)
     assert c.seen == seq
     assert res[0].text == "<社会>固有表現抽出" and res[0].finished
     assert res[0].num_generated_tokens == len(seq)
@@ -148,7 +150,7 @@ def test_engine_error_retries_rows_alone(tiny, prompts):
     poison = tok("☃", add_special_tokens=False)["input_ids"][0]
     reqs = [GenerationRequest(p, 4) for p in prompts[:5]]
     reqs.insert(2, GenerationRequest("☃" + prompts[5], 4))
-    engine = GenerationEngine(FailingModel(model, poison), tok, GenerationConfig(batch_size=8))
+    engine = HFEngine(FailingModel(model, poison), tok, GenerationConfig(batch_size=8))
     res = engine.generate(reqs)
     assert res[2].error and "simulated device error" in res[2].error
     good = [r for i, r in enumerate(res) if i != 2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from giellm_ray import schema as S
-from giellm_ray.infer.engine import GenerationConfig
-from giellm_ray.infer.extractor import Extractor
+from giellm_ray.generation.config import GenerationConfig
+from giellm_ray.generation.extractor import Extractor
 
 
 @pytest.fixture(scope="module")

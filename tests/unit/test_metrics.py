@@ -85,8 +85,22 @@ def test_eval_rows_parquet_explains_errors(tmp_path):
     assert main(["eval", str(tmp_path / "p.parquet"), "--output", str(tmp_path / "r")]) == 0
     rows = pq.read_table(tmp_path / "r" / "rows.parquet").to_pylist()
     assert "does not start" in rows[0]["prediction_error"]
-    assert rows[1]["pred_items"] == [{"label": "人名", "span": "Pi:Co", "tail": None}]
+    # Same item type as scored files (schema.GROUNDED_ITEM_TYPE); no text column: no offsets.
+    assert rows[1]["pred_items"] == [{"label": "人名", "span": "Pi:Co", "tail": None,
+                                      "start": None, "end": None, "tail_start": None,
+                                      "tail_end": None}]
     assert rows[1]["tl_match"] and not rows[1]["wl_match"]
+
+
+def test_eval_rows_parquet_grounds_items_when_text_is_given(tmp_path):
+    _write_predictions(tmp_path / "p.parquet", [
+        {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:人名;Pi:Co",
+         "text": "歌手のPi:Coが出演した。"},
+    ])
+    assert main(["eval", str(tmp_path / "p.parquet"), "--output", str(tmp_path / "r")]) == 0
+    (row,) = pq.read_table(tmp_path / "r" / "rows.parquet").to_pylist()
+    item = row["pred_items"][0]
+    assert "歌手のPi:Coが出演した。"[item["start"]:item["end"]] == "Pi:Co"
 
 
 def test_eval_bad_inputs_exit_nonzero_with_a_message(tmp_path, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from giellm_ray import schema as S
-from giellm_ray.infer.config import ScoreConfig
-from giellm_ray.infer.pipeline import ScoreBatch
+from giellm_ray.score.config import ScoreConfig
+from giellm_ray.score.pipeline import ScoreBatch
 
 
 def test_score_batch_keeps_columns_and_reads_the_per_row_cap(tiny_model_dir, stockmark_records):

@@ -19,8 +19,8 @@ same time are not supported.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -28,16 +28,20 @@ import uuid
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import yaml
 
 from giellm_ray import io
 from giellm_ray import schema as S
-from giellm_ray.infer.config import ScoreConfig
-from giellm_ray.infer.pipeline import ScoreBatch
-from giellm_ray.infer.progress import STAT_KEYS, ProgressCounter, ProgressPrinter, derived
+from giellm_ray.config import dump_config
+from giellm_ray.formats import TaskRegistry
+from giellm_ray.generation.base import EngineStats
+from giellm_ray.log import is_quiet
+from giellm_ray.ray_session import connect_ray
+from giellm_ray.score.config import ScoreConfig
+from giellm_ray.score.pipeline import ScoreBatch
+from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
 
+log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
-FORWARDED_ENV = ("AWS_", "GIELLM_", "HF_", "TRANSFORMERS_", "DS_ACCELERATOR")
 
 
 def check_inputs(cfg: ScoreConfig) -> tuple[pafs.FileSystem, list[str], object, int]:
@@ -81,25 +85,6 @@ def check_inputs(cfg: ScoreConfig) -> tuple[pafs.FileSystem, list[str], object, 
         elif not sch.equals(first):
             raise ValueError(f"{f}: schema differs from {files[0]}:\n{sch}\nvs\n{first}")
     return fs, files, first, total
-
-
-def _init_ray(cfg: ScoreConfig) -> bool:
-    """Join or start Ray; True when this call started it (and should shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    runtime_env = None
-    if address:  # a running cluster's workers do not see this process's environment
-        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-        runtime_env = {"env_vars": {**env, "TOKENIZERS_PARALLELISM": "false"}}
-    # A local Ray started here inherits the environment: no runtime_env, so the workers Ray
-    # prestarts are reused instead of cold-starting one process per task type.
-    ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
-             logging_level="WARNING")
-    return True
 
 
 def _remove_stale_tmp(fs: pafs.FileSystem, out: str) -> None:
@@ -165,15 +150,13 @@ def run_score(cfg: ScoreConfig) -> dict:
     import ray
     import ray.data as rd
 
-    from giellm_ray.metrics.evaluate import load_registry
-
     start = time.monotonic()
     fs_in, files, in_schema, total = check_inputs(cfg)
-    registry = load_registry(cfg.tasks)
+    registry = TaskRegistry.load(cfg.tasks)
     fs_out, out = io.resolve_native(cfg.output, cfg.s3_endpoint_url)
-    started = _init_ray(cfg)
+    started = connect_ray(cfg.ray_address)
     ctx = rd.DataContext.get_current()
-    ctx.enable_progress_bars = cfg.progress_bars
+    ctx.enable_progress_bars = cfg.progress_bars and not is_quiet()
     # Ray 2.60's V2 Parquet reader starts a pool of 32 FooterReader actors per read: ~30 s of
     # process start-up on a small machine before the first row. We already read every footer in
     # check_inputs, so the V1 reader (plain read tasks) loses nothing here.
@@ -184,7 +167,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     printer = ProgressPrinter(counter, total, cfg.progress_interval_s)
     if cfg.progress_interval_s > 0:
         printer.start()
-    print(f"score: {total} rows in {len(files)} file(s) -> {cfg.output}", file=sys.stderr)
+    log.info("score: %d rows in %d file(s) -> %s", total, len(files), cfg.output)
     try:
         ds = (
             rd.read_parquet(files, filesystem=fs_in)
@@ -207,26 +190,25 @@ def run_score(cfg: ScoreConfig) -> dict:
     if rows_out != total:  # the contract; never expected
         raise RuntimeError(f"wrote {rows_out} rows for {total} input rows")
     totals = ray.get(counter.get.remote())
+    stats = EngineStats.from_totals(totals).to_dict()
     seconds = time.monotonic() - start
     summary = {
         "input_rows": total, "output_rows": rows_out, "output_files": len(written),
         "error_rows": totals.get("error_rows", 0), "seconds": seconds,
         "rows_per_s": total / seconds if seconds else 0.0,
         "generated_tokens_per_s": totals.get("generated_tokens", 0) / seconds if seconds else 0.0,
-        "engine": {**{k: totals.get(k, 0) for k in STAT_KEYS}, **derived(totals)},
+        "engine": stats,
     }
     if cfg.metrics and S.TARGET in in_schema.names:
         counts = compute_metrics(fs_out, written, registry)
         if any(c["n"] for c in counts.values()):
             summary["metrics"] = _write_report(fs_out, counts, f"{out}/_metrics")
         else:  # a target column of nulls (unlabelled data): nothing to score against
-            print("score: no gold targets in the input; metrics skipped", file=sys.stderr)
+            log.info("score: no gold targets in the input; metrics skipped")
     with fs_out.open_output_stream(f"{out}/_score.json") as f:
         f.write(json.dumps(summary, ensure_ascii=False, indent=2).encode())
-    with fs_out.open_output_stream(f"{out}/_config.yaml") as f:
-        f.write(yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True,
-                               sort_keys=False).encode())
-    print(printer.line(totals) + f"; done in {seconds:.1f}s", file=sys.stderr)
+    dump_config(cfg, f"{out}/_config.yaml", fs_out)
+    log.info("%s; done in %.1fs", printer.line(totals), seconds)
     if started:
         ray.shutdown()
     return summary

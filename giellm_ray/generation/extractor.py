@@ -18,12 +18,9 @@ from collections.abc import Mapping
 
 from giellm_ray import schema as S
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, ground_items, parse
-from giellm_ray.infer.engine import (
-    GenerationConfig,
-    GenerationEngine,
-    GenerationRequest,
-    GenerationResult,
-)
+from giellm_ray.generation.base import GenerationRequest, GenerationResult
+from giellm_ray.generation.config import GenerationConfig
+from giellm_ray.generation.hf import HFEngine
 from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,8 +38,7 @@ def model_max_positions(model, tokenizer) -> int:
 
 def empty_output(error: str | None) -> dict:
     """The scored columns of a row that was not generated."""
-    return {S.PREDICTION: None, S.PRED_TL_LABEL: None, S.PRED_ITEMS: None, S.ERROR: error,
-            S.NUM_GENERATED_TOKENS: 0}
+    return S.empty_scored(error)
 
 
 class Extractor:
@@ -62,7 +58,7 @@ class Extractor:
         self.gen_cfg = gen_cfg or GenerationConfig()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
         self.model = model if model is not None else load_model(model_cfg, device)
-        self.engine = GenerationEngine(self.model, self.tokenizer, self.gen_cfg)
+        self.engine = HFEngine(self.model, self.tokenizer, self.gen_cfg)
         self.max_positions = model_max_positions(self.model, self.tokenizer)
         self.constraint_factory = self._build_constraint_factory() if constrained else None
         self.constrained = self.constraint_factory is not None

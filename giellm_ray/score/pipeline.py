@@ -1,11 +1,11 @@
 """The per-worker side of bulk scoring: the Ray Data UDF class and the Arrow shapes it produces.
 
 :class:`ScoreBatch` is the callable class ``map_batches`` runs in an actor pool: it builds one
-:class:`~giellm_ray.infer.extractor.Extractor` (model loaded once per actor) and turns each Arrow
+:class:`~giellm_ray.generation.extractor.Extractor` (model loaded once per actor) and turns each Arrow
 batch into the same batch plus the scored columns of ``giellm_ray.schema.SCORED_FIELDS``. Every
 input row gives exactly one output row, even if extraction itself fails (then every row of the
 batch carries the reason in ``error``). The driver that wires it into a pipeline is
-``giellm_ray.infer.driver``.
+``giellm_ray.score.driver``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 from giellm_ray import schema as S
-from giellm_ray.infer.config import ScoreConfig
-from giellm_ray.infer.extractor import empty_output
+from giellm_ray.generation.extractor import empty_output
+from giellm_ray.score.config import ScoreConfig
 
-SCORED_NAMES = [f.name for f in S.SCORED_FIELDS]
+SCORED_NAMES = S.SCORED_NAMES
 INPUT_COLUMNS = (S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS)
 
 
@@ -42,7 +42,10 @@ class ScoreBatch:
         import torch
 
         from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry
-        from giellm_ray.infer.extractor import Extractor
+        from giellm_ray.generation.extractor import Extractor
+        from giellm_ray.log import setup_logging
+
+        setup_logging()  # this actor process: the level comes from GIELLM_LOG_LEVEL
 
         threads = cfg.torch_threads or max(1, round(cfg.num_cpus_per_actor))
         torch.set_num_threads(threads)

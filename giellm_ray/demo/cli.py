@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 
-def _handler(args: argparse.Namespace) -> int:
-    from giellm_ray.demo import QUICK, DemoConfig, run_demo
+def handle(args: argparse.Namespace) -> int:
+    from giellm_ray.demo.run import QUICK, DemoConfig, run_demo
 
     values = dict(QUICK) if args.quick else {}
     values["workdir"] = args.workdir
@@ -39,4 +39,4 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a much smaller run (tiny corpus, 2 epochs) that checks the path, as CI does")
     p.add_argument("--port", type=int, default=None, help="Serve HTTP port (default: a free one)")
-    p.set_defaults(handler=_handler)
+    p.set_defaults(handler=handle)

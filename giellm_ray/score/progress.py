@@ -1,19 +1,18 @@
 """Progress a person can follow on a long scoring run, and the engine counters behind the report.
 
-Each inference actor reports rows, generated tokens and engine-stat deltas to one
-:class:`ProgressCounter` actor (0 CPU); :class:`ProgressPrinter` (a driver thread) prints
-``rows done / total, rows/s, tokens/s, ETA`` every few seconds and the driver reads the totals for
-``_score.json`` at the end.
+Each inference actor reports rows, generated tokens and engine-stat deltas
+(:class:`giellm_ray.generation.base.EngineStats` fields) to one :class:`ProgressCounter` actor
+(0 CPU); :class:`ProgressPrinter` (a driver thread) logs ``rows done / total, rows/s, tokens/s,
+ETA`` every few seconds and the driver reads the totals for ``_score.json`` at the end.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 
-STAT_KEYS = ("rows", "prompt_tokens", "prompt_pad_tokens", "generated_tokens", "decode_steps",
-             "decode_slot_steps", "finished_slot_steps", "refills", "errors")
+log = logging.getLogger(__name__)
 
 
 class ProgressCounter:
@@ -30,18 +29,8 @@ class ProgressCounter:
         return dict(self.totals)
 
 
-def derived(totals: dict[str, int]) -> dict[str, float]:
-    """Padding and finished-slot fractions from summed engine counters."""
-    pad, real = totals.get("prompt_pad_tokens", 0), totals.get("prompt_tokens", 0)
-    slots, wasted = totals.get("decode_slot_steps", 0), totals.get("finished_slot_steps", 0)
-    return {
-        "padding_fraction": pad / (pad + real) if pad + real else 0.0,
-        "waste_fraction": wasted / slots if slots else 0.0,
-    }
-
-
 class ProgressPrinter(threading.Thread):
-    """Prints a progress line every ``interval_s`` seconds until :meth:`stop`."""
+    """Logs a progress line every ``interval_s`` seconds until :meth:`stop`."""
 
     def __init__(self, counter, total_rows: int, interval_s: float) -> None:
         super().__init__(daemon=True, name="giellm-score-progress")
@@ -60,14 +49,13 @@ class ProgressPrinter(threading.Thread):
                 f"errors {totals.get('error_rows', 0)}, eta {eta:.0f}s")
 
     def run(self) -> None:
+        import ray
+
         while not self._stop.wait(self.interval):
             try:
-                totals = self.counter.get.remote()
-                import ray
-
-                print(self.line(ray.get(totals, timeout=30)), file=sys.stderr, flush=True)
+                log.info("%s", self.line(ray.get(self.counter.get.remote(), timeout=30)))
             except Exception as exc:  # progress must never break the job
-                print(f"score: progress unavailable ({exc})", file=sys.stderr, flush=True)
+                log.warning("score: progress unavailable (%s)", exc)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,6 +1,6 @@
 """Greedy batched generation with a KV cache and continuous batching (finished slots refilled).
 
-``GenerationEngine(model, tokenizer, config).generate(requests)`` decodes a list of
+``HFEngine(model, tokenizer, config).generate(requests)`` decodes a list of
 :class:`GenerationRequest` greedily and returns one :class:`GenerationResult` per request, in order.
 Rows are sorted by prompt length and prefilled in groups of similar length (little padding); up to
 ``batch_size`` rows decode together over one ``DynamicCache``. When enough rows have finished
@@ -28,77 +28,9 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from giellm_ray.config import StrictModel
-from giellm_ray.decoding.base import RowConstraint
-
-
-class GenerationConfig(StrictModel):
-    """How the engine batches and bounds generation."""
-
-    batch_size: int = 32
-    """Most rows decoding together (the KV cache holds this many rows)."""
-    max_new_tokens: int | None = None
-    """Global cap on generated tokens per row; ``None``: each request's own bound only."""
-    refill_threshold: float = 0.1
-    """Evict finished rows and prefill new ones once this fraction of ``batch_size`` has finished.
-    Lower: less decode compute on finished rows, more (small) cache merges."""
-    max_prefill_tokens: int = 16384
-    """Most prompt tokens (padding included) prefilled in one forward pass."""
-    max_prefill_padding: float = 0.2
-    """Most padding share in one prefill group; a longer prompt starts the next group."""
-    device: str | None = None
-    """Device for inputs; ``None``: the model's device."""
-
-
-@dataclass
-class GenerationRequest:
-    """One prompt to complete."""
-
-    prompt: str
-    max_new_tokens: int
-    constraint: RowConstraint | None = None
-
-
-@dataclass
-class GenerationResult:
-    """The completion of one request (``text`` excludes the prompt and EOS)."""
-
-    text: str
-    num_generated_tokens: int
-    finished: bool
-    error: str | None = None
-
-
-@dataclass
-class EngineStats:
-    """Counters since the engine was built (or :meth:`GenerationEngine.reset_stats`)."""
-
-    rows: int = 0
-    prompt_tokens: int = 0
-    prompt_pad_tokens: int = 0
-    generated_tokens: int = 0
-    decode_steps: int = 0
-    decode_slot_steps: int = 0
-    finished_slot_steps: int = 0
-    refills: int = 0
-    errors: int = 0
-
-    @property
-    def padding_fraction(self) -> float:
-        """Share of prefill positions that were padding."""
-        total = self.prompt_tokens + self.prompt_pad_tokens
-        return self.prompt_pad_tokens / total if total else 0.0
-
-    @property
-    def waste_fraction(self) -> float:
-        """Share of decode slots (rows × steps) spent on rows that had already finished."""
-        return self.finished_slot_steps / self.decode_slot_steps if self.decode_slot_steps else 0.0
-
-    def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["padding_fraction"] = self.padding_fraction
-        d["waste_fraction"] = self.waste_fraction
-        return d
+from giellm_ray.generation.base import EngineStats, GenerationRequest, GenerationResult
+from giellm_ray.generation.config import GenerationConfig
+from giellm_ray.generation.masks import MaskCache
 
 
 @dataclass
@@ -114,7 +46,7 @@ class _Batch:
     last: object = None  # [B] last token id
 
 
-class GenerationEngine:
+class HFEngine:
     """Greedy continuous-batching generator over a Hugging Face causal LM."""
 
     def __init__(self, model, tokenizer, config: GenerationConfig | None = None) -> None:
@@ -129,7 +61,7 @@ class GenerationEngine:
         self.eos_ids = eos_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats()
-        self._masks: dict = {}  # allowed-token tuple -> cached "forbidden" bool row
+        self.masks = MaskCache(fallback_id=min(self.eos_ids, default=0))
 
     def reset_stats(self) -> None:
         self.stats = EngineStats()
@@ -204,46 +136,13 @@ class GenerationEngine:
 
     def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]) -> list[int]:
         """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied."""
-        constrained = [
-            (k, requests[b.rows[s]].constraint) for k, s in enumerate(slots)
-            if requests[b.rows[s]].constraint is not None and not b.done[s]
-        ]
-        if constrained:
-            # One [rows, vocab] "forbidden" mask from cached per-allowed-set rows, one fill.
-            import torch
-
-            vocab = logits.shape[-1]
-            rows = [None] * logits.shape[0]
-            masked = False
-            for k, c in constrained:
-                allowed = c.allowed_tokens()
-                if allowed is not None:
-                    rows[k] = self._forbidden(allowed, vocab, logits.device)
-                    masked = True
-            if masked:
-                free = self._forbidden(None, vocab, logits.device)
-                forbid = torch.stack([free if r is None else r for r in rows])
-                logits = logits.masked_fill_(forbid, float("-inf"))
-            for k, _ in constrained:
-                touched.add(b.rows[slots[k]])
-        return logits.argmax(-1).tolist()
-
-    def _forbidden(self, allowed, vocab: int, device):
-        """A cached bool row, True where a token is not in ``allowed`` (``None``: all allowed)."""
-        import torch
-
-        key = allowed if allowed is None or isinstance(allowed, tuple) else tuple(allowed)
-        row = self._masks.get(key)
-        if row is None or row.shape[0] != vocab or row.device != device:
-            if len(self._masks) >= max(1024, (1 << 28) // max(vocab, 1)):
-                self._masks.clear()  # bound the cache (about 256 MiB of rows)
-            row = torch.zeros(vocab, dtype=torch.bool, device=device)
-            if key is not None:
-                row.fill_(True)
-                ids = list(key) or [min(self.eos_ids, default=0)]
-                row[torch.as_tensor(ids, dtype=torch.long, device=device)] = False
-            self._masks[key] = row
-        return row
+        allowed: list = [None] * len(slots)
+        for k, s in enumerate(slots):
+            c = requests[b.rows[s]].constraint
+            if c is not None and not b.done[s]:
+                allowed[k] = c.allowed_tokens()
+                touched.add(b.rows[s])
+        return self.masks.apply(logits, allowed).argmax(-1).tolist()
 
     def _record(self, b: _Batch, slot: int, tok: int, limits, requests, results) -> None:
         b.out[slot].append(tok)
@@ -263,9 +162,9 @@ class GenerationEngine:
         b.mask = torch.cat([b.mask, ones], dim=1)
         out = self.model(
             input_ids=b.last[:, None], attention_mask=b.mask, position_ids=b.pos[:, None],
-            past_key_values=b.cache, use_cache=True,
+            cache=b.cache, use_cache=True,
         )
-        b.cache = out.past_key_values
+        b.cache = out.cache
         slots = list(range(len(b.rows)))
         toks = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
         self.stats.decode_steps += 1
@@ -331,9 +230,9 @@ class GenerationEngine:
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
-                         past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+                         cache=DynamicCache(), use_cache=True, logits_to_keep=1)
         new_last = pos[:, -1] + 1
-        self._merge(b, take, out.past_key_values, mask, new_last)
+        self._merge(b, take, out.cache, mask, new_last)
         first = len(b.rows) - len(take)
         slots = list(range(first, len(b.rows)))
         toks = self._pick(out.logits[:, -1, :], slots, b, requests, touched)

@@ -7,18 +7,20 @@ Load with ``giellm_ray.config.load_config(ScoreConfig, path, overrides)``.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from giellm_ray.config import StrictModel
-from giellm_ray.infer.engine import GenerationConfig
+from giellm_ray.generation.config import GenerationConfig
 from giellm_ray.model.loader import ModelConfig
+from giellm_ray.sample import resolve_uri
 
 
 class ScoreConfig(StrictModel):
     """A bulk scoring job: inputs, model, actor pool, generation and output."""
 
     input: list[str] = Field(default_factory=list)
-    """Parquet files or directories (local or ``s3://``); ``--input`` replaces this list."""
+    """Parquet files or directories (local or ``s3://``; ``sample:test`` is the shipped sample);
+    ``--input`` replaces this list."""
     output: str | None = None
     """Output directory (local or ``s3://``); ``--output`` replaces it."""
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -56,3 +58,8 @@ class ScoreConfig(StrictModel):
     which costs tens of seconds on small machines; the V1 reader is the default."""
     metrics: bool = True
     """Write the metrics report (``OUTPUT/_metrics``) when the input has a ``target`` column."""
+
+    @field_validator("input")
+    @classmethod
+    def _shipped_sample(cls, value: list[str]) -> list[str]:
+        return [resolve_uri(p) for p in value]

@@ -3,7 +3,7 @@
 Six steps, each with a banner and its time: build a small mixed corpus from the shipped
 synthetic sample (``giellm_ray/resources/sample``) with the mix builder; fine-tune the tiny
 random-init Llama with Ray Train + DeepSpeed (``jobs/configs/train/tiny-cpu.yaml`` plus the
-demo's size); bulk-score the held-out Parquet with Ray Data (``jobs/configs/score/cpu.yaml``)
+demo's size); bulk-score the held-out Parquet with Ray Data (the shipped ``configs/score/cpu.yaml``)
 and print the TL/WL/ALL table beside the paper's (chart and JSON under ``scored/_metrics``);
 start the Ray Serve endpoint and answer one request; shut everything down. The same driver
 functions run ``giellm train|score|serve`` and ``jobs/*.py`` on a cluster.
@@ -29,9 +29,9 @@ from pathlib import Path
 from pydantic import Field
 
 from giellm_ray.config import StrictModel
+from giellm_ray.configs import config_path
+from giellm_ray.ray_session import connect_ray
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "jobs" / "configs"
 DISCLAIMER = (
     "This is a demonstration: a ~1M-parameter model trained from scratch for minutes on "
     "synthetic, templated sentences. Its scores show the pipeline works end to end, not what "
@@ -86,14 +86,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config_file(*parts: str) -> str:
-    path = CONFIGS.joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the demo from a clone of the repository "
-                                "(pip install -e .), which ships jobs/configs/")
-    return str(path)
-
-
 def build_corpus(cfg: DemoConfig, work: Path) -> tuple[str, str]:
     """Mix the sample's training rows (``giellm data mix``); cut the held-out test file."""
     import pyarrow.parquet as pq
@@ -135,7 +127,7 @@ def train(cfg: DemoConfig, work: Path, train_path: str) -> str:
         f"tiny.num_hidden_layers={cfg.num_hidden_layers}", "checkpoint_every_steps=null",
         "keep_checkpoints=1", "log_every_steps=20",
     ]
-    tcfg = load_config(TrainConfig, _config_file("train", "tiny-cpu.yaml"), overrides)
+    tcfg = load_config(TrainConfig, config_path("train", "tiny-cpu.yaml"), overrides)
     result = run_training(tcfg)
     print(f"exported model: {result.export_dir}")
     return str(result.export_dir)
@@ -144,11 +136,11 @@ def train(cfg: DemoConfig, work: Path, train_path: str) -> str:
 def score(work: Path, model: str, heldout: str) -> dict:
     """Ray Data bulk scoring of the held-out Parquet; the metrics report lands beside it."""
     from giellm_ray.config import load_config
-    from giellm_ray.infer.config import ScoreConfig
-    from giellm_ray.infer.driver import run_score
     from giellm_ray.metrics import markdown_table
+    from giellm_ray.score.config import ScoreConfig
+    from giellm_ray.score.driver import run_score
 
-    scfg = load_config(ScoreConfig, _config_file("score", "cpu.yaml"),
+    scfg = load_config(ScoreConfig, config_path("score", "cpu.yaml"),
                        ["progress_bars=false", f"generation.max_new_tokens={MAX_NEW_TOKENS}"])
     scfg.model.name_or_path = model
     scfg.input = [heldout]
@@ -173,7 +165,7 @@ def serve_one(cfg: DemoConfig, model: str, heldout: str) -> dict:
     port = cfg.serve_port or _free_port()
     overrides = [f"model.name_or_path={model}", f"http.port={port}", "replica.num_cpus=0.5",
                  "replica.max_replicas=1", f"generation.max_new_tokens={MAX_NEW_TOKENS}"]
-    scfg = load_config(ServeConfig, _config_file("serve", "giellm.yaml"), overrides)
+    scfg = load_config(ServeConfig, config_path("serve", "giellm.yaml"), overrides)
     row = pq.read_table(heldout).slice(0, 1).to_pylist()[0]
     url = start_service(scfg)
     try:
@@ -209,10 +201,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         with step(1, 6, "Build the mixed corpus from the shipped sample", timings):
             train_path, heldout = build_corpus(cfg, work)
         with step(2, 6, "Start a local Ray cluster", timings):
-            if not ray.is_initialized():
-                ray.init(include_dashboard=False, runtime_env={"env_vars": {
-                    "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}})
-                started_ray = True
+            started_ray = connect_ray()
             print(f"Ray {ray.__version__}: {ray.cluster_resources()}")
         with step(3, 6, f"Fine-tune the tiny model: Ray Train + DeepSpeed, {cfg.epochs} epochs",
                   timings):

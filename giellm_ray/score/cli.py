@@ -1,33 +1,35 @@
 """Registers ``giellm score --model PATH --input PATH... --output PATH [--config YAML] [--set k=v]``.
 
 Argparse only; the Ray pipeline is imported inside the handler so ``giellm --help`` stays instant.
-``jobs/score.py`` calls the same handler through ``giellm_ray.cli.main``.
+``jobs/score.py`` calls the same handler through ``giellm_ray.cli.main``. The shortcut flags are
+overrides applied after ``--set`` (see :func:`giellm_ray.config.flag_overrides`).
 """
 
 from __future__ import annotations
 
-
-def build_config(args):
-    """The resolved ``ScoreConfig``: YAML, then ``--set`` overrides, then the explicit flags."""
-    from giellm_ray.config import load_config
-    from giellm_ray.infer.config import ScoreConfig
-
-    cfg = load_config(ScoreConfig, args.config, args.overrides or ())
-    if args.model:
-        cfg.model.name_or_path = args.model
-    if args.input:
-        cfg.input = list(args.input)
-    if args.output:
-        cfg.output = args.output
-    return cfg
+import argparse
 
 
-def _run(args) -> int:
+def build_config(args: argparse.Namespace):
+    """The resolved ``ScoreConfig``: YAML, then ``--set`` overrides, then the shortcut flags."""
+    from giellm_ray.config import flag_overrides, load_config
+    from giellm_ray.score.config import ScoreConfig
+
+    flags = flag_overrides([("model.name_or_path", args.model),
+                            ("input", list(args.input) if args.input else None),
+                            ("output", args.output)])
+    return load_config(ScoreConfig, args.config, [*(args.overrides or ()), *flags])
+
+
+def handle(args: argparse.Namespace) -> int:
     import json
 
-    from giellm_ray.infer.driver import run_score
+    from giellm_ray.deps import require
+    from giellm_ray.score.driver import run_score
 
-    summary = run_score(build_config(args))
+    cfg = build_config(args)
+    require("score", engine=getattr(cfg, "engine", "hf"))
+    summary = run_score(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, ensure_ascii=False))
     if "metrics" in summary:
         from giellm_ray.metrics import markdown_table
@@ -51,4 +53,4 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, help="ScoreConfig YAML (jobs/configs/score/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set num_actors=4 (repeatable)")
-    p.set_defaults(handler=_run)
+    p.set_defaults(handler=handle)

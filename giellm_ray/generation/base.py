@@ -1,0 +1,87 @@
+"""What every generation engine speaks: requests, results, counters and the engine protocol.
+
+An engine takes a list of :class:`GenerationRequest` (prompt, token budget, optional per-row
+format constraint) and returns one :class:`GenerationResult` per request, in order, never raising
+for a bad row (the row's ``error`` says why). :class:`EngineStats` holds the counters that bulk
+scoring sums across actors and reports in ``_score.json``. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+from giellm_ray.decoding.base import RowConstraint
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt to complete."""
+
+    prompt: str
+    max_new_tokens: int
+    constraint: RowConstraint | None = None
+
+
+@dataclass
+class GenerationResult:
+    """The completion of one request (``text`` excludes the prompt and EOS)."""
+
+    text: str
+    num_generated_tokens: int
+    finished: bool
+    error: str | None = None
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine was built (or reset); they sum across engines and actors."""
+
+    rows: int = 0
+    prompt_tokens: int = 0
+    prompt_pad_tokens: int = 0
+    generated_tokens: int = 0
+    decode_steps: int = 0
+    decode_slot_steps: int = 0
+    finished_slot_steps: int = 0
+    refills: int = 0
+    errors: int = 0
+
+    @classmethod
+    def counter_names(cls) -> tuple[str, ...]:
+        """The counter names, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_totals(cls, totals: dict) -> EngineStats:
+        """Counters from a dict that may hold other keys too (e.g. summed actor reports)."""
+        return cls(**{k: int(totals.get(k, 0)) for k in cls.counter_names()})
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of prefill positions that were padding."""
+        total = self.prompt_tokens + self.prompt_pad_tokens
+        return self.prompt_pad_tokens / total if total else 0.0
+
+    @property
+    def waste_fraction(self) -> float:
+        """Share of decode slots (rows × steps) spent on rows that had already finished."""
+        return self.finished_slot_steps / self.decode_slot_steps if self.decode_slot_steps else 0.0
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.counter_names()}
+        d["padding_fraction"] = self.padding_fraction
+        d["waste_fraction"] = self.waste_fraction
+        return d
+
+
+class Engine(Protocol):
+    """A batch generator: greedy completions for requests, one result per request, in order."""
+
+    stats: EngineStats
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Complete every request; never raises for a bad row."""
+
+    def reset_stats(self) -> None:
+        """Zero the counters."""

@@ -1,0 +1,71 @@
+"""Logging for the whole package: one ``giellm_ray`` logger hierarchy, one switch for verbosity.
+
+Every module logs to ``logging.getLogger(__name__)``; :func:`setup_logging` gives the
+``giellm_ray`` root one stderr handler and a level from ``-v``/``-q`` or ``GIELLM_LOG_LEVEL``
+(``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``). The ``giellm`` command calls it first and
+writes the level back to ``GIELLM_LOG_LEVEL`` so Ray workers (Train workers, Data actors, Serve
+replicas), which inherit or are forwarded ``GIELLM_*`` variables, call it the same way and log at
+the same level. ``-q`` also quiets the third-party loggers we start (Ray Data's plan and progress
+bars, transformers) to warnings. Command results (summaries, tables) still go to stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+ROOT = "giellm_ray"
+ENV_LEVEL = "GIELLM_LOG_LEVEL"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DATEFMT = "%H:%M:%S"
+# Libraries whose INFO chatter is not ours: quiet unless the user asks for DEBUG.
+THIRD_PARTY = ("ray.data", "ray.train", "ray.tune", "transformers", "deepspeed", "vllm")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (so captured or redirected stderr works)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ assigns it; always follow sys.stderr
+        pass
+
+
+def level_from_flags(verbose: int = 0, quiet: int = 0) -> str:
+    """``-v`` → DEBUG, ``-q`` → WARNING, ``-qq`` → ERROR, neither → ``GIELLM_LOG_LEVEL`` or INFO."""
+    if verbose:
+        return "DEBUG"
+    if quiet:
+        return "WARNING" if quiet == 1 else "ERROR"
+    return os.environ.get(ENV_LEVEL, "INFO").upper()
+
+
+def setup_logging(level: str | None = None) -> str:
+    """Configure the ``giellm_ray`` logger once per process (idempotent); return the level name."""
+    name = (level or os.environ.get(ENV_LEVEL) or "INFO").upper()
+    if not isinstance(logging.getLevelName(name), int):  # not a level name
+        name = "INFO"
+    root = logging.getLogger(ROOT)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
+        root.addHandler(handler)
+    root.setLevel(name)
+    os.environ[ENV_LEVEL] = name
+    quiet_level = logging.DEBUG if name == "DEBUG" else max(logging.WARNING,
+                                                           logging.getLevelName(name))
+    for other in THIRD_PARTY:
+        logging.getLogger(other).setLevel(quiet_level)
+    return name
+
+
+def is_quiet() -> bool:
+    """True when progress (INFO) lines are off, e.g. to turn progress bars off too."""
+    return not logging.getLogger(ROOT).isEnabledFor(logging.INFO)
