@@ -66,6 +66,29 @@ def setup_logging(level: str | None = None) -> str:
     return name
 
 
+def quiet_ray_data_console() -> None:
+    """Keep Ray Data's plan and progress blocks off the console (its log file keeps them).
+
+    ``import ray.data`` installs its own console handler at INFO, so this runs after that import
+    (the score and train drivers call it): the console then shows Ray Data's warnings only, or
+    everything at ``-v``. Our own progress line (rows, rows/s, ETA) replaces its blocks.
+    """
+    ours = logging.getLogger(ROOT).getEffectiveLevel()
+    level = logging.DEBUG if ours <= logging.DEBUG else logging.WARNING
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console, not the session log file
+            handler.setLevel(level)
+            if not any(isinstance(f, _NoBarsNotice) for f in handler.filters):
+                handler.addFilter(_NoBarsNotice())
+
+
+class _NoBarsNotice(logging.Filter):
+    """Drops Ray Data's warning that its bars are off: we turn them off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled")
+
+
 def is_quiet() -> bool:
     """True when progress (INFO) lines are off, e.g. to turn progress bars off too."""
     return not logging.getLogger(ROOT).isEnabledFor(logging.INFO)

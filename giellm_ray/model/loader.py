@@ -99,7 +99,9 @@ def load_model(cfg: ModelConfig, device: str | None = None):
     """The causal LM in eval mode on ``device`` (default: CUDA if present, else CPU)."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per actor/replica in a job log helps nobody
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = localize(cfg.name_or_path)
     _check_local(path)

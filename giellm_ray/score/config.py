@@ -7,6 +7,9 @@ Load with ``giellm_ray.config.load_config(ScoreConfig, path, overrides)``.
 
 from __future__ import annotations
 
+import sys
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from giellm_ray.config import StrictModel
@@ -51,13 +54,20 @@ class ScoreConfig(StrictModel):
     """Ray cluster to join; ``None``: the current one, else ``RAY_ADDRESS``, else a local one."""
     progress_interval_s: float = 10.0
     """Seconds between progress lines (rows done / total, rows/s); 0 turns them off."""
-    progress_bars: bool = True
-    """Ray Data's own progress bars."""
+    progress_bars: bool | Literal["auto"] = "auto"
+    """Ray Data's own progress bars; ``auto``: only when stderr is a terminal (in a job's log
+    they are blocks of text every few seconds; the progress line is there either way)."""
     parquet_reader_v2: bool = False
     """Use Ray Data's DataSourceV2 Parquet reader. It starts 32 footer-reader actors per read,
     which costs tens of seconds on small machines; the V1 reader is the default."""
     metrics: bool = True
     """Write the metrics report (``OUTPUT/_metrics``) when the input has a ``target`` column."""
+
+    def show_progress_bars(self) -> bool:
+        """Whether Ray Data draws its bars (``auto`` resolved against this process's stderr)."""
+        if self.progress_bars == "auto":
+            return sys.stderr.isatty()
+        return bool(self.progress_bars)
 
     @field_validator("input")
     @classmethod

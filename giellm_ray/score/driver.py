@@ -34,7 +34,7 @@ from giellm_ray import schema as S
 from giellm_ray.config import dump_config
 from giellm_ray.formats import TaskRegistry
 from giellm_ray.generation.base import EngineStats
-from giellm_ray.log import is_quiet
+from giellm_ray.log import is_quiet, quiet_ray_data_console
 from giellm_ray.ray_session import connect_ray
 from giellm_ray.score.config import ScoreConfig
 from giellm_ray.score.pipeline import ScoreBatch
@@ -155,8 +155,9 @@ def run_score(cfg: ScoreConfig) -> dict:
     registry = TaskRegistry.load(cfg.tasks)
     fs_out, out = io.resolve_native(cfg.output, cfg.s3_endpoint_url)
     started = connect_ray(cfg.ray_address)
+    quiet_ray_data_console()
     ctx = rd.DataContext.get_current()
-    ctx.enable_progress_bars = cfg.progress_bars and not is_quiet()
+    ctx.enable_progress_bars = cfg.show_progress_bars() and not is_quiet()
     # Ray 2.60's V2 Parquet reader starts a pool of 32 FooterReader actors per read: ~30 s of
     # process start-up on a small machine before the first row. We already read every footer in
     # check_inputs, so the V1 reader (plain read tasks) loses nothing here.
