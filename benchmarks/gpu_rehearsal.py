@@ -285,7 +285,7 @@ class Rehearsal:
 
     def export(self) -> dict:
         if self.model == self.base:
-            raise RuntimeError("no export to check (train_zero3 failed)")
+            raise RuntimeError("no export to check (train_zero3 did not write one)")
         proc, log = self.launch("export", [sys.executable, __file__, "--_check-export",
                                            self.model, self.base] + (["--smoke"] * self.smoke))
         if self.finish(proc, self.sizes["timeout"]) != 0:
@@ -398,22 +398,24 @@ class Rehearsal:
                        f"unknown device: {self.device}"), "workdir": str(self.work)})
         wanted = self.args.phases.split(",") if self.args.phases else list(PHASES)
         start = time.monotonic()
-        self.run_phase("setup", self.setup)
-        if self.info:
-            for name in PHASES:
+        try:
+            self.run_phase("setup", self.setup)
+            for name in PHASES if self.info else ():
                 if name in wanted:
                     fn = (lambda e=name[len("score_"):]: self.score(e)) if name.startswith(
                         "score_") else getattr(self, name)
                     self.run_phase(name, fn)
+        finally:  # also on Ctrl-C: no Ray of ours left running, no temp dirs left behind
+            self.reap()
+            shutil.rmtree(self.ray_tmp, ignore_errors=True)
+            if not self.args.keep and not self.args.workdir:
+                shutil.rmtree(self.work, ignore_errors=True)
         total = time.monotonic() - start
         budget = None if self.smoke else self.args.budget_s  # the budget is for one H100/H200
         emit({"phase": "summary", "seconds": round(total, 1), "budget_s": budget,
               "within_budget": None if budget is None else total <= budget,
-              "failed_phases": self.failed, "logs": str(self.logs)})
-        self.reap()
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
-        if not self.args.keep and not self.args.workdir:
-            shutil.rmtree(self.work, ignore_errors=True)
+              "failed_phases": self.failed,
+              "logs": str(self.logs) if self.args.keep or self.args.workdir else "removed"})
         return 1 if self.failed else 0
 
 
