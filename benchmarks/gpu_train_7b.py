@@ -1,6 +1,6 @@
 """Training tokens/s and model FLOPs utilisation (MFU) for a 7B-shaped Llama on one GPU, ZeRO-3.
 
-    python benchmarks/gpu_train_7b.py [--seq 2048] [--steps 6] [--peak-tflops 989]
+    python benchmarks/gpu_train_7b.py [--seq 2048] [--steps 6] [--peak-tflops N]
 
 Random-init ``LlamaForCausalLM`` with Llama-2-7B's shape (hidden 4096, 32 layers, 32 heads, MLP
 11008, vocab 32000), built partitioned under ``deepspeed.zero.Init``, trained with the same
@@ -8,8 +8,10 @@ DeepSpeed config the project uses (``build_ds_config``: ZeRO-3, BF16, AdamW, war
 activation checkpointing. Full fine-tuning of 7B needs ~112 GB for weights + Adam state, so the
 full-depth run offloads the optimizer to CPU (``cpu_adam`` is JIT-compiled on first use); the
 baseline in the same invocation is the same width with 8 layers and no offload (fits on the GPU).
-MFU = (6·N + 12·L·h·s)·tokens/s ÷ peak BF16 FLOP/s (H100 SXM dense: 989 TFLOP/s). One JSON line
-per run. Without CUDA it says so and exits 2.
+MFU = (6·N + 12·L·h·s)·tokens/s ÷ the device's dense BF16 peak, looked up by device name in
+``gpu_specs.py`` (A100/A800 312, H100/H200 989, L40S 362, A10G 125 TFLOP/s, ...); an unknown
+device gets ``"mfu": null`` and ``"peak": "unknown device: NAME"`` unless ``--peak-tflops`` is
+given. One JSON line per run. Without CUDA it says so and exits 2.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 import os
 import sys
 import time
+
+from gpu_specs import lookup
 
 
 def run(layers: int, offload: bool, args) -> dict:
@@ -56,12 +60,18 @@ def run(layers: int, offload: bool, args) -> dict:
             times.append(time.perf_counter() - t0)
     tokens_per_s = args.batch * args.seq / (sum(times) / len(times))
     flops_per_token = 6 * n_params + 12 * layers * conf.hidden_size * args.seq
+    device = torch.cuda.get_device_name()
+    spec = lookup(device)
+    peak_tflops = args.peak_tflops or (spec.bf16_dense_tflops if spec else None)
     result = {
-        "bench": "gpu_train_7b", "device": torch.cuda.get_device_name(), "layers": layers,
+        "bench": "gpu_train_7b", "device": device, "layers": layers,
         "params_b": round(n_params / 1e9, 2), "zero_stage": 3, "offload_optimizer": offload,
         "seq": args.seq, "batch": args.batch, "measured_steps": len(times),
         "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(flops_per_token * tokens_per_s / (args.peak_tflops * 1e12), 4),
+        "peak": (f"{peak_tflops:g} TFLOP/s bf16 dense" + ("" if args.peak_tflops else f" ({spec.name})")
+                 if peak_tflops else f"unknown device: {device}"),
+        "mfu": round(flops_per_token * tokens_per_s / (peak_tflops * 1e12), 4) if peak_tflops
+        else None,
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "final_loss": round(float(loss), 3),
     }
@@ -77,7 +87,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak BF16 dense TFLOP/s")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="GPU peak BF16 dense TFLOP/s (default: looked up by device name)")
     p.add_argument("--skip-full", action="store_true", help="only the 8-layer baseline")
     args = p.parse_args()
     import torch

@@ -2,19 +2,21 @@
 
 ``ModelConfig`` says what to load and how (dtype, attention implementation, remote code, tokenizer
 flavour); ``load_tokenizer`` / ``load_model`` do it the same way for training, scoring and serving.
-An ``s3://`` prefix is first copied to a local cache directory (``GIELLM_MODEL_CACHE``, default
+An ``s3://`` prefix is first copied, once per node, to a local cache directory
+(:func:`giellm_ray.model.cache.localize`: ``GIELLM_MODEL_CACHE``, else node-local NVMe, else
 ``~/.cache/giellm/models``). Hub ids work where the cluster reaches the hub. Knows torch and
 transformers, never Ray.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Literal
 
-from giellm_ray import io
 from giellm_ray.config import StrictModel
+from giellm_ray.model.cache import localize
+
+__all__ = ["ModelConfig", "load_model", "load_tokenizer", "localize", "resolve_dtype"]
 
 # Per model family (config.model_type) tokenizer settings that differ from AutoTokenizer's defaults.
 FAMILY_TOKENIZER_KWARGS: dict[str, dict] = {
@@ -48,22 +50,6 @@ def resolve_dtype(name: str, device: str | None = None):
         on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
         return torch.bfloat16 if on_cuda else torch.float32
     return getattr(torch, name)
-
-
-def localize(name_or_path: str) -> str:
-    """A local directory for ``name_or_path``: S3 prefixes are copied once into the cache."""
-    if not io.is_s3(name_or_path):
-        return name_or_path
-    cache = os.environ.get("GIELLM_MODEL_CACHE", os.path.expanduser("~/.cache/giellm/models"))
-    digest = hashlib.sha1(name_or_path.rstrip("/").encode()).hexdigest()[:16]
-    target = os.path.join(cache, digest)
-    done = os.path.join(target, ".complete")
-    if not os.path.exists(done):
-        fs = io.s3fs_filesystem()
-        os.makedirs(target, exist_ok=True)
-        fs.get(name_or_path.rstrip("/") + "/", target + "/", recursive=True)
-        open(done, "w").close()
-    return target
 
 
 def _check_local(path: str) -> None:

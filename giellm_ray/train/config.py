@@ -10,6 +10,7 @@ Parquet (e.g. ``single/TCREE/train.parquet``) and another ``run_name``.
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -86,8 +87,12 @@ class TrainConfig(StrictModel):
     """End-of-epoch evaluation."""
     run_name: str = "giellm-sft"
     """Run directory name under ``storage_path``; checkpoints and the export go there."""
-    storage_path: str = "./runs"
-    """Where checkpoints and the exported model go: a local path or ``s3://bucket/prefix``."""
+    storage_path: str = Field(default_factory=lambda: os.environ["GIELLM_STORAGE"].rstrip("/")
+                              + "/runs" if os.environ.get("GIELLM_STORAGE") else "./runs")
+    """Where checkpoints and the exported model go: a local path or ``s3://bucket/prefix``.
+    Default: ``$GIELLM_STORAGE/runs`` when ``GIELLM_STORAGE`` is set (``cluster.yaml`` sets it on
+    every node to the root of a cluster's outputs: ``runs/``, scored Parquet, reports), else
+    ``./runs``. A value in the YAML or ``--set`` wins over the environment."""
     epochs: int = Field(3, ge=1)
     """Passes over the training data."""
     max_steps: int | None = Field(None, ge=1)

@@ -156,8 +156,9 @@ def test_shipped_serve_configs_validate():
     deploy = ServeDeploySchema.parse_obj(yaml.safe_load((SERVE_CONFIGS / "deploy.yaml").read_text()))
     app = deploy.applications[0]
     assert app.import_path == "giellm_ray.serve.app:build_app"
-    assert deploy.http_options.host == "127.0.0.1"
-    args = {**app.args, "config": str(ROOT / app.args["config"])}
+    assert deploy.http_options.host == "0.0.0.0"  # a cluster deployment (test_serve_gpu_config)
+    # config: is absolute inside the image (/home/ray/giellm-ray/...); here it is the clone's file.
+    args = {**app.args, "config": str(ROOT / app.args["config"].split("/giellm-ray/", 1)[1])}
     cfg = config_from_args(args)
     assert cfg.model.name_or_path == app.args["model"]
     assert cfg == load_config(ServeConfig, args["config"], [f"model.name_or_path={args['model']}"])

@@ -36,17 +36,21 @@ def test_matches_ray_cluster_launcher_schema(cfg):
     assert cfg["provider"]["type"] == "aws" and cfg["provider"]["region"]
 
 
-def test_docker_image_is_current_ray_with_cuda(cfg):
+def test_docker_image_is_built_from_current_ray_with_cuda(cfg):
+    """Nodes run the image of ./Dockerfile (pushed to the user's registry), which is FROM a current
+    rayproject/ray CUDA image; tests/unit/test_gpu_stack.py checks the versions agree."""
+    from_lines = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+                  if line.startswith("FROM ")]
+    assert len(from_lines) == 1
+    base = from_lines[0]
+    assert base.startswith("rayproject/ray:") and "ray-ml" not in base, base
+    version, *_ = base.split(":", 1)[1].split("-")
+    assert re.fullmatch(r"2\.\d+\.\d+", version) and int(version.split(".")[1]) >= 50, base
+    assert re.search(r"-cu\d+$", base), base
     images = [v for k, v in cfg["docker"].items() if k.endswith("image")]
     assert images
     for image in images:
-        assert image.startswith("rayproject/ray:"), image
-        assert "ray-ml" not in image
-        version, *flavour = image.split(":", 1)[1].split("-")
-        assert re.fullmatch(r"2\.\d+\.\d+", version), image
-        assert int(version.split(".")[1]) >= 50
-    worker_image = cfg["docker"].get("worker_image", cfg["docker"]["image"])
-    assert re.search(r"-(gpu|cu\d+)$", worker_image), worker_image
+        assert image.split(":", 1)[1].startswith(base.split(":", 1)[1]), (image, base)
 
 
 def test_cpu_head_and_autoscaled_8x80gb_gpu_workers(cfg):
@@ -73,10 +77,17 @@ def test_nodes_reach_s3_through_an_instance_profile(cfg):
     assert re.search(r"GIELLM_STORAGE=s3://\S+", env)
 
 
-def test_setup_installs_this_project_with_gpu_extras(cfg):
-    mounts = cfg["file_mounts"]
-    target = next(remote for remote, local in mounts.items() if local in (".", "./"))
-    installs = [c for c in cfg["setup_commands"] if "pip install" in c]
-    assert any(f"-e '{target}[gpu]'" in c or f'-e "{target}[gpu]"' in c for c in installs), installs
+def test_nodes_pull_the_baked_image_and_install_nothing(cfg):
+    installs = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+                for c in cfg.get(key, []) if "pip install" in c]
+    assert installs == [], "the image carries the stack; nothing is pip-installed per node"
+    registry = cfg["docker"]["image"].split("/", 1)[0]
+    assert any("docker login" in c and registry in c for c in cfg["initialization_commands"])
+    assert "--gpus all" in cfg["docker"]["worker_run_options"]
+    assert "--gpus all" not in cfg["docker"].get("head_run_options", [])  # the head has no GPU
+    from giellm_ray.model.cache import NVME_ROOTS  # where the model cache looks for NVMe
+
+    mounts = [o.split(":")[-1] for o in cfg["docker"]["worker_run_options"] if o.startswith("-v ")]
+    assert set(mounts) & set(NVME_ROOTS), mounts
     assert (ROOT / "pyproject.toml").read_text().count("gpu = [") == 1
     assert "head_start_ray_commands" in cfg and any("--head" in c for c in cfg["head_start_ray_commands"])

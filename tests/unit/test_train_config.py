@@ -99,3 +99,15 @@ def test_ds_config_offload_and_schedules():
 def test_total_steps_use_whole_accumulation_windows():
     assert total_optimizer_steps(batches_per_epoch=10, grad_accum=4, epochs=3) == 6
     assert total_optimizer_steps(batches_per_epoch=8, grad_accum=1, epochs=3) == 24
+
+
+def test_storage_path_defaults_to_giellm_storage(monkeypatch):
+    monkeypatch.delenv("GIELLM_STORAGE", raising=False)
+    assert load_config(TrainConfig).storage_path == "./runs"
+    monkeypatch.setenv("GIELLM_STORAGE", "s3://bucket/giellm/")
+    cfg = load_config(TrainConfig)
+    assert cfg.storage_path == "s3://bucket/giellm/runs"
+    assert cfg.run_dir() == "s3://bucket/giellm/runs/giellm-sft"
+    assert load_config(TrainConfig, None, ["storage_path=/data/runs"]).storage_path == "/data/runs"
+    tiny = load_config(TrainConfig, str(CONFIG_DIR / "tiny-cpu.yaml"))
+    assert tiny.storage_path == "./runs"  # set in the file, so the environment does not apply
