@@ -3,11 +3,11 @@
 ``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens]}``) and answers an
 :class:`ExtractResponse` (``{tl_label, items, raw_output, error, model, latency_ms, request_id}``);
 ``POST /v1/extract/batch`` takes ``{"requests": [...]}`` and answers ``{"results": [...]}``.
-Fields are strictly typed (``"5"`` or ``true`` for ``max_new_tokens``, ``5`` for ``text``: 422, never
-a silent coercion that would hide a client bug). :func:`check_request` raises :class:`ApiError`
-(status + message) for an empty text, a text over the limit, a text holding characters the
-service refuses (:func:`text_problem`) or an unknown dataset; a batch with one bad text is refused
-whole, naming its index. :func:`to_response` turns an Extractor output row into a response and
+Fields are strictly typed (``"5"`` or ``true`` for ``max_new_tokens``, ``5`` for ``text``: 422,
+never a silent coercion that would hide a client bug). :func:`check_request` raises
+:class:`ApiError` (status + message) for an empty text, a text over the limit, a text holding
+characters the service refuses (:func:`text_problem`) or an unknown dataset; a batch with one bad
+text is refused whole, naming its index. :func:`to_response` turns an Extractor output row into a response and
 :func:`client_error` keeps internal exception text out of it. Pydantic only: no torch, no ray, so
 the contract is unit-tested in milliseconds.
 """

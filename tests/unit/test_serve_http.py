@@ -106,7 +106,8 @@ def test_batch_keeps_order(client):
         ({"text": "あ", "dataset": 5}, 422, "dataset"),
         ({"text": TEXT, "dataset": True}, 422, "dataset"),
         # Characters the service refuses (api._REFUSED says why), named with their index.
-        ({"text": "あ\ud800い", "dataset": "SCNM"}, 422, "unpaired surrogate (U+D800) at character 1"),
+        ({"text": "あ\ud800い", "dataset": "SCNM"}, 422,
+         "unpaired surrogate (U+D800) at character 1"),
         ({"text": "\udfff", "dataset": "SCNM"}, 422, "U+DFFF"),
         ({"text": "ab\x00", "dataset": "SCNM"}, 422, "NUL character (U+0000) at character 2"),
         ({"text": "\x07ベル", "dataset": "SCNM"}, 422, "control character (U+0007)"),
@@ -191,7 +192,8 @@ def _post_raw(client, url: str, raw: bytes):
 def test_accepted_characters_reach_the_model_unchanged(client):
     # TAB/LF/CR, ZWJ, BOM, a bidi mark, private use, and an emoji sent as an escaped surrogate
     # pair (the JSON parser joins the pair into one character).
-    raw = '{"text": "株式会社\\t東京\\n大阪\\r\\u200d\\ufeff\\u200f\\ue000\\ud83d\\ude00", "dataset": "SCNM"}'
+    raw = ('{"text": "株式会社\\t東京\\n大阪\\r\\u200d\\ufeff\\u200f\\ue000\\ud83d\\ude00", '
+           '"dataset": "SCNM"}')
     r = _post_raw(client, "/v1/extract", raw.encode())
     assert r.status_code == 200, r.text
     assert client.calls[-1][0]["text"] == "株式会社\t東京\n大阪\r\u200d\ufeff\u200f\ue000\U0001F600"
@@ -199,9 +201,10 @@ def test_accepted_characters_reach_the_model_unchanged(client):
 
 def test_a_batch_with_one_bad_text_is_refused_whole_naming_it(client):
     good = {"text": TEXT, "dataset": "SCNM"}
-    for bad, words in [({"text": "a\ud800", "dataset": "SCNM"}, "requests[1]: text holds an unpaired"),
-                       ({"text": "a\x00", "dataset": "SCNM"}, "requests[1]: text holds a NUL"),
-                       ({**good, "max_new_tokens": "5"}, "requests.1.max_new_tokens")]:
+    cases = [({"text": "a\ud800", "dataset": "SCNM"}, "requests[1]: text holds an unpaired"),
+             ({"text": "a\x00", "dataset": "SCNM"}, "requests[1]: text holds a NUL"),
+             ({**good, "max_new_tokens": "5"}, "requests.1.max_new_tokens")]
+    for bad, words in cases:
         raw = json.dumps({"requests": [good, bad, good]}).encode()
         r = _post_raw(client, "/v1/extract/batch", raw)
         assert r.status_code == 422 and words in r.json()["detail"], r.text
@@ -209,7 +212,8 @@ def test_a_batch_with_one_bad_text_is_refused_whole_naming_it(client):
 
 
 def test_refused_dataset_is_echoed_short_and_escaped(client):
-    r = _post_raw(client, "/v1/extract", json.dumps({"text": TEXT, "dataset": "\x00" * 500}).encode())
+    raw = json.dumps({"text": TEXT, "dataset": "\x00" * 500}).encode()
+    r = _post_raw(client, "/v1/extract", raw)
     detail = r.json()["detail"]
     assert r.status_code == 422 and "'\\x00\\x00" in detail and len(detail) < 400
 
