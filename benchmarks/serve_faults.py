@@ -94,6 +94,10 @@ def summarize(done: list[tuple[float, str, float]], duration_s: float) -> dict:
             "p50_ms": round(percentile(lat, 50), 1), "p99_ms": round(percentile(lat, 99), 1),
             "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
             "longest_gap_s": round(longest, 3), "longest_gap_starts_s": round(at, 3),
+            # Where the long gaps fall (seconds into the run): read them against killed_at_s and
+            # the replacement's start, which competes for CPUs with the survivor on a small box.
+            "gaps_over_1s": [[round(a, 2), round(g, 2)] for g, a in sorted(gaps, key=lambda x: x[1])
+                             if g > 1.0],
             "first_ok_s": round(ok[0], 3) if ok else None,
             "last_ok_s": round(ok[-1], 3) if ok else None}
 
