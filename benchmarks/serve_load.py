@@ -50,6 +50,20 @@ def build_model(texts: list[str]) -> str:
     return build_tiny(tempfile.mkdtemp(prefix="serve-load-"), corpus, TinyConfig(vocab_size=1500))
 
 
+def start_local_serve(ray_cpus: int = 2) -> str:
+    """A local Ray and Serve's HTTP proxy on a free loopback port; returns the base URL."""
+    import ray
+    from ray import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
 def percentile(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q / 100 * len(xs)) - 1))] if xs else float("nan")
@@ -115,13 +129,8 @@ def main() -> None:
 
     texts = load_texts()
     model = args.model or build_model(texts)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_local_serve()
+    port = url.rsplit(":", 1)[1]
     concurrencies = [int(x) for x in args.concurrency.split(",")]
     results: dict[tuple[int, int], dict] = {}
     try:

@@ -13,6 +13,21 @@ from typing import Protocol
 
 from giellm_ray.decoding.base import RowConstraint
 
+# How the row errors an Extractor writes about the row's own input or output begin. They are safe
+# to show the caller who sent the row. Any other error (``engine error: ...``, ``internal error
+# ...``: an exception inside the engine or the model code) carries internal text: a service logs it
+# and shows a stable message instead (``giellm_ray.serve.api.client_error``). A new row error
+# about the input belongs here, or callers see the stable message.
+PUBLIC_ROW_ERRORS = (
+    "unknown dataset",
+    "max_new_tokens must",
+    "text is",
+    "text cannot be tokenized",
+    "prompt too long",
+    "parse:",
+    "output truncated",
+)
+
 
 @dataclass
 class GenerationRequest:

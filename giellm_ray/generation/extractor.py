@@ -4,8 +4,9 @@
 or a Serve replica) and ``extract(rows)`` turns dicts with ``text``, ``dataset`` (and optionally
 ``prompt`` and a per-row ``max_new_tokens`` cap) into dicts with the scored columns of
 ``giellm_ray.schema.SCORED_FIELDS``. A row that cannot be scored (null/empty text, unknown
-dataset, a bad ``max_new_tokens``, a prompt the model cannot hold, an engine error) gets its
-reason in ``error``; nothing raises for a bad row. With ``constrained=True`` (the
+dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model cannot hold,
+an engine error, any exception in one row's step) gets its reason in ``error``; nothing raises for
+a bad row and no row's failure lands on another row of the batch. With ``constrained=True`` (the
 default) each row decodes under a constraint from
 ``giellm_ray.decoding.build_constraint_factory`` so outputs stay inside the task's format.
 """
@@ -34,6 +35,16 @@ def model_max_positions(model, tokenizer) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return int(getattr(tokenizer, "model_max_length", 2048) or 2048)
+
+
+UNTOKENIZABLE = "text cannot be tokenized (it holds characters the tokenizer refuses)"
+
+
+def _internal(row: int, step: str, exc: Exception) -> str:
+    """Log an unexpected exception on one row; the row's error (internal text, see
+    ``generation.base.PUBLIC_ROW_ERRORS``)."""
+    log.warning("row %d failed while %s", row, step, exc_info=exc)
+    return f"internal error while {step}: {type(exc).__name__}: {exc}"
 
 
 def empty_output(error: str | None) -> dict:
@@ -102,30 +113,57 @@ class Extractor:
         return build_prompt(text, task), task, text, budget
 
     def extract(self, rows: list[Mapping]) -> list[dict]:
-        """Scored columns for each row, in order (``error`` set where a row could not be scored)."""
+        """Scored columns for each row, in order (``error`` set where a row could not be scored).
+
+        Every step runs so that one row's failure stays that row's ``error``: a tokenizer, engine
+        or parser exception on one row never reaches the other rows of the batch.
+        """
         outputs: list[dict | None] = [None] * len(rows)
         todo: list[tuple[int, str, object, str, int]] = []
         for i, row in enumerate(rows):
-            prepared = self._prepare(row)
+            try:
+                prepared = self._prepare(row)
+            except Exception as exc:  # a hostile value fails its own row only
+                prepared = _internal(i, "preparing the prompt", exc)
             if isinstance(prepared, str):
                 outputs[i] = empty_output(prepared)
             else:
                 todo.append((i, *prepared))
-        if todo:
-            lengths = [len(x) for x in self.tokenizer([t[1] for t in todo],
-                                                      add_special_tokens=True)["input_ids"]]
-            ready = []
-            for (i, prompt, task, text, budget), n in zip(todo, lengths, strict=True):
-                if n > self.max_positions - budget:
-                    outputs[i] = empty_output(
-                        f"prompt too long: {n} tokens; the model takes {self.max_positions} "
-                        f"positions, {budget} kept for the output")
-                else:
-                    ready.append((i, prompt, task, text, budget))
-            results = self._generate(ready)
-            for (i, _, task, text, _), res in zip(ready, results, strict=True):
+        ready = []
+        for (i, prompt, task, text, budget), n in zip(
+                todo, self._prompt_lengths([t[1] for t in todo]), strict=True):
+            if n is None:
+                outputs[i] = empty_output(UNTOKENIZABLE)
+            elif n > self.max_positions - budget:
+                outputs[i] = empty_output(
+                    f"prompt too long: {n} tokens; the model takes {self.max_positions} "
+                    f"positions, {budget} kept for the output")
+            else:
+                ready.append((i, prompt, task, text, budget))
+        for (i, _, task, text, _), res in zip(ready, self._generate(ready), strict=True):
+            try:
                 outputs[i] = self._finish_row(res, task, text)
+            except Exception as exc:
+                outputs[i] = empty_output(_internal(i, "parsing the output", exc))
         return outputs  # type: ignore[return-value]
+
+    def _prompt_lengths(self, prompts: list[str]) -> list[int | None]:
+        """Token count of each prompt; ``None`` for one the tokenizer refuses."""
+        if not prompts:
+            return []
+        try:
+            ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+            return [len(x) for x in ids]
+        except Exception:
+            # One bad prompt (e.g. an unpaired surrogate) fails the whole call: find which.
+            return [self._prompt_length(p) for p in prompts]
+
+    def _prompt_length(self, prompt: str) -> int | None:
+        try:
+            return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        except Exception as exc:
+            log.warning("a prompt cannot be tokenized: %s: %s", type(exc).__name__, exc)
+            return None
 
     def _request(self, prompt: str, task, text: str, budget: int) -> GenerationRequest:
         # The constraint closes the output in time when it knows the engine's token budget.
@@ -134,13 +172,36 @@ class Extractor:
         return GenerationRequest(prompt, budget, constraint)
 
     def _generate(self, ready: list[tuple]) -> list[GenerationResult]:
-        results = self.engine.generate([self._request(*r[1:]) for r in ready])
+        results: list[GenerationResult | None] = [None] * len(ready)
+        requests: dict[int, GenerationRequest] = {}
+        for k, r in enumerate(ready):
+            try:
+                requests[k] = self._request(*r[1:])
+            except Exception as exc:
+                results[k] = GenerationResult("", 0, False, _internal(r[0], "building its "
+                                                                      "constraint", exc))
+        for k, res in zip(requests, self._engine_generate(list(requests.values())), strict=True):
+            results[k] = res
         if self.constraint_factory is not None:
             # A constrained row caught in a failing batch is retried alone with a fresh constraint.
-            for k, r in enumerate(ready):
+            for k in requests:
                 if results[k].error and results[k].error.startswith("engine error"):
-                    results[k] = self.engine.generate([self._request(*r[1:])])[0]
-        return results
+                    results[k] = self._engine_generate([self._request(*ready[k][1:])])[0]
+        return results  # type: ignore[return-value]
+
+    def _engine_generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """The engine's results; an engine that raises (it should not) is retried row by row."""
+        if not requests:
+            return []
+        try:
+            return self.engine.generate(requests)
+        except Exception as exc:
+            if len(requests) == 1:
+                log.exception("engine raised on one row")
+                return [GenerationResult("", 0, False,
+                                         f"engine error: {type(exc).__name__}: {exc}")]
+            log.exception("engine raised on a batch of %d; retrying each row alone", len(requests))
+            return [self._engine_generate([r])[0] for r in requests]
 
     @staticmethod
     def _finish_row(res: GenerationResult, task, text: str) -> dict:

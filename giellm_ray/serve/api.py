@@ -3,28 +3,52 @@
 ``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens]}``) and answers an
 :class:`ExtractResponse` (``{tl_label, items, raw_output, error, model, latency_ms, request_id}``);
 ``POST /v1/extract/batch`` takes ``{"requests": [...]}`` and answers ``{"results": [...]}``.
-:func:`check_request` raises :class:`ApiError` (status + message) for an empty text, a text over
-the limit or an unknown dataset; :func:`to_response` turns an Extractor output row into a response.
-Pydantic only: no torch, no ray, so the contract is unit-tested in milliseconds.
+Fields are strictly typed (``"5"`` or ``true`` for ``max_new_tokens``, ``5`` for ``text``: 422,
+never a silent coercion that would hide a client bug). :func:`check_request` raises
+:class:`ApiError` (status + message) for an empty text, a text over the limit, a text holding
+characters the service refuses (:func:`text_problem`) or an unknown dataset; a batch with one bad
+text is refused whole, naming its index. :func:`to_response` turns an Extractor output row into a response and
+:func:`client_error` keeps internal exception text out of it. Pydantic only: no torch, no ray, so
+the contract is unit-tested in milliseconds.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from giellm_ray import schema as S
 from giellm_ray.formats.tasks import TaskRegistry
+from giellm_ray.generation.base import PUBLIC_ROW_ERRORS
+
+# Characters a ``text`` may not hold (422), and why each is refused:
+# - U+D800-U+DFFF, unpaired surrogates: valid JSON (``"\ud800"``) but not characters. They cannot be
+#   encoded as UTF-8, so the tokenizer raises on them (and so would a UTF-8 log or Parquet file).
+#   A correctly escaped pair (``"\ud83d\ude00"``) is decoded by the JSON parser into one character
+#   and is accepted.
+# - U+0000 NUL: ends strings in C-level consumers and never belongs to text.
+# - the other C0 controls (U+0001-U+001F) except TAB, LF and CR, DEL (U+007F) and the C1 controls
+#   (U+0080-U+009F): no meaning in Japanese (or any natural) text; they are the mark of binary
+#   data or of bytes decoded with the wrong codec (a client bug), and the model never saw them.
+# Accepted: TAB/LF/CR, format characters (ZWJ, BOM, bidi marks), private use and noncharacters:
+# they do occur in real text, and the tokenizer encodes them.
+_REFUSED = re.compile(r"[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_ECHO_CHARS = 60  # how much of a refused value a message repeats back
 
 
 class ApiError(Exception):
-    """A request the service refuses, with its HTTP status and a message for the client."""
+    """A request the service refuses (or cannot serve now), with its HTTP status and a message.
 
-    def __init__(self, status: int, detail: str) -> None:
+    ``retry_after_s`` becomes a ``Retry-After`` header (for 503: the service will be back).
+    """
+
+    def __init__(self, status: int, detail: str, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 class ExtractRequest(BaseModel):
@@ -32,9 +56,11 @@ class ExtractRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(description="Japanese source text (non-empty, at most the configured size).")
-    dataset: str = Field(description="Task name, e.g. SCNM or SCPOS:RW (see GET /v1/tasks).")
-    max_new_tokens: int | None = Field(
+    text: StrictStr = Field(
+        description="Japanese source text (non-empty, at most the configured size, no control "
+                    "characters other than tab/newline, no unpaired surrogates).")
+    dataset: StrictStr = Field(description="Task name, e.g. SCNM or SCPOS:RW (see GET /v1/tasks).")
+    max_new_tokens: StrictInt | None = Field(
         default=None, ge=1,
         description="Cap on generated tokens for this text (below the task's own bound).")
 
@@ -93,6 +119,24 @@ class ErrorResponse(BaseModel):
     request_id: str | None = None
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` holds a character the service refuses (first one, with its index), or None."""
+    m = _REFUSED.search(text)
+    if m is None:
+        return None
+    code = ord(m.group())
+    kind = ("an unpaired surrogate" if 0xD800 <= code <= 0xDFFF
+            else "a NUL character" if code == 0 else "a control character")
+    return (f"text holds {kind} (U+{code:04X}) at character {m.start()}; send Unicode text "
+            "(tab, line feed and carriage return are the only control characters accepted)")
+
+
+def _echo(value: str) -> str:
+    """``value`` quoted for a message: shortened, every unusual character escaped."""
+    short = value if len(value) <= _ECHO_CHARS else value[:_ECHO_CHARS] + "..."
+    return ascii(short) if _REFUSED.search(short) else repr(short)
+
+
 def check_request(req: ExtractRequest, registry: TaskRegistry, max_text_chars: int,
                   where: str = "") -> None:
     """Raise :class:`ApiError` when ``req`` cannot be served; ``where`` prefixes the message."""
@@ -101,8 +145,11 @@ def check_request(req: ExtractRequest, registry: TaskRegistry, max_text_chars: i
     if len(req.text) > max_text_chars:
         raise ApiError(413, f"{where}text has {len(req.text)} characters; the limit is "
                             f"{max_text_chars}")
+    problem = text_problem(req.text)
+    if problem is not None:
+        raise ApiError(422, where + problem)
     if req.dataset not in registry:
-        raise ApiError(422, f"{where}unknown dataset {req.dataset!r}; known datasets: "
+        raise ApiError(422, f"{where}unknown dataset {_echo(req.dataset)}; known datasets: "
                             f"{', '.join(sorted(registry))}")
 
 
@@ -115,6 +162,16 @@ def check_batch(batch: BatchRequest, registry: TaskRegistry, max_text_chars: int
         raise ApiError(413, f"{len(batch.requests)} texts in one batch; the limit is {max_items}")
     for i, req in enumerate(batch.requests):
         check_request(req, registry, max_text_chars, where=f"requests[{i}]: ")
+
+
+def client_error(error: str | None, request_id: str) -> str | None:
+    """The row error a caller may see: the Extractor's own messages about the text or the output
+    as they are; anything else (an engine exception) as one stable line naming the request id,
+    so internal exception text stays in the service log."""
+    if error is None or error.startswith(PUBLIC_ROW_ERRORS):
+        return error
+    return (f"generation failed for this text (an internal error; the service log has the "
+            f"details under request id {request_id})")
 
 
 def to_response(row: Mapping, req: ExtractRequest, *, request_id: str, model: str,
@@ -130,7 +187,7 @@ def to_response(row: Mapping, req: ExtractRequest, *, request_id: str, model: st
         tl_label=row.get(S.PRED_TL_LABEL),
         items=items,
         raw_output=row.get(S.PREDICTION) or "",
-        error=row.get(S.ERROR),
+        error=client_error(row.get(S.ERROR), request_id),
         num_generated_tokens=int(row.get(S.NUM_GENERATED_TOKENS) or 0),
         model=model,
         latency_ms=round(latency_ms, 3),

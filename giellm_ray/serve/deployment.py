@@ -8,20 +8,28 @@ decoded as one engine batch of up to ``batching.max_batch_size`` rows in a worke
 replica's event loop keeps accepting requests meanwhile.
 ``ExtractIngress`` validates HTTP requests (``giellm_ray.serve.http``) and fans texts out to the
 model deployment's handle, so batching works across HTTP requests and model replicas autoscale on
-their own. Both record Serve metrics (request latency, batch size, generated tokens, output
-errors). Built by :func:`giellm_ray.serve.app.build_app`; nothing runs at import.
+their own. A text whose model replica dies mid-call is sent once more (Serve's router has already
+dropped the dead replica, so it goes to a live one, or waits for the replacement up to
+``ingress.retry_timeout_s``); if that fails too the answer is 503 with ``Retry-After``, never a
+500. Both record Serve metrics (request latency, batch size, generated tokens, output errors,
+model calls lost with a replica). Built by :func:`giellm_ray.serve.app.build_app`; nothing runs
+at import.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import time
 from collections.abc import Callable
 from typing import Any
 
+import ray
 from ray import serve
+from ray.exceptions import RayActorError, WorkerCrashedError
+from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
@@ -33,6 +41,7 @@ from giellm_ray.schema import (
     TEXT,
     empty_scored,
 )
+from giellm_ray.serve.api import ApiError
 from giellm_ray.serve.coalescer import Coalescer
 from giellm_ray.serve.config import ServeConfig
 from giellm_ray.serve.http import build_http_app
@@ -40,6 +49,14 @@ from giellm_ray.serve.http import build_http_app
 logger = logging.getLogger("ray.serve")
 
 ExtractorFactory = Callable[[ServeConfig], Any]
+# What awaiting a model call raises when the replica holding it is gone. Measured on Ray 2.60
+# (tests/ray/test_serve_faults.py, benchmarks/serve_faults.py): SIGKILL of the replica process and
+# ``ray.kill`` of its actor both raise ``ActorDiedError`` ("The actor died unexpectedly before
+# finishing this task"), and Serve's router drops that replica at once, so a retry goes to another.
+# RayActorError also covers ActorUnavailableError (replica unreachable for a while) and a
+# RayTaskError caused by an ActorDiedError; WorkerCrashedError and ReplicaUnavailableError (replica
+# gone between being picked and being sent the call) are the other forms Ray documents.
+REPLICA_LOST = (RayActorError, WorkerCrashedError, ReplicaUnavailableError)
 BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64, 128]
 LATENCY_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 
@@ -87,10 +104,12 @@ class ExtractorModel:
             return self.extractor.extract([{TEXT: r[TEXT], DATASET: r[DATASET],
                                             MAX_NEW_TOKENS: r.get(MAX_NEW_TOKENS)}
                                            for r in rows])
-        except Exception as exc:  # the Extractor should never raise; keep the 200 contract if it does
-            logger.exception("extractor failed on a batch of %d", len(rows))
-            error = f"extractor error: {type(exc).__name__}: {exc}"
-            return [empty_scored(error) for _ in rows]
+        except Exception:  # the Extractor should never raise; if it does, no text pays for another
+            logger.exception("extractor raised on %d text(s) (request ids %s)", len(rows),
+                             ",".join(str(r.get("request_id")) for r in rows[:8]))
+        if len(rows) == 1:
+            return [empty_scored("internal error: the extractor raised (see the replica log)")]
+        return [self._run([r])[0] for r in rows]
 
     def _record(self, rows: list[dict], outs: list[dict], seconds: float) -> None:
         self.batch_size.observe(len(rows))
@@ -118,7 +137,8 @@ class ExtractorModel:
 
     def stats(self) -> dict:
         """This replica's batching in force and its counters (for tests, benchmarks, operators)."""
-        return {"max_batch_size": self.extract_batch._get_max_batch_size(),
+        return {"pid": os.getpid(), "actor_name": ray.get_runtime_context().get_actor_name(),
+                "max_batch_size": self.extract_batch._get_max_batch_size(),
                 "batch_wait_timeout_s": self.extract_batch._get_batch_wait_timeout_s(),
                 "max_concurrent_batches": self.cfg.concurrent_batches,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -138,13 +158,41 @@ class ExtractIngress:
                                  description="Extraction latency per HTTP request.",
                                  tag_keys=("route",))
         self.texts = Counter("giellm_texts", description="Texts extracted.", tag_keys=("route",))
+        self.lost_calls = Counter("giellm_lost_model_calls",
+                                  description="Model calls lost with their replica (each one is "
+                                              "retried, or its request answered 503).")
 
     def __serve_build_asgi_app__(self):
         return build_http_app(self.registry, self.cfg.http, self.cfg.served_model_name,
                               self._extract, self._observe)
 
     async def _extract(self, rows: list[dict]) -> list[dict]:
-        return list(await asyncio.gather(*(self.model.extract.remote(r) for r in rows)))
+        return list(await asyncio.gather(*(self._call(r) for r in rows)))
+
+    async def _call(self, row: dict) -> dict:
+        """One text on the model; a lost replica is retried on another, else 503 + Retry-After.
+
+        Extraction has no side effects, so sending a text twice is safe.
+        """
+        ing = self.cfg.ingress
+        for attempt in range(ing.replica_loss_retries + 1):
+            response = self.model.extract.remote(row)
+            try:
+                if attempt == 0:
+                    return await response
+                # With one replica the retry waits in the router until the replacement is up;
+                # bound that wait, the client is better served by a 503 it can act on.
+                return await asyncio.wait_for(response, ing.retry_timeout_s)
+            except REPLICA_LOST as exc:
+                why = f"replica lost ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})"
+            except TimeoutError:
+                response.cancel()
+                why = f"no replica answered within {ing.retry_timeout_s} s"
+            self.lost_calls.inc()
+            logger.warning("request %s: model call %d failed: %s", row.get("request_id"),
+                           attempt + 1, why)
+        raise ApiError(503, "no model replica could answer (one was lost and no other was ready "
+                            "in time); retry later", retry_after_s=ing.retry_after_s)
 
     def _observe(self, route: str, latency_ms: float, n_texts: int) -> None:
         self.latency.observe(latency_ms, tags={"route": route})

@@ -61,6 +61,10 @@ def serve_forever(cfg: ServeConfig, extractor_factory=None,
     try:
         log.info("resolved config:\n%s", yaml.safe_dump(cfg.model_dump(mode="json"),
                                                         allow_unicode=True, sort_keys=False))
+        if cfg.replica.min_replicas < 2:
+            log.warning("replica.min_replicas=%d: if the model replica dies, the service answers "
+                        "nothing but 503s (or waits) until a new one has loaded the model; "
+                        "production wants 2 or more", cfg.replica.min_replicas)
         url = start_service(cfg, extractor_factory)
         log.info("giellm serve: listening on %s (docs: %s/docs); Ctrl-C or SIGTERM stops",
                  url, url)

@@ -4,9 +4,13 @@
 row]``) so the same app runs inside the Serve ingress deployment (where ``extract`` calls the
 batched model deployment) and in unit tests (where it calls an Extractor in-process). Status codes:
 empty text 422, text over ``max_text_chars`` 413, unknown dataset 422 (lists the known ones),
-malformed JSON 400, other schema errors 422, body over ``max_body_bytes`` 413 (checked before the
-body is parsed). An output that does not parse is a 200 whose ``error`` field says why.
-Interactive OpenAPI docs are at ``/docs``.
+a text holding refused characters 422, a wrongly typed field 422 (strict: no coercion),
+malformed JSON or a body that is not UTF-8 400, other schema errors 422, body over
+``max_body_bytes`` 413 (checked before the body is parsed); every one of them a JSON
+``{detail, request_id}``. An output that does not parse is a 200 whose ``error`` field says why; a
+row that failed inside the model is a 200 whose ``error`` is one stable line (the internal text is
+logged here with the request id). No model replica able to answer: 503 with ``Retry-After``. Any
+other failure: 500 with a stable message, never exception text. OpenAPI docs are at ``/docs``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from giellm_ray import schema as S
 from giellm_ray.formats.tasks import TaskRegistry
@@ -31,6 +36,7 @@ from giellm_ray.serve.api import (
     ExtractResponse,
     check_batch,
     check_request,
+    client_error,
     to_response,
 )
 from giellm_ray.serve.config import HTTPConfig
@@ -40,7 +46,7 @@ logger = logging.getLogger("ray.serve")
 ExtractFn = Callable[[list[dict]], Awaitable[list[dict]]]
 ObserveFn = Callable[[str, float, int], None]
 REQUEST_ID_HEADER = "x-request-id"
-ERRORS = {s: {"model": ErrorResponse} for s in (400, 413, 422)}
+ERRORS = {s: {"model": ErrorResponse} for s in (400, 413, 422, 500, 503)}
 
 
 class BodyLimitMiddleware:
@@ -122,7 +128,17 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         rid = request_id_of(request)
         logger.info("request %s refused %d: %s", rid, exc.status, exc.detail)
-        return JSONResponse({"detail": exc.detail, "request_id": rid}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return JSONResponse({"detail": exc.detail, "request_id": rid}, status_code=exc.status,
+                            headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own refusals (e.g. a body that is not UTF-8), in the same shape as ours.
+        rid = request_id_of(request)
+        logger.info("request %s refused %d: %s", rid, exc.status_code, exc.detail)
+        return JSONResponse({"detail": str(exc.detail), "request_id": rid},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -144,10 +160,21 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
         start = time.perf_counter()
         rows = [{S.TEXT: r.text, S.DATASET: r.dataset, S.MAX_NEW_TOKENS: r.max_new_tokens,
                  "request_id": rid} for r in reqs]
-        outs = await extract(rows)
+        try:
+            outs = await extract(rows)
+        except ApiError:
+            raise
+        except Exception as exc:  # never a bare 500 carrying exception text
+            logger.exception("request %s %s failed", rid, route)
+            raise ApiError(500, f"internal error; the service log has the details under request "
+                                f"id {rid}") from exc
         latency_ms = (time.perf_counter() - start) * 1000.0
         if observe is not None:
             observe(route, latency_ms, len(reqs))
+        for k, o in enumerate(outs):
+            if client_error(o.get(S.ERROR), rid) != o.get(S.ERROR):
+                logger.error("request %s %s: text %d failed inside the model: %s", rid, route, k,
+                             o.get(S.ERROR))
         errors = sum(1 for o in outs if o.get(S.ERROR))
         logger.info("request %s %s: %d text(s), %d with output errors, %.1f ms", rid, route,
                     len(reqs), errors, latency_ms)

@@ -1,6 +1,7 @@
 """The Serve application end to end on loopback with the real tiny model: answers, 4xx for every
-bad request while staying up, a bounded concurrent run with no 5xx and real dynamic batching, the
-config reaching the replica, and the shipped Serve deploy config. One app for the module (model
+bad request while staying up, a bounded concurrent run with no 5xx and real dynamic batching,
+hostile requests and rows sent among good ones leaving the good answers exactly as they are alone,
+the config reaching the replica, and the shipped Serve deploy config. One app for the module (model
 load is the slow part); Serve is shut down in the finaliser."""
 
 from __future__ import annotations
@@ -162,3 +163,72 @@ def test_shipped_serve_configs_validate():
     cfg = config_from_args(args)
     assert cfg.model.name_or_path == app.args["model"]
     assert cfg == load_config(ServeConfig, args["config"], [f"model.name_or_path={args['model']}"])
+
+
+# Hostile input sent while good requests run (issue 13): each is refused (HTTP) or fails alone
+# (rows given straight to the model deployment, past the HTTP checks); the good requests get
+# exactly the answer they get when sent alone.
+HOSTILE_HTTP = [
+    ("/v1/extract", b'{"text": "\\ud800", "dataset": "SCNM"}', 422),
+    ("/v1/extract", b'{"text": "\\u682a\\u0000", "dataset": "SCNM"}', 422),
+    ("/v1/extract", b'{"text": "\\u682a", "dataset": "SCNM", "max_new_tokens": "5"}', 422),
+    ("/v1/extract", b'{"text": "\\u682a", "dataset": "SCNM", "max_new_tokens": true}', 422),
+    ("/v1/extract", b'{"text": 5, "dataset": "SCNM"}', 422),
+    ("/v1/extract", b'{"text": "\xff\xfe", "dataset": "SCNM"}', 400),
+    ("/v1/extract/batch", b'{"requests": [{"text": "\\u682a", "dataset": "SCNM"}, '
+                          b'{"text": "a\\udfffb", "dataset": "SCNM"}]}', 422),
+]
+HOSTILE_ROWS = [
+    {"text": "\ud800", "dataset": "SCNM"},
+    {"text": "株式会社\udfff東京", "dataset": "SCPOS:RW"},
+    {"text": 5, "dataset": "SCNM"},
+    {"text": "株式会社", "dataset": ["SCNM"]},
+    {"text": "株式会社", "dataset": "SCNM", "max_new_tokens": "5"},
+]
+INTERNAL_WORDS = ("Traceback", "TypeError", "TextEncodeInput", "Exception", "KeyError")
+
+
+@pytest.mark.timeout(300)
+def test_hostile_requests_leave_concurrent_good_ones_untouched(service, stockmark_records):
+    from ray import serve
+
+    cfg, client = service
+    texts = [r["text"] for r in stockmark_records[300:315]]
+    fields = ("tl_label", "items", "raw_output", "error", "num_generated_tokens")
+
+    def good_body(i: int) -> dict:
+        return {"text": texts[i], "dataset": ("SCNM", "SCPOS:RW")[i % 2]}
+
+    alone = []
+    for i in range(len(texts)):
+        r = client.post("/v1/extract", json=good_body(i))
+        assert r.status_code == 200, r.text
+        alone.append({f: r.json()[f] for f in fields})
+    model = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
+
+    async def run() -> list[tuple[str, object, object]]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120.0) as ac:
+            hostile = [("http", status, ac.post(url, content=raw,
+                                                headers={"content-type": "application/json"}))
+                       for url, raw, status in HOSTILE_HTTP]
+            hostile += [("row", row, asyncio.to_thread(
+                lambda r=row: model.extract.remote(r).result(timeout_s=120)))
+                for row in HOSTILE_ROWS]
+            # A hostile call after each good one, so hostile rows share the good ones' batches.
+            calls: list[tuple[str, object, object]] = []
+            for i in range(len(texts)):
+                calls.append(("good", i, ac.post("/v1/extract", json=good_body(i))))
+                calls += hostile[i:i + 1]
+            outs = await asyncio.gather(*(c for _, _, c in calls))
+            return [(kind, key, out) for (kind, key, _), out in zip(calls, outs, strict=True)]
+
+    for kind, key, out in asyncio.run(run()):
+        if kind == "good":
+            assert out.status_code == 200, out.text
+            assert {f: out.json()[f] for f in fields} == alone[key]
+        elif kind == "http":
+            assert out.status_code == key and out.json()["request_id"], out.text
+        else:  # a hostile row given straight to the model: an output row with its own error
+            assert out["error"] and out["prediction"] is None, (key, out)
+        if kind != "row":
+            assert not any(w in out.text for w in INTERNAL_WORDS), out.text

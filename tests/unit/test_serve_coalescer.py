@@ -1,6 +1,7 @@
 """The coalescer behind ``@serve.batch``: fragments submitted while a call runs are merged into the
 next call (bounded by ``max_rows``), each caller gets its own rows' results in order, and a failing
-call fails only its own callers."""
+call fails only the callers whose rows make it fail (a merged call is retried fragment by
+fragment)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,22 @@ def test_oversized_fragment_still_runs_alone():
     assert asyncio.run(Coalescer(fn, max_rows=2).submit([1, 2, 3])) == [1, 4, 9]
     with pytest.raises(ValueError):
         asyncio.run(Coalescer(fn, max_rows=2).submit([-3]))
+
+
+def test_a_merged_call_that_fails_is_retried_per_fragment():
+    fn = SlowSquare()
+
+    async def main():
+        c = Coalescer(fn, max_rows=8)
+        first = asyncio.create_task(c.submit([1]))
+        await asyncio.sleep(0.05)  # the first call is running: the next three get merged
+        rest = [asyncio.create_task(c.submit(rows)) for rows in ([2, 3], [-4], [5])]
+        await asyncio.sleep(0.05)
+        fn.gate.set()
+        return await first, await asyncio.gather(*rest, return_exceptions=True)
+
+    first, (a, bad, b) = asyncio.run(main())
+    assert first == [1] and a == [4, 9] and b == [25]
+    assert isinstance(bad, ValueError)
+    # One merged call failed on the negative row, then each fragment ran alone.
+    assert fn.calls == [[1], [2, 3, -4, 5], [2, 3], [-4], [5]]
