@@ -6,7 +6,9 @@ one consolidated file), optional CPU offload, BF16 on GPU / FP32 on CPU, gradien
 clipping and a warmup schedule. ``uses_ds_optimizer`` says whether DeepSpeed builds the optimizer
 (GPU or offload: FusedAdam / DeepSpeedCPUAdam) or the worker passes ``torch.optim.AdamW`` (CPU
 without offload, which avoids JIT-compiling ``cpu_adam``). Activation checkpointing is not a
-DeepSpeed key here: the worker calls HF ``gradient_checkpointing_enable``.
+DeepSpeed key here: the worker calls HF ``gradient_checkpointing_enable``. Which stage to use is
+arithmetic, written out in ``configs/train/giellm-13b.yaml``: at 13B on 8 x 80 GB ZeRO-2 needs
+~59 GB per GPU and sends 45.5 GB per GPU per step, ZeRO-3 ~38 GB and >= 68 GB.
 """
 
 from __future__ import annotations

@@ -4,15 +4,23 @@
 ``<run>/base-model`` so a run is self-contained), reads the train/eval Parquet with Ray Data
 (``filesystem=`` given explicitly, so ``s3://`` works with a custom endpoint), and fits a
 ``TorchTrainer`` with ``ScalingConfig`` + ``RunConfig(storage_path, CheckpointConfig(num_to_keep),
-FailureConfig(max_failures))``. Workers run :func:`giellm_ray.train.loop.train_loop_per_worker`
-and write the final Hugging Face export to ``<run>/export``; the driver writes the resolved
-config beside it (``train_config.yaml``) and returns where it is. Needs Ray first
-(``giellm train`` / ``jobs/train.py`` join or start it via :func:`giellm_ray.ray_session.connect_ray`).
+FailureConfig(max_failures))``; checkpoints go to storage through pyarrow's native S3 client.
+``resume_from`` becomes one ``ray.train.Checkpoint`` built here, after checking it lies under
+``storage_path`` (or ``trust_checkpoint``: loading a checkpoint runs its pickled code), and goes
+to every worker in the loop config: the same object, so nothing is fetched per rank by accident
+(each rank then reads only its own shard, see :mod:`giellm_ray.train.resume`). Ray Train V2
+rejects ``TorchTrainer(resume_from_checkpoint=...)``, hence the loop config. Workers run
+:func:`giellm_ray.train.loop.train_loop_per_worker` and write the final Hugging Face export to
+``<run>/export``; after the run the driver removes checkpoint directories Ray's record does not
+keep (orphans of workers killed between upload and report), writes the resolved config beside the
+export (``train_config.yaml``) and returns where it is. Needs Ray first (``giellm train`` /
+``jobs/train.py`` join or start it via :func:`giellm_ray.ray_session.connect_ray`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -21,7 +29,10 @@ from dataclasses import dataclass
 from giellm_ray import io
 from giellm_ray.config import dump_config
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
+from giellm_ray.train.checkpoints import check_trusted, read_state, remove_orphans, uri
 from giellm_ray.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,8 +82,29 @@ def prepare_base_model(cfg: TrainConfig) -> str:
     return dest
 
 
-def build_trainer(cfg: TrainConfig, model_path: str):
-    """The ``TorchTrainer`` for ``cfg`` (not started)."""
+def storage_filesystem(path: str):
+    """``(filesystem, path)`` Ray Train writes checkpoints through: pyarrow's native S3 client
+    for ``s3://`` (multipart uploads in C++, picklable to the workers), else local."""
+    return io.resolve_native(_absolute(path))
+
+
+def resume_checkpoint(cfg: TrainConfig):
+    """``resume_from`` as one ``ray.train.Checkpoint``, built here and shipped to every worker
+    (``None`` without one). Refused outside ``storage_path`` unless ``trust_checkpoint``."""
+    if not cfg.resume_from:
+        return None
+    import ray.train
+
+    check_trusted(_absolute(cfg.resume_from), _absolute(cfg.storage_path), cfg.trust_checkpoint)
+    fs, path = storage_filesystem(cfg.resume_from)
+    if read_state(fs, path) is None:
+        raise ValueError(f"resume_from {cfg.resume_from} is not a training checkpoint "
+                         "(no readable train_state.json)")
+    return ray.train.Checkpoint(path, filesystem=fs)
+
+
+def build_trainer(cfg: TrainConfig, model_path: str, resume=None):
+    """The ``TorchTrainer`` for ``cfg`` (not started); ``resume`` from :func:`resume_checkpoint`."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -84,18 +116,17 @@ def build_trainer(cfg: TrainConfig, model_path: str):
         eval_columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
         datasets["eval"] = read_dataset(cfg.data.eval, eval_columns)
         eval_rows = datasets["eval"].count()
-    metrics_on = bool(eval_rows) and (cfg.eval.metrics == "on" or (
-        cfg.eval.metrics == "auto" and eval_rows <= cfg.eval.auto_max_rows))
+    metrics_on = cfg.generation_eval(eval_rows)
+    if eval_rows and cfg.zero_stage == 3 and not metrics_on:
+        log.info("eval: loss only at ZeRO-3 (generation would all-gather the model every token); "
+                 "for the metrics run `giellm score` on the export")
     max_rows = cfg.eval.max_rows or eval_rows
-    storage = _absolute(cfg.storage_path)
-    storage_fs = None
-    if io.is_s3(storage):
-        storage_fs, storage = io.resolve(storage)
+    storage_fs, storage = storage_filesystem(cfg.storage_path)
     loop_config = {
         "train_config": cfg.model_dump(mode="json"),
         "model_path": model_path,
         "export_dir": io.join(_absolute(cfg.run_dir()), "export"),
-        "resume_from": _absolute(cfg.resume_from) if cfg.resume_from else None,
+        "resume_from": resume,
         "has_eval": bool(eval_rows),
         "eval_metrics": metrics_on,
         "eval_max_rows_per_rank": math.ceil(max_rows / cfg.num_workers) if eval_rows else 0,
@@ -120,10 +151,16 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     if not cfg.data.train:
         raise ValueError("data.train is required (a Parquet file or directory; "
                          "e.g. --set data.train=PATH)")
+    resume = resume_checkpoint(cfg)  # before any work: an untrusted checkpoint is refused
     model_path = prepare_base_model(cfg)
-    result = build_trainer(cfg, model_path).fit()
+    result = build_trainer(cfg, model_path, resume).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
+    fs, _ = storage_filesystem(cfg.storage_path)
+    kept = {c.path for c, _ in result.best_checkpoints or []}
+    for path in remove_orphans(fs, result.path, kept):
+        log.info("removed checkpoint %s: not in Ray's record (a worker died before reporting "
+                 "it) or superseded", path)
     export_dir = None
     if cfg.export:
         export_dir = io.join(_absolute(cfg.run_dir()), "export")
@@ -135,6 +172,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
             write_report(json.loads(result.metrics["eval_counts"]), io.join(export_dir, "eval"),
                          title=f"{cfg.run_name}: end-of-training evaluation")
-    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    checkpoint = None
+    if result.checkpoint is not None:
+        checkpoint = uri(result.checkpoint.filesystem, result.checkpoint.path)
     return TrainResult(export_dir=export_dir, checkpoint=checkpoint,
                        metrics=dict(result.metrics or {}))

@@ -6,7 +6,11 @@ are gathered and merged on rank 0 (counts sum across shards). Every rank runs th
 forward/generate calls (short shards repeat their last batch, results discarded) because ZeRO-3
 gathers parameters collectively; generation uses ``synced_gpus`` for the same reason.
 Greedy decoding uses the scoring engine (``giellm_ray.generation.hf``) with the format constraint
-(``eval.constrained``, on by default) below ZeRO-3, else plain ``model.generate``.
+(``eval.constrained``, on by default) below ZeRO-3, else plain ``model.generate``. At ZeRO-3
+``eval.metrics: auto`` does not generate at all: every decode step would all-gather the sharded
+model (13B: 26 GB per token step; 256 tokens x ~8 batches per rank is ~10-15 min per epoch), so
+the loss stays here and ``giellm score`` on the export gives the metrics. Reductions go through
+:mod:`giellm_ray.train.collectives` (tensors on the worker's device, which NCCL requires).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 
 from giellm_ray.model.sft import IGNORE_INDEX, build_examples, collate
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
+from giellm_ray.train.collectives import gather_objects, reduce_values
 
 
 def _padded_batches(n: int, batch_size: int, num_batches: int) -> list[tuple[list[int], bool]]:
@@ -25,26 +30,15 @@ def _padded_batches(n: int, batch_size: int, num_batches: int) -> list[tuple[lis
     return [(b, True) for b in real] + [(filler, False)] * (num_batches - len(real))
 
 
-def _max_over_ranks(value: int) -> int:
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.long)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
 def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[float, int]:
     """Summed target-token loss and target-token count on this worker's rows (all ranks sum)."""
     import torch
-    import torch.distributed as dist
 
     examples, _ = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
                                  cfg.data.max_length, cfg.data.overlong)
     bs = cfg.eval.batch_size
-    num = _max_over_ranks(math.ceil(len(examples) / bs))
-    total = torch.zeros(2, dtype=torch.float64)
+    num = int(reduce_values([math.ceil(len(examples) / bs)], "max", device)[0])
+    total = [0.0, 0.0]  # summed target-token loss, target tokens
     engine.eval()
     with torch.no_grad():
         for idx, real in _padded_batches(len(examples), bs, num):
@@ -59,12 +53,11 @@ def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[flo
                 logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
                 ignore_index=IGNORE_INDEX, reduction="sum")
             if real:
-                total += torch.tensor([loss.item(), (labels != IGNORE_INDEX).sum().item()],
-                                      dtype=torch.float64)
+                total[0] += loss.item()
+                total[1] += (labels != IGNORE_INDEX).sum().item()
     engine.train()
-    if dist.is_initialized():
-        dist.all_reduce(total)
-    return float(total[0] / max(total[1], 1)), int(total[1])
+    loss_sum, n_tokens = reduce_values(total, "sum", device)
+    return loss_sum / max(n_tokens, 1), int(n_tokens)
 
 
 def greedy_generate(model, tokenizer, rows: Sequence[dict], max_new_tokens: int,
@@ -120,16 +113,12 @@ def eval_metrics(engine, rows: Sequence[dict], tokenizer, cfg, device, synced: b
     from giellm_ray.metrics import count_rows, merge_counts
 
     bs = cfg.eval.batch_size
-    num = _max_over_ranks(math.ceil(len(rows) / bs))
+    num = int(reduce_values([math.ceil(len(rows) / bs)], "max", device)[0])
     model = engine.module
     model.eval()
     preds = greedy_generate(model, tokenizer, rows, cfg.eval.max_new_tokens, bs, num, synced,
                             device, constrained=cfg.eval.constrained)
     model.train()
     counts = count_rows([r[DATASET] for r in rows], [r[TARGET] for r in rows], preds)
-    gathered: list = [None] * (dist.get_world_size() if dist.is_initialized() else 1)
-    if dist.is_initialized():
-        dist.all_gather_object(gathered, counts)
-    else:
-        gathered = [counts]
+    gathered = gather_objects(counts)
     return merge_counts(gathered) if (not dist.is_initialized() or dist.get_rank() == 0) else None

@@ -1,14 +1,16 @@
-"""``train_loop_per_worker``: the per-worker SFT loop (Ray Train + DeepSpeed).
+"""``train_loop_per_worker``: the per-worker SFT loop (Ray Train + DeepSpeed), as named steps.
 
+``setup`` (this worker's data shard, tokenized into SFT examples; the epoch length every rank
+shares; the DeepSpeed config) -> ``find_checkpoint`` (:mod:`giellm_ray.train.resume`) ->
+``build_engine`` (:mod:`giellm_ray.train.engine`) -> ``restore`` -> ``fit`` (epochs of optimizer
+steps, a log window every ``log_every_steps``, checkpoints at epoch ends, ``evaluate`` after each
+epoch) -> ``finish`` (throughput, the Hugging Face export, the final weights-only report).
 Each worker reads its shard of the training Parquet through Ray Data
-(``ray.train.get_dataset_shard("train")``), tokenizes it into SFT examples, batches by length,
-and trains a DeepSpeed engine (ZeRO-2/3, gloo + ``DS_ACCELERATOR=cpu`` on CPU, NCCL on GPU).
-Rank 0 logs loss, learning rate and tokens/s; every rank calls ``ray.train.report`` at the same
-points (it is a barrier). Checkpoints are DeepSpeed checkpoints: each rank saves its shard into a
-local directory and Ray merges them into one checkpoint in storage, with ``train_state.json``
-(epoch, batch, step) beside. A restarted worker group resumes from ``ray.train.get_checkpoint()``
-(or the config's ``resume_from``), skipping the batches it already did (batching is seeded per
-epoch). The driver is ``giellm_ray.train.driver``.
+(``ray.train.get_dataset_shard("train")``) and batches by length (seeded per epoch, so a resumed
+run skips exactly the batches it did). Rank 0 logs loss, learning rate and tokens/s; every rank
+calls ``ray.train.report`` at the same points (it is a barrier). Checkpoints are DeepSpeed
+checkpoints written through :class:`giellm_ray.train.reporting.Checkpointer`. The driver is
+``giellm_ray.train.driver``.
 """
 
 from __future__ import annotations
@@ -17,27 +19,67 @@ import json
 import logging
 import os
 import resource
-import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from giellm_ray.log import setup_logging
-from giellm_ray.model.loader import load_tokenizer, localize, resolve_dtype
+from giellm_ray.model.loader import load_tokenizer
 from giellm_ray.model.sft import build_examples, collate, length_grouped_batches
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
+from giellm_ray.train.checkpoints import staging_root
+from giellm_ray.train.collectives import reduce_values
 from giellm_ray.train.config import TrainConfig
-from giellm_ray.train.deepspeed_config import (
-    ADAM_BETAS,
-    ADAM_EPS,
-    build_ds_config,
-    total_optimizer_steps,
-    uses_ds_optimizer,
-)
+from giellm_ray.train.deepspeed_config import build_ds_config, total_optimizer_steps
+from giellm_ray.train.engine import build_engine, select_accelerator
 from giellm_ray.train.evaluation import eval_loss, eval_metrics
 from giellm_ray.train.export import export_hf
+from giellm_ray.train.reporting import Checkpointer, clear_staging
+from giellm_ray.train.resume import find_checkpoint, model_path, restore
 
 log = logging.getLogger(__name__)
-CKPT_TAG = "ds"
-STATE_FILE = "train_state.json"
+
+
+@dataclass
+class Run:
+    """What ``setup`` prepared for this worker."""
+
+    cfg: TrainConfig
+    config: dict  # the driver's train_loop_config
+    rank: int
+    world: int
+    local_rank: int
+    device: Any
+    tokenizer: Any
+    examples: list
+    data_stats: dict
+    n_batches: int  # per epoch, the same on every rank
+    total_steps: int
+    ds_config: dict
+    eval_rows: list[dict]
+    staging: str  # this run's node-local staging directory
+    ckpt: Checkpointer
+
+
+@dataclass
+class Progress:
+    """Where training stands; the loss window is reset at each log."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    resumed_from: int | None = None
+    run_time: float = 0.0  # this session's pure training time, for throughput
+    run_tokens: int = 0
+    last_epoch: dict = field(default_factory=dict)
+    last_eval: dict = field(default_factory=dict)
+    window: list = field(default_factory=lambda: [0.0, 0, 0])  # loss sum, tokens, batches
+    t0: float = field(default_factory=time.perf_counter)
+
+    def state(self, epoch: int, batch: int) -> dict:
+        return {"epoch": epoch, "batch": batch, "step": self.step, "first_loss": self.first_loss}
 
 
 def read_shard(name: str, columns: list[str]) -> list[dict]:
@@ -54,210 +96,197 @@ def read_shard(name: str, columns: list[str]) -> list[dict]:
     return rows
 
 
-def _reduce(values: list[float], op: str = "sum") -> list[float]:
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op])
-    return t.tolist()
-
-
-def _load_model(cfg: TrainConfig, path: str, ds_config: dict):
-    """The base model; at ZeRO-3 built partitioned (``HfDeepSpeedConfig`` must stay alive)."""
-    from transformers import AutoModelForCausalLM
-
-    keep = None
-    if cfg.zero_stage == 3 and cfg.use_gpu:
-        # Partition while loading (zero.Init) so 8 ranks don't each hold a full 13B copy.
-        # transformers needs `accelerate` for this; without it every rank loads a full copy.
-        try:
-            from transformers.integrations import HfDeepSpeedConfig
-
-            keep = HfDeepSpeedConfig(ds_config)
-        except Exception as exc:  # PackageNotFoundError for accelerate
-            log.warning("[train] loading unpartitioned (zero.Init unavailable: %s)", exc)
-    dtype = resolve_dtype("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code,
-                    "revision": cfg.model.revision}
-    if cfg.model.attn_implementation:
-        kwargs["attn_implementation"] = cfg.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(localize(path), **kwargs)
-    if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    return model, keep
-
-
-def _save_and_report(engine, metrics: dict, state: dict) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=CKPT_TAG)
-        if ray.train.get_context().get_world_rank() == 0:
-            with open(os.path.join(tmp, STATE_FILE), "w") as f:
-                json.dump(state, f)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _maybe_fail(cfg: TrainConfig, rank: int, step: int) -> None:
-    hook = cfg.fault_injection
-    if hook and rank == hook.rank and step == hook.fail_at_step and not os.path.exists(hook.marker):
-        open(hook.marker, "w").close()
-        raise RuntimeError(f"fault injection: worker {rank} fails at step {step}")
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` has ``train_config``, ``model_path``, ``export_dir``."""
+    run = setup(config)
+    resume = find_checkpoint(config, run.rank)
+    engine, _keep = build_engine(run.cfg, model_path(config["model_path"], resume), run.ds_config)
+    state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg.zero_stage,
+                    run.staging)
+    progress = Progress()
+    if state:
+        progress.epoch, progress.batch, progress.step = state["epoch"], state["batch"], state["step"]
+        progress.first_loss, progress.resumed_from = state.get("first_loss"), progress.step
+        if run.rank == 0:
+            log.info("[train] resumed at epoch %d batch %d step %d", progress.epoch,
+                     progress.batch, progress.step)
+    fit(engine, run, progress)
+    finish(engine, run, progress)
+
+
+def setup(config: dict) -> Run:
+    """Logging, accelerator, this worker's place in the group, its data and the schedule."""
     setup_logging()  # this worker process: the level comes from GIELLM_LOG_LEVEL
     cfg = TrainConfig.model_validate(config["train_config"])
-    if not cfg.use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed picks an accelerator
+    select_accelerator(cfg)  # before deepspeed is imported
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import deepspeed
     import ray.train
     import ray.train.torch
     import torch
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world, local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     torch.manual_seed(cfg.data.seed)
+    staging = os.path.join(staging_root(cfg.checkpoint_staging_dir), f"giellm-{cfg.run_name}")
+    if local_rank == 0:  # before the first collective: no rank of this group has staged yet
+        clear_staging(staging)
     tokenizer = load_tokenizer(cfg.model.model_copy(update={"name_or_path": config["model_path"]}))
 
     rows = read_shard("train", [PROMPT, TARGET])
     examples, stats = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
                                      cfg.data.max_length, cfg.data.overlong)
-    summed = _reduce([float(v) for v in stats.as_dict().values()])
+    summed = reduce_values([float(v) for v in stats.as_dict().values()], "sum", device)
     data_stats = dict(zip(stats.as_dict(), (int(v) for v in summed), strict=True))
     bs, ga = cfg.per_device_batch_size, cfg.grad_accum
     # Every rank must take the same number of steps: the shortest shard sets the epoch length.
-    n_batches = int(_reduce([len(examples) // bs], "min")[0]) // ga * ga
+    n_batches = int(reduce_values([len(examples) // bs], "min", device)[0]) // ga * ga
     if n_batches == 0:
         raise ValueError(f"not enough training examples for batch {bs} x accumulation {ga} "
                          f"on {world} workers: {data_stats}")
     total_steps = total_optimizer_steps(n_batches, ga, cfg.epochs)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    ds_config = build_ds_config(cfg, total_steps, world)
     if rank == 0:
         log.info("[train] data %s; %d batches/epoch/worker, %d optimizer steps", data_stats,
                  n_batches, total_steps)
-
-    model, _keep = _load_model(cfg, config["model_path"], ds_config)
-    optimizer = None
-    if not uses_ds_optimizer(cfg):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=ADAM_BETAS,
-                                      eps=ADAM_EPS, weight_decay=cfg.weight_decay)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
-                                           model_parameters=None if optimizer else
-                                           [p for p in model.parameters() if p.requires_grad])
-
-    epoch0, batch0, step, first_loss, last_loss = 0, 0, 0, None, None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None and config.get("resume_from"):
-        ckpt = ray.train.Checkpoint(config["resume_from"])
-    resumed_from = None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            engine.load_checkpoint(d, tag=CKPT_TAG)
-            with open(os.path.join(d, STATE_FILE)) as f:
-                state = json.load(f)
-        epoch0, batch0, step = state["epoch"], state["batch"], state["step"]
-        first_loss = state.get("first_loss")
-        resumed_from = step
-        if rank == 0:
-            log.info("[train] resumed at epoch %d batch %d step %d", epoch0, batch0, step)
-
     eval_rows: list[dict] = []
     if config.get("has_eval"):
         columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
         eval_rows = read_shard("eval", columns)[rank::world]
-    lengths = [len(e) for e in examples]
-    base = {"resumed_from_step": resumed_from, "total_steps": total_steps}
-    data_metrics = {f"data_{k}": v for k, v in data_stats.items()}
-    window_loss, window_tokens, window_batches, t0 = 0.0, 0, 0, time.perf_counter()
-    last_eval: dict = {}
-    last_epoch: dict = {}
-    run_time, run_tokens = 0.0, 0  # this session's pure training time, for throughput
+    return Run(cfg, config, rank, world, local_rank, device, tokenizer, examples, data_stats,
+               n_batches, total_steps, build_ds_config(cfg, total_steps, world), eval_rows,
+               staging, Checkpointer(cfg, rank, world, staging))
+
+
+def _base(run: Run, p: Progress) -> dict:
+    return {"resumed_from_step": p.resumed_from, "total_steps": run.total_steps}
+
+
+def fit(engine, run: Run, p: Progress) -> None:
+    """The epochs from where ``p`` stands; a full checkpoint after each but the last."""
     engine.train()
-    for epoch in range(epoch0, cfg.epochs):
-        seed = cfg.data.seed + epoch
-        if cfg.data.group_by_length:
-            batches = length_grouped_batches(lengths, bs, seed=seed)
-        else:
-            batches = length_grouped_batches(lengths, bs, seed=seed, group_factor=0)
-        for b in range(batch0 if epoch == epoch0 else 0, n_batches):
-            batch = {k: v.to(device) for k, v in
-                     collate([examples[i] for i in batches[b]], tokenizer.pad_token_id).items()}
-            t_step = time.perf_counter()
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            run_time += time.perf_counter() - t_step
-            run_tokens += int(batch["attention_mask"].sum())
-            window_loss += loss.item()
-            window_tokens += int(batch["attention_mask"].sum())
-            window_batches += 1
-            if (b + 1) % ga:
-                continue
-            step += 1
-            at_log = step % cfg.log_every_steps == 0 or step == total_steps
-            at_ckpt = bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
-            metrics = {**base, "epoch": epoch, "step": step}
-            if at_log:
-                loss_sum, tokens, n = _reduce([window_loss, window_tokens, window_batches])
-                dt = time.perf_counter() - t0
-                last_loss = loss_sum / max(n, 1)
-                first_loss = last_loss if first_loss is None else first_loss
-                metrics.update(loss=last_loss, lr=engine.get_lr()[0],
-                               tokens_per_s=tokens / max(dt, 1e-9))
-                if rank == 0:
-                    log.info("[train] %s", json.dumps(metrics))
-                window_loss, window_tokens, window_batches = 0.0, 0, 0
-                t0 = time.perf_counter()
-            if at_ckpt:
-                _save_and_report(engine, metrics, {"epoch": epoch, "batch": b + 1, "step": step,
-                                                   "first_loss": first_loss})
-            elif at_log:
-                ray.train.report(metrics)
-            _maybe_fail(cfg, rank, step)
-            if step >= total_steps:
-                break
-        epoch_metrics = {**base, **data_metrics, "epoch": epoch, "step": step, "epoch_done": epoch + 1}
-        if config.get("has_eval"):
-            loss_e, n_tok = eval_loss(engine, eval_rows, tokenizer, cfg, device)
-            epoch_metrics.update(eval_loss=loss_e, eval_target_tokens=n_tok)
-            if config.get("eval_metrics"):
-                from giellm_ray.metrics import ratios
-
-                counts = eval_metrics(engine, eval_rows[: config.get("eval_max_rows_per_rank")],
-                                      tokenizer, cfg, device, synced=cfg.zero_stage == 3)
-                if counts is not None:
-                    epoch_metrics["eval_counts"] = json.dumps(counts, ensure_ascii=False)
-                    for ds, c in counts.items():
-                        r = ratios(c)
-                        for key in ("tl_accuracy", "wl_accuracy", "all_accuracy", "item_f1"):
-                            epoch_metrics[f"eval/{ds}/{key}"] = r[key]
-            last_eval = {k: v for k, v in epoch_metrics.items() if k.startswith("eval")}
-            if rank == 0:
-                log.info("[eval] %s", json.dumps(epoch_metrics, ensure_ascii=False))
-        last_epoch = epoch_metrics
-        if step >= total_steps:  # max_steps reached (or the last epoch): the final report follows
+    for epoch in range(p.epoch, run.cfg.epochs):
+        done = train_epoch(engine, run, p, epoch, p.batch if epoch == p.epoch else 0)
+        p.last_epoch = evaluate(engine, run, p, epoch)
+        if done:  # max_steps reached (or the last epoch): the final report follows
             break
-        if epoch + 1 < cfg.epochs:  # the last epoch's checkpoint carries the final metrics
-            _save_and_report(engine, epoch_metrics, {"epoch": epoch + 1, "batch": 0,
-                                                     "step": step, "first_loss": first_loss})
+        if epoch + 1 < run.cfg.epochs:  # the last epoch's metrics go with the final report
+            run.ckpt.save(engine, p.last_epoch, p.state(epoch + 1, 0))
 
-    tokens_all, time_max = _reduce([run_tokens, 0.0])[0], _reduce([-run_time], "min")[0]
-    final = {**base, **data_metrics, **last_epoch, **last_eval, "step": step, "first_loss": first_loss,
-             "final_loss": last_loss, "train_tokens": int(tokens_all),
-             "train_tokens_per_s": tokens_all / max(-time_max, 1e-9),
+
+def checkpoint_due(cfg: TrainConfig, step: int) -> bool:
+    """A mid-epoch checkpoint after this optimizer step (only with ``checkpoint_every_steps``)."""
+    return bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
+
+
+def train_epoch(engine, run: Run, p: Progress, epoch: int, first: int) -> bool:
+    """Batches ``first..`` of ``epoch``; True once the run's last optimizer step is done."""
+    import ray.train
+
+    cfg = run.cfg
+    grouping = {} if cfg.data.group_by_length else {"group_factor": 0}
+    batches = length_grouped_batches([len(e) for e in run.examples], cfg.per_device_batch_size,
+                                     seed=cfg.data.seed + epoch, **grouping)
+    for b in range(first, run.n_batches):
+        train_batch(engine, run, p, batches[b])
+        if (b + 1) % cfg.grad_accum:
+            continue
+        p.step += 1
+        metrics = {**_base(run, p), "epoch": epoch, "step": p.step}
+        at_log = p.step % cfg.log_every_steps == 0 or p.step == run.total_steps
+        if at_log:
+            log_window(engine, run, p, metrics)
+        if checkpoint_due(cfg, p.step):
+            run.ckpt.save(engine, metrics, p.state(epoch, b + 1))
+        elif at_log:
+            ray.train.report(metrics)
+        _maybe_fail(cfg, run.rank, p.step)
+        if p.step >= run.total_steps:
+            return True
+    return False
+
+
+def train_batch(engine, run: Run, p: Progress, indices: list[int]) -> None:
+    """One micro-batch: forward, backward, DeepSpeed step (which applies at accumulation ends)."""
+    batch = {k: v.to(run.device) for k, v in
+             collate([run.examples[i] for i in indices], run.tokenizer.pad_token_id).items()}
+    t_step = time.perf_counter()
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()
+    p.run_time += time.perf_counter() - t_step
+    tokens = int(batch["attention_mask"].sum())
+    p.run_tokens += tokens
+    p.window[0] += loss.item()
+    p.window[1] += tokens
+    p.window[2] += 1
+
+
+def log_window(engine, run: Run, p: Progress, metrics: dict) -> None:
+    """Loss, learning rate and tokens/s over the window since the last log, into ``metrics``."""
+    loss_sum, tokens, n = reduce_values(p.window, "sum", run.device)
+    dt = time.perf_counter() - p.t0
+    p.last_loss = loss_sum / max(n, 1)
+    p.first_loss = p.last_loss if p.first_loss is None else p.first_loss
+    metrics.update(loss=p.last_loss, lr=engine.get_lr()[0], tokens_per_s=tokens / max(dt, 1e-9))
+    if run.rank == 0:
+        log.info("[train] %s", json.dumps(metrics))
+    p.window, p.t0 = [0.0, 0, 0], time.perf_counter()
+
+
+def evaluate(engine, run: Run, p: Progress, epoch: int) -> dict:
+    """End-of-epoch metrics: eval loss, and the paper's metrics when generation is on."""
+    cfg = run.cfg
+    metrics = {**_base(run, p), **{f"data_{k}": v for k, v in run.data_stats.items()},
+               "epoch": epoch, "step": p.step, "epoch_done": epoch + 1}
+    if not run.config.get("has_eval"):
+        return metrics
+    loss_e, n_tok = eval_loss(engine, run.eval_rows, run.tokenizer, cfg, run.device)
+    metrics.update(eval_loss=loss_e, eval_target_tokens=n_tok)
+    if run.config.get("eval_metrics"):
+        from giellm_ray.metrics import ratios
+
+        counts = eval_metrics(engine, run.eval_rows[: run.config.get("eval_max_rows_per_rank")],
+                              run.tokenizer, cfg, run.device, synced=cfg.zero_stage == 3)
+        if counts is not None:
+            metrics["eval_counts"] = json.dumps(counts, ensure_ascii=False)
+            for ds, c in counts.items():
+                r = ratios(c)
+                for key in ("tl_accuracy", "wl_accuracy", "all_accuracy", "item_f1"):
+                    metrics[f"eval/{ds}/{key}"] = r[key]
+    p.last_eval = {k: v for k, v in metrics.items() if k.startswith("eval")}
+    if run.rank == 0:
+        log.info("[eval] %s", json.dumps(metrics, ensure_ascii=False))
+    return metrics
+
+
+def finish(engine, run: Run, p: Progress) -> None:
+    """Throughput over all ranks, the export, and the final (weights-only) report."""
+    cfg, config = run.cfg, run.config
+    tokens_all = reduce_values([p.run_tokens], "sum", run.device)[0]
+    time_max = reduce_values([p.run_time], "max", run.device)[0]
+    final = {**_base(run, p), **{f"data_{k}": v for k, v in run.data_stats.items()},
+             **p.last_epoch, **p.last_eval, "step": p.step, "first_loss": p.first_loss,
+             "final_loss": p.last_loss, "train_tokens": int(tokens_all),
+             "train_tokens_per_s": tokens_all / max(time_max, 1e-9),
              "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if run.device.type == "cuda":
+        import torch
+
+        final["peak_gpu_mb_rank0"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    export_dir = None
     if cfg.export:
-        dest = export_hf(engine, tokenizer, config["export_dir"], cfg.zero_stage, rank)
-        final["export_dir"] = dest or config["export_dir"]
-    # Reported with the final checkpoint: a run's Result carries its last checkpoint's metrics.
-    _save_and_report(engine, final, {"epoch": cfg.epochs, "batch": 0, "step": step,
-                                     "first_loss": first_loss})
+        export_dir = config["export_dir"]
+        dest = export_hf(engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank, run.staging)
+        final["export_dir"] = dest or export_dir
+    # A run's Result carries its last checkpoint's metrics, so the final metrics go with one.
+    run.ckpt.save_final(engine, run.tokenizer, final, p.state(cfg.epochs, 0), export_dir)
+
+
+def _maybe_fail(cfg: TrainConfig, rank: int, step: int) -> None:
+    hook = cfg.fault_injection
+    if (hook and hook.mode == "raise" and rank == hook.rank and step == hook.fail_at_step
+            and not os.path.exists(hook.marker)):
+        open(hook.marker, "w").close()
+        raise RuntimeError(f"fault injection: worker {rank} fails at step {step}")

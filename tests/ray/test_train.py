@@ -1,11 +1,15 @@
 """Ray Train + DeepSpeed on 2 CPU workers with the tiny model: loss falls, a worker dies and the
-run resumes from its last checkpoint, ZeRO-3 exports a model that loads and generates, and an
-explicit ``resume_from`` continues an earlier run."""
+run resumes from its last checkpoint (also when it is killed right after uploading one, before
+Ray registers it), ZeRO-3 exports a model that loads and generates, an explicit ``resume_from``
+continues an earlier run, and resuming from ``s3://`` fetches each checkpoint file once."""
 
 from __future__ import annotations
 
+import collections
+import glob
 import json
 import os
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -61,6 +65,33 @@ def test_zero2_loss_falls_and_failed_worker_resumes(zero2_run):
         state = json.load(f)
     assert (state["epoch"], state["batch"], state["step"]) == (3, 0, 24)
     assert m["data_kept"] == 64
+    # The final checkpoint is weights-only: a pointer to the export, no optimizer state.
+    assert state["weights_only"] and state["export_dir"] == result.export_dir
+    assert not glob.glob(os.path.join(result.checkpoint, "**", "*.pt"), recursive=True)
+    assert _dir_bytes(result.checkpoint) < 4096
+
+
+def _dir_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+@pytest.mark.timeout(240)
+def test_async_upload_leaves_complete_checkpoints_only(zero2_run):
+    """The default ``checkpoint_upload_mode: async`` on local storage: every checkpoint left is
+    complete (each rank's marker after its files), the kept full one holds both ranks' shards."""
+    from giellm_ray.train.checkpoints import checkpoint_dirs, is_complete
+    from giellm_ray.train.driver import storage_filesystem
+
+    cfg, result, _ = zero2_run
+    assert cfg.checkpoint_upload_mode == "async"
+    fs, run_path = storage_filesystem(cfg.run_dir())
+    states = [is_complete(fs, d) for d in checkpoint_dirs(fs, run_path)]
+    assert all(states) and len(states) == cfg.keep_checkpoints
+    full = [d for d, st in zip(checkpoint_dirs(fs, run_path), states, strict=True)
+            if not st["weights_only"]]
+    assert len(full) == 1
+    shards = glob.glob(os.path.join(full[0], "ds", "*zero_pp_rank_*optim_states.pt"))
+    assert len(shards) == 2  # each rank uploaded its own ZeRO-2 optimizer shard
 
 
 @pytest.mark.timeout(240)
@@ -89,6 +120,7 @@ def test_zero3_tiny_preset_eval_and_export_loads(ray_cluster, tmp_path):
     pq.write_table(pq.read_table(sample_path("test")).slice(0, 8), eval_path)
     cfg = _cfg(tmp_path, "tiny", f"data.train={_corpus(tmp_path, 8, 'train.parquet')}",
                f"data.eval={eval_path}", "zero_stage=3", "epochs=1", "run_name=z3",
+               "checkpoint_upload_mode=sync", "eval.metrics=on",  # ZeRO-3 generates only on "on"
                "eval.max_new_tokens=8", "eval.batch_size=4",
                "tiny={vocab_size: 600, hidden_size: 32, intermediate_size: 64}")
     result = run_training(cfg)
@@ -133,3 +165,133 @@ def test_cli_train_shipped_config_from_another_directory(ray_cluster, tmp_path, 
     assert (export / "model.safetensors").is_file() and (export / "train_config.yaml").is_file()
     resolved = load_config(TrainConfig, str(export / "train_config.yaml"))
     assert resolved.data.train == sample_path("train") and resolved.max_steps == 2
+
+
+@pytest.mark.timeout(600)  # two worker groups; 3-6 min on a loaded 2-core machine
+def test_worker_killed_after_checkpoint_upload_resumes_from_it(ray_cluster, tiny_model_dir,
+                                                              tmp_path):
+    """Rank 1 is SIGKILLed once the epoch-1 checkpoint (step 8) is fully in storage but before its
+    report reaches Ray's controller: Ray never registers it, the restarted group finds it complete
+    in the run directory and resumes there (not at step 0), and the driver removes it afterwards
+    (``keep_checkpoints: 1``: only the final checkpoint is Ray's to keep)."""
+    marker = tmp_path / "killed-once"
+    cfg = _cfg(tmp_path, tiny_model_dir, f"data.train={_corpus(tmp_path, 16, 'train.parquet')}",
+               "zero_stage=2", "epochs=2", "max_failures=1", "run_name=z2-kill",
+               "keep_checkpoints=1", "export=false",
+               f"fault_injection={{fail_at_step: 8, marker: {marker}, rank: 1, "
+               "mode: kill_after_checkpoint}")
+    result = run_training(cfg)
+    m = result.metrics
+    assert marker.exists(), "the kill hook never fired"
+    assert m["resumed_from_step"] == 8
+    assert m["step"] == m["total_steps"] == 16
+    left = sorted(d for d in os.listdir(cfg.run_dir()) if d.startswith("checkpoint_")
+                  and os.path.isdir(os.path.join(cfg.run_dir(), d)))
+    assert left == [os.path.basename(result.checkpoint)]  # the orphan is gone
+    # export: false, so the final checkpoint carries the weights, but still no optimizer state.
+    assert os.path.isfile(os.path.join(result.checkpoint, "model.safetensors"))
+    assert not glob.glob(os.path.join(result.checkpoint, "**", "*.pt"), recursive=True)
+
+
+@pytest.fixture
+def counting_s3(s3_server):
+    """A second moto endpoint over the same in-process buckets that counts the bytes each GET
+    serves per object path (``/bucket/key``)."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    served: collections.Counter = collections.Counter()
+    app = DomainDispatcherApplication(create_backend_app)
+
+    def counting(environ, start_response):
+        body = app(environ, start_response)
+        if environ["REQUEST_METHOD"] != "GET":
+            return body
+        path = environ.get("PATH_INFO", "")
+
+        def stream():
+            for chunk in body:
+                served[path] += len(chunk)
+                yield chunk
+        return stream()
+
+    server = make_server("127.0.0.1", 0, counting, threaded=True,
+                         request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", served
+    server.shutdown()
+    thread.join()
+
+
+@pytest.mark.timeout(600)
+def test_resume_from_s3_fetches_each_checkpoint_file_once(zero2_run, counting_s3, monkeypatch):
+    """Two workers on one node resume from an ``s3://`` checkpoint: every DeepSpeed file is served
+    exactly once (the shared model states once per node, each optimizer shard only to its rank).
+    Before, each rank built its own ``Checkpoint`` and downloaded all of it: twice here."""
+    import pyarrow.fs as pafs
+
+    from giellm_ray import io
+    from giellm_ray.train.checkpoints import checkpoint_dirs, is_complete
+    from giellm_ray.train.driver import storage_filesystem
+
+    endpoint, served = counting_s3
+    monkeypatch.setenv("GIELLM_S3_ENDPOINT_URL", endpoint)  # the driver's native S3 client
+    cfg, _, _ = zero2_run
+    fs, run_path = storage_filesystem(cfg.run_dir())
+    full = [d for d in checkpoint_dirs(fs, run_path) if not is_complete(fs, d)["weights_only"]][0]
+    step = is_complete(fs, full)["step"]  # the last mid-run checkpoint kept (step 20)
+    dest = "s3://giellm-test/resume-count/ckpt"
+    s3, key = io.resolve_native(dest)
+    pafs.copy_files(full, key, source_filesystem=fs, destination_filesystem=s3)
+    served.clear()
+    more = cfg.model_copy(update={"run_name": "z2-s3", "resume_from": dest, "max_steps": step + 1,
+                                  "trust_checkpoint": True, "fault_injection": None,
+                                  "export": False, "checkpoint_every_steps": None})
+    again = run_training(more)
+    assert again.metrics["resumed_from_step"] == step and again.metrics["step"] == step + 1
+    sizes = {f"/giellm-test/resume-count/ckpt/{os.path.relpath(os.path.join(d, f), full)}":
+             os.path.getsize(os.path.join(d, f))
+             for d, _, names in os.walk(full) for f in names
+             if os.path.relpath(d, full).startswith("ds")}
+    assert len(sizes) == 3  # mp_rank_00_model_states.pt + two optimizer shards
+    assert {p: served[p] for p in sizes} == sizes
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(900)
+def test_zero3_two_steps_on_gpu(ray_cluster, tiny_model_dir, tmp_path):
+    """Two ZeRO-3 optimizer steps on one GPU worker (NCCL, BF16, FusedAdam), then the export.
+
+    What it checks, with the arithmetic: the tiny Llama has P = 1500 x 64 (tied embeddings and
+    head) + 2 x (4 x 64^2 + 3 x 64 x 256) (two layers) ~ 0.23M parameters. BF16 weights are 2 B
+    each, so the exported ``model.safetensors`` is ~2P B (~0.46 MB; FP32 would be twice that).
+    ZeRO-3 state on one rank is 2P (params) + 2P (grads) + 12P (FP32 master, Adam m and v)
+    = 16P ~ 3.7 MB; activations for 4 x <=256 tokens with a 1500-word vocabulary are a few MB, so
+    rank 0's peak CUDA allocation stays far below 1 GiB. NCCL serves CUDA tensors only, even
+    with one rank: every metric reduce runs on the GPU here, or the run fails at its first log.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (a ZeRO-3 step with NCCL and FusedAdam); this machine has none")
+    from safetensors import safe_open
+
+    cfg = _cfg(tmp_path, tiny_model_dir, f"data.train={_corpus(tmp_path, 8, 'train.parquet')}",
+               "zero_stage=3", "use_gpu=true", "num_workers=1", "max_steps=2", "epochs=1",
+               "resources_per_worker={CPU: 1, GPU: 1}", "run_name=z3-gpu")
+    assert cfg.resolved_precision() == "bf16"
+    result = run_training(cfg)
+    m = result.metrics
+    assert m["step"] == m["total_steps"] == 2 and m["final_loss"] > 0
+    assert 0 < m["peak_gpu_mb_rank0"] < 1024
+    path = os.path.join(result.export_dir, "model.safetensors")
+    with safe_open(path, framework="pt") as f:
+        tensors = [f.get_tensor(k) for k in f.keys()]  # noqa: SIM118 (safe_open has no iterator)
+    n_params = sum(t.numel() for t in tensors)
+    assert {t.dtype for t in tensors} == {torch.bfloat16}
+    assert 2 * n_params <= os.path.getsize(path) < 2 * n_params + 64 * 1024
