@@ -197,8 +197,16 @@ def committed_ids(out: Location, id_column: str) -> np.ndarray:
     return np.sort(id_keys(pa.chunked_array(tables)))
 
 
-def drop_done(batch: pa.Table, done: np.ndarray, id_column: str) -> pa.Table:
-    """``batch`` without the rows whose id is in ``done`` (sorted; binary search per row)."""
+def drop_done(batch: pa.Table, done, id_column: str) -> pa.Table:
+    """``batch`` without the rows whose id is in ``done`` (sorted; binary search per row).
+
+    ``done`` may be the ``ObjectRef`` of the array (Ray Data passes ``fn_args`` refs as they
+    are): ``ray.get`` of a numeric or fixed-width numpy array maps the node's copy, zero-copy.
+    """
+    if not isinstance(done, np.ndarray):
+        import ray
+
+        done = ray.get(done)
     col = batch.column(id_column)
     if pa.types.is_integer(col.type):
         keys, too_long = col.to_numpy(), np.zeros(len(col), dtype=bool)
