@@ -179,6 +179,13 @@ def _delete_files(out: Location, names: list[str]) -> None:
             out.fs.delete_file(out.child(name))
 
 
+def _drop_empty_dir(out: Location, name: str) -> None:
+    """A local directory emptied by the deletes above (S3 has no empty directories)."""
+    if out.is_local and out.fs.get_file_info(out.child(name)).type == pafs.FileType.Directory \
+            and not out.fs.get_file_info(pafs.FileSelector(out.child(name))):
+        out.fs.delete_dir(out.child(name))
+
+
 def finish_commit(out: Location, journal: dict,
                   write_meta: Callable[[list[str]], list[str]]) -> dict:
     """Steps 2-7. ``write_meta(new names)`` writes the metadata files, returns their names."""
@@ -190,6 +197,7 @@ def finish_commit(out: Location, journal: dict,
     _delete_files(out, [n for n in journal["old_files"] if n not in new])
     meta = write_meta(new)
     _delete_files(out, [n for n in journal["old_meta"] if n not in meta])
+    _drop_empty_dir(out, METRICS_DIR)
     manifest = {"format": MANIFEST_FORMAT, "run_id": journal["run_id"],
                 "rows": sum(f["rows"] for f in journal["new"]), "files": journal["new"],
                 "meta": meta, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -146,3 +146,33 @@ def test_run_lock_refuses_a_live_run_and_reaps_a_killed_one(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cleanup_discards_an_attempt_but_never_a_half_done_commit(tmp_path):
+    from giellm_ray.score.commit import JOURNAL, write_json
+    from giellm_ray.score.driver import cleanup_output
+
+    out = locate(str(tmp_path / "out"))
+    legacy = tmp_path / "out.tmp-0123abcd"  # an older giellm's staging beside OUTPUT
+    legacy.mkdir()
+    (tmp_path / "out.tmp-notours").mkdir()
+    R.open_attempt(out, {"inputs": [], "what": {}}, False, None, lambda: S.ID)
+    write_ids(str(tmp_path / "out" / STAGING / STAGED_DATA / "part.parquet"), ["a"])
+    cfg = ScoreConfig(output=out.uri)
+    report = cleanup_output(cfg)
+    assert report["discarded_staging"] and not (tmp_path / "out" / STAGING).exists()
+    assert report["removed_tmp_dirs"] == [str(legacy)] and (tmp_path / "out.tmp-notours").exists()
+    assert cleanup_output(cfg)["discarded_staging"] is None  # idempotent
+
+    R.open_attempt(out, {"inputs": [], "what": {}}, False, None, lambda: S.ID)
+    write_json(out, out.child(STAGING, JOURNAL), {"run_id": "x", "new": []})
+    with pytest.raises(ValueError, match="commit .* was interrupted half-way; run the same"):
+        cleanup_output(cfg)
+    assert (tmp_path / "out" / STAGING / JOURNAL).exists()
+
+    foreign = locate(str(tmp_path / "other"))
+    (tmp_path / "other" / STAGING).mkdir(parents=True)
+    (tmp_path / "other" / STAGING / "keep.txt").write_text("theirs")
+    with pytest.raises(ValueError, match="holds no giellm attempt record"):
+        cleanup_output(ScoreConfig(output=foreign.uri))
+    assert (tmp_path / "other" / STAGING / "keep.txt").exists()
