@@ -207,16 +207,25 @@ def finish_commit(out: Location, journal: dict,
     return manifest
 
 
-def remove_legacy_tmp(out: Location) -> list[str]:
-    """Delete ``OUTPUT.tmp-<8 hex>`` siblings: the staging directories of giellm before resume."""
+def _is_hex8(text: str) -> bool:
+    return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
+
+
+def remove_leftovers(out: Location) -> list[str]:
+    """Delete what only a killed giellm leaves: ``OUTPUT/_giellm_probe-<8 hex>`` (a kill between
+    the probe's write and delete) and ``OUTPUT.tmp-<8 hex>/`` (giellm's staging before resume)."""
+    removed = []
+    for info in out.fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True)):
+        if info.type == pafs.FileType.File and info.base_name.startswith("_giellm_probe-") \
+                and _is_hex8(info.base_name[len("_giellm_probe-"):]):
+            out.fs.delete_file(info.path)
+            removed.append(info.path)
     parent, _, name = out.path.rstrip("/").rpartition("/")
     if not parent or out.fs.get_file_info(parent).type != pafs.FileType.Directory:
-        return []
-    removed = []
+        return removed
     for info in out.fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
         suffix = info.base_name[len(name) + len(".tmp-"):]
-        if (info.base_name.startswith(f"{name}.tmp-") and len(suffix) == 8
-                and all(c in "0123456789abcdef" for c in suffix)
+        if (info.base_name.startswith(f"{name}.tmp-") and _is_hex8(suffix)
                 and info.type == pafs.FileType.Directory):
             out.fs.delete_dir(info.path)
             removed.append(info.path)
@@ -224,5 +233,5 @@ def remove_legacy_tmp(out: Location) -> list[str]:
 
 
 __all__ = ["SUCCESS", "STAGING", "OutputState", "begin_commit", "check_output", "finish_commit",
-           "inspect_output", "read_json", "remove_legacy_tmp", "staged_files", "write_json",
+           "inspect_output", "read_json", "remove_leftovers", "staged_files", "write_json",
            "exists"]

@@ -124,7 +124,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     lock = RunLock(plan.out)
     lock.acquire()
     try:
-        C.remove_legacy_tmp(plan.out)
+        C.remove_leftovers(plan.out)
         attempt = open_attempt(cfg, plan)
         journal = attempt.journal
         if journal is None:
@@ -272,7 +272,7 @@ def cleanup_output(cfg: ScoreConfig) -> dict:
         out.fs.delete_dir(staging)
     return {"output": out.uri, "ended_processes": killed,
             "discarded_staging": staging if discarded else None,
-            "removed_tmp_dirs": C.remove_legacy_tmp(out)}
+            "removed": C.remove_leftovers(out)}
 
 
 __all__ = ["SUCCESS", "check_inputs", "cleanup_output", "compute_metrics", "prepare",

@@ -253,6 +253,38 @@ def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
     assert not os.path.exists(os.path.join(out, "_staging"))
 
 
+@pytest.mark.timeout(300)
+def test_an_inference_actor_killed_mid_job_loses_nothing(ray_cluster, tiny_model_dir,
+                                                         stockmark_records, tmp_path):
+    import threading
+
+    import psutil
+
+    rows = [{S.ID: f"a{i}", S.DATASET: "SCNM", S.TEXT: r["text"]}
+            for i, r in enumerate(stockmark_records[:1000])]
+    inp, out = tmp_path / "in", str(tmp_path / "out")
+    inp.mkdir()
+    write_input(rows, str(inp))
+    cfg = config(tiny_model_dir, str(inp), out, metrics=False)
+    cfg.rows_per_block = cfg.batch_size = 50
+    result: dict = {}
+    job = threading.Thread(target=lambda: result.update(run_score(cfg)))
+    job.start()
+    while committed_parts(out) < 2:
+        assert job.is_alive(), "finished before the kill"
+        time.sleep(0.2)
+    # The test's own Ray runs under this process: its actors are our descendants.
+    actors = [p for p in psutil.Process().children(recursive=True)
+              if "ScoreBatch" in " ".join(p.cmdline())]
+    assert actors, "no inference actor to kill"
+    actors[0].kill()
+    job.join(timeout=240)
+    assert result["output_rows"] == 1000
+    got = read_output(out)
+    assert Counter(r[S.ID] for r in got) == Counter(r[S.ID] for r in rows)  # exactly once
+    assert not [r for r in got if (r[S.ERROR] or "").startswith("scoring error")]
+
+
 def test_schema_is_checked_before_any_work(tmp_path, tiny_model_dir):
     import pyarrow as pa
 

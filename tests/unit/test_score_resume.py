@@ -159,9 +159,11 @@ def test_cleanup_discards_an_attempt_but_never_a_half_done_commit(tmp_path):
     R.open_attempt(out, {"inputs": [], "what": {}}, False, None, lambda: S.ID)
     write_ids(str(tmp_path / "out" / STAGING / STAGED_DATA / "part.parquet"), ["a"])
     cfg = ScoreConfig(output=out.uri)
+    (tmp_path / "out" / "_giellm_probe-89abcdef").write_text("probe")  # killed mid-probe
     report = cleanup_output(cfg)
     assert report["discarded_staging"] and not (tmp_path / "out" / STAGING).exists()
-    assert report["removed_tmp_dirs"] == [str(legacy)] and (tmp_path / "out.tmp-notours").exists()
+    assert report["removed"] == [str(tmp_path / "out" / "_giellm_probe-89abcdef"), str(legacy)]
+    assert (tmp_path / "out.tmp-notours").exists()
     assert cleanup_output(cfg)["discarded_staging"] is None  # idempotent
 
     R.open_attempt(out, {"inputs": [], "what": {}}, False, None, lambda: S.ID)
