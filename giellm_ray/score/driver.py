@@ -204,8 +204,11 @@ def stage_result(plan: Plan, attempt: R.Attempt, summary: dict) -> dict:
 
 def _count_errors(out: Location, paths: list[str]) -> int:
     """Rows with an ``error`` over the whole result (resumed rows included): one column read."""
-    cols = (pq.read_table(out.fs.open_input_file(p), columns=[S.ERROR]).column(0) for p in paths)
-    return sum(len(c) - c.null_count for c in cols)
+    def count(path: str) -> int:
+        col = pq.read_table(out.fs.open_input_file(path), columns=[S.ERROR]).column(0)
+        return len(col) - col.null_count
+
+    return sum(C.parallel(out, count, paths))
 
 
 def compute_metrics(fs: pafs.FileSystem, files: list[str], registry) -> dict:
