@@ -138,7 +138,10 @@ def open_attempt(out: Location, fp: dict, fresh: bool, committed_run: str | None
     """Continue the attempt in ``OUTPUT/_staging`` or start one (``fresh``: discard the old)."""
     staging = out.child(STAGING)
     rec = read_json(out.fs, out.child(STAGING, ATTEMPT))
-    if rec is None and exists(out.fs, staging):
+    if rec is None and exists(out.fs, staging) and \
+            not out.fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
+        out.fs.delete_dir(staging)  # killed between creating it and writing the record
+    elif rec is None and exists(out.fs, staging):
         raise ValueError(f"{staging} exists but holds no giellm attempt record; it is not ours "
                          "to use or delete: move it away")
     if rec is not None and (fresh or rec.get("run_id") == committed_run):

@@ -98,6 +98,10 @@ def test_a_changed_input_or_model_refuses_to_resume(tmp_path):
     with pytest.raises(ValueError, match=r"decide predictions changed \(max_new_tokens\)"):
         R.open_attempt(out, R.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID)
     fresh = R.open_attempt(out, R.fingerprint(out.fs, [str(f)], cfg), True, None, lambda: S.ID)
+    os.remove(tmp_path / "out" / STAGING / R.ATTEMPT)  # killed before the record was written
+    assert not R.open_attempt(out, R.fingerprint(out.fs, [str(f)], cfg), False, None,
+                              lambda: S.ID).resumed
+    fresh = R.open_attempt(out, R.fingerprint(out.fs, [str(f)], cfg), True, None, lambda: S.ID)
     assert not fresh.resumed and fresh.run_id != first.run_id
     # the staging of the run _SUCCESS already records is a leftover, not an attempt to resume
     done = R.open_attempt(out, R.fingerprint(out.fs, [str(f)], cfg), False, fresh.run_id,
