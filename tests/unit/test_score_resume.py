@@ -182,3 +182,13 @@ def test_cleanup_discards_an_attempt_but_never_a_half_done_commit(tmp_path):
     with pytest.raises(ValueError, match="holds no giellm attempt record"):
         cleanup_output(ScoreConfig(output=foreign.uri))
     assert (tmp_path / "other" / STAGING / "keep.txt").exists()
+
+
+def test_fresh_flag_is_resume_false():
+    from giellm_ray.cli import build_parser
+    from giellm_ray.score.cli import build_config
+
+    parse = build_parser().parse_args
+    assert build_config(parse(["score", "--output", "x", "--fresh"])).resume is False
+    assert build_config(parse(["score", "--output", "x"])).resume is True
+    assert build_config(parse(["score", "--output", "x", "--set", "resume=false"])).resume is False
