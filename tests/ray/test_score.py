@@ -251,6 +251,10 @@ def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
     assert Counter(r[S.ID] for r in got) == Counter(r[S.ID] for r in rows)  # exactly once
     assert scored_by_id(out) == scored_by_id(clean)  # deterministic greedy: same predictions
     assert not os.path.exists(os.path.join(out, "_staging"))
+    from giellm_ray.score.paths import locate
+    from giellm_ray.score.runlock import RunLock
+
+    assert not os.path.exists(RunLock(locate(out)).path)  # the killed run's record is gone too
 
 
 @pytest.mark.timeout(300)
