@@ -1,5 +1,9 @@
 """Registers ``giellm score --model PATH --input PATH... --output PATH [--config YAML] [--set k=v]``.
 
+``--fresh`` discards an interrupted run staged in ``OUTPUT/_staging`` instead of resuming it
+(``--set resume=false``); ``--cleanup`` only cleans: it ends the processes a killed run left
+running, discards its staging directory and exits.
+
 Argparse only; the Ray pipeline is imported inside the handler so ``giellm --help`` stays instant.
 ``jobs/score.py`` calls the same handler through ``giellm_ray.cli.main``. The shortcut flags are
 overrides applied after ``--set`` (see :func:`giellm_ray.config.flag_overrides`).
@@ -17,7 +21,8 @@ def build_config(args: argparse.Namespace):
 
     flags = flag_overrides([("model.name_or_path", args.model),
                             ("input", list(args.input) if args.input else None),
-                            ("output", args.output)])
+                            ("output", args.output),
+                            ("resume", False if getattr(args, "fresh", False) else None)])
     return load_config(ScoreConfig, args.config, [*(args.overrides or ()), *flags])
 
 
@@ -25,9 +30,12 @@ def handle(args: argparse.Namespace) -> int:
     import json
 
     from giellm_ray.deps import require
-    from giellm_ray.score.driver import run_score
+    from giellm_ray.score.driver import cleanup_output, run_score
 
     cfg = build_config(args)
+    if args.cleanup:
+        print(json.dumps(cleanup_output(cfg), ensure_ascii=False))
+        return 0
     require("score", engine=getattr(cfg, "engine", "hf"))
     summary = run_score(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, ensure_ascii=False))
@@ -53,4 +61,10 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, help="ScoreConfig YAML (jobs/configs/score/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set num_actors=4 (repeatable)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard an interrupted run in OUTPUT/_staging and start over "
+                   "(default: resume it, scoring only the rows not yet committed)")
+    p.add_argument("--cleanup", action="store_true",
+                   help="only clean up after a killed run (end the processes it left, discard "
+                   "OUTPUT/_staging) and exit; the committed result is kept")
     p.set_defaults(handler=handle)

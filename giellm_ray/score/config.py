@@ -62,6 +62,9 @@ class ScoreConfig(StrictModel):
     which costs tens of seconds on small machines; the V1 reader is the default."""
     metrics: bool = True
     """Write the metrics report (``OUTPUT/_metrics``) when the input has a ``target`` column."""
+    resume: bool = True
+    """Continue an interrupted run found in ``OUTPUT/_staging`` (same input and model: only the
+    rows not yet committed are scored); ``false`` (``--fresh``) discards it and starts over."""
 
     def show_progress_bars(self) -> bool:
         """Whether Ray Data draws its bars (``auto`` resolved against this process's stderr)."""

@@ -3,18 +3,34 @@
 :class:`ScoreBatch` is the callable class ``map_batches`` runs in an actor pool: it builds one
 :class:`~giellm_ray.generation.extractor.Extractor` (model loaded once per actor) and turns each Arrow
 batch into the same batch plus the scored columns of ``giellm_ray.schema.SCORED_FIELDS``. Every
-input row gives exactly one output row, even if extraction itself fails (then every row of the
-batch carries the reason in ``error``). The driver that wires it into a pipeline is
-``giellm_ray.score.driver``.
+input row gives exactly one output row and **a bad row only ever harms itself**:
+
+* decoding: :func:`decode_column` turns the Arrow batch into Python values column by column and,
+  when a column will not decode (a string column holding invalid UTF-8, e.g. a lone surrogate
+  written as bytes, or binary data typed as string), value by value; such a row gets
+  ``error = "column 'text' is not valid UTF-8 ..."`` and is not generated;
+* extraction: if ``Extractor.extract`` raises for a batch, :func:`extract_isolated` splits it in
+  halves until the rows that raise are alone (a poisoned 256-row batch costs ~2 log2(256) = 16
+  calls, not 256), so only those rows carry the error;
+* every input column of every row, bad ones included, is passed through untouched (the original
+  Arrow arrays are kept; nothing is re-encoded).
+
+The engine-specific part is ``self.extractor``; decoding, isolation and the output shape are
+engine-agnostic. The driver that wires this into a pipeline is ``giellm_ray.score.driver``.
 """
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 
 from giellm_ray import schema as S
 from giellm_ray.generation.extractor import empty_output
 from giellm_ray.score.config import ScoreConfig
+
+log = logging.getLogger(__name__)
 
 SCORED_NAMES = S.SCORED_NAMES
 INPUT_COLUMNS = (S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS)
@@ -33,6 +49,83 @@ def append_scored(batch: pa.Table, outputs: list[dict]) -> pa.Table:
         table = table.append_column(
             field, pa.array([o[field.name] for o in outputs], type=field.type))
     return table
+
+
+def _decode_bytes(value: bytes | None, name: str) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    try:
+        return value.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        bad = value[exc.start:exc.start + 4]
+        return None, f"column '{name}' is not valid UTF-8 (byte {exc.start}: {bad!r})"
+
+
+def decode_column(col: pa.Array | pa.ChunkedArray, name: str) -> tuple[list, dict[int, str]]:
+    """Python values of ``col`` and ``{row: error}`` for the values that would not decode."""
+    try:
+        return col.to_pylist(), {}
+    except Exception:  # noqa: BLE001 - any decode failure: fall back to one value at a time
+        pass
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        values, errors = [], {}
+        for i, raw in enumerate(col.cast(pa.large_binary()).to_pylist()):
+            value, error = _decode_bytes(raw, name)
+            values.append(value)
+            if error:
+                errors[i] = error
+        return values, errors
+    values, errors = [], {}
+    for i in range(len(col)):
+        try:
+            values.append(col[i].as_py())
+        except Exception as exc:  # noqa: BLE001
+            values.append(None)
+            errors[i] = f"column '{name}' cannot be read: {type(exc).__name__}: {exc}"
+    return values, errors
+
+
+def decode_rows(batch: pa.Table, columns: Sequence[str]) -> tuple[list[dict], dict[int, str]]:
+    """Rows as dicts of ``columns`` and ``{row: first decode error}``."""
+    rows: list[dict] = [{} for _ in range(batch.num_rows)]
+    errors: dict[int, str] = {}
+    for name in columns:
+        if name not in batch.column_names:
+            continue
+        values, bad = decode_column(batch.column(name), name)
+        for i, value in enumerate(values):
+            rows[i][name] = value
+        for i, error in bad.items():
+            errors.setdefault(i, error)
+    return rows, errors
+
+
+def extract_isolated(extract: Callable[[list[dict]], list[dict]], rows: list[dict]) -> list[dict]:
+    """``extract(rows)``; if it raises, halves until the raising rows are alone (their error)."""
+    if not rows:
+        return []
+    try:
+        outputs = extract(rows)
+        if len(outputs) != len(rows):
+            raise RuntimeError(f"the engine returned {len(outputs)} outputs for {len(rows)} rows")
+        return outputs
+    except Exception as exc:  # noqa: BLE001 - a bug here must not fail the job or other rows
+        if len(rows) == 1:
+            log.warning("score: a row failed extraction: %s: %s", type(exc).__name__, exc)
+            return [empty_output(f"scoring error: {type(exc).__name__}: {exc}")]
+    half = len(rows) // 2
+    return extract_isolated(extract, rows[:half]) + extract_isolated(extract, rows[half:])
+
+
+def score_table(extract: Callable[[list[dict]], list[dict]], batch: pa.Table) -> pa.Table:
+    """``batch`` plus the scored columns: decode, extract the decodable rows, reassemble."""
+    rows, errors = decode_rows(batch, INPUT_COLUMNS)
+    todo = [i for i in range(len(rows)) if i not in errors]
+    done = extract_isolated(extract, [rows[i] for i in todo])
+    outputs = [empty_output(errors[i]) if i in errors else None for i in range(len(rows))]
+    for i, output in zip(todo, done, strict=True):
+        outputs[i] = output
+    return append_scored(batch, outputs)
 
 
 class ScoreBatch:
@@ -56,22 +149,17 @@ class ScoreBatch:
         self._last_stats = self.extractor.engine.stats.to_dict()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        cols = [c for c in INPUT_COLUMNS if c in batch.column_names]
-        rows = batch.select(cols).to_pylist()
-        try:
-            outputs = self.extractor.extract(rows)
-        except Exception as exc:  # a bug here must not fail the job: every row says why
-            outputs = [empty_output(f"scoring error: {type(exc).__name__}: {exc}") for _ in rows]
-        self._report(outputs)
-        return append_scored(batch, outputs)
+        out = score_table(self.extractor.extract, batch)
+        self._report(out)
+        return out
 
-    def _report(self, outputs: list[dict]) -> None:
+    def _report(self, out: pa.Table) -> None:
         if self.counter is None:
             return
         stats = self.extractor.engine.stats.to_dict()
         deltas = {k: stats[k] - self._last_stats[k] for k in stats
                   if isinstance(stats[k], int)}
         self._last_stats = stats
-        deltas["scored_rows"] = len(outputs)
-        deltas["error_rows"] = sum(o[S.ERROR] is not None for o in outputs)
+        deltas["scored_rows"] = out.num_rows
+        deltas["error_rows"] = out.num_rows - out.column(S.ERROR).null_count
         self.counter.add.remote(deltas)

@@ -32,9 +32,10 @@ class ProgressCounter:
 class ProgressPrinter(threading.Thread):
     """Logs a progress line every ``interval_s`` seconds until :meth:`stop`."""
 
-    def __init__(self, counter, total_rows: int, interval_s: float) -> None:
+    def __init__(self, counter, total_rows: int, interval_s: float, already: int = 0) -> None:
         super().__init__(daemon=True, name="giellm-score-progress")
         self.counter, self.total, self.interval = counter, total_rows, interval_s
+        self.already = already  # rows committed by an earlier attempt (not counted in the rate)
         self.start_time = time.monotonic()
         self._stop = threading.Event()
 
@@ -44,7 +45,8 @@ class ProgressPrinter(threading.Thread):
         rate = done / secs
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         pct = 100.0 * done / self.total if self.total else 100.0
-        return (f"score: {done}/{self.total} rows ({pct:.1f}%), {rate:.1f} rows/s, "
+        resumed = f" (+{self.already} resumed)" if self.already else ""
+        return (f"score: {done}/{self.total} rows{resumed} ({pct:.1f}%), {rate:.1f} rows/s, "
                 f"{totals.get('generated_tokens', 0) / secs:.0f} tok/s, "
                 f"errors {totals.get('error_rows', 0)}, eta {eta:.0f}s")
 

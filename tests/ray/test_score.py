@@ -1,14 +1,20 @@
 """``giellm score`` end to end on the tiny model through the real Ray Data pipeline: every row out
-exactly once, bad rows carry their error, metrics from per-file counts, S3 in and out (moto on
-loopback), and a re-run over an interrupted run's leftovers."""
+exactly once, bad rows (hostile bytes included) carry their error, metrics from per-file counts,
+S3 in and out (moto on loopback), a re-run over an interrupted run's leftovers, and a driver
+SIGKILLed mid-job whose re-run scores only the rest and equals a clean run."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -49,6 +55,24 @@ def write_input(rows: list[dict], directory: str, filesystem=None) -> None:
         pq.write_table(S.dataset_table(part), f"{directory}/{name}", filesystem=filesystem)
 
 
+HOSTILE = {  # id -> (dataset, text, prompt bytes, the column at fault): bad UTF-8 in each
+    "hostile-text": (b"SCNM", b"\xff\xfe broken \xed\xa0\x80", None, "text"),
+    "hostile-dataset": (b"SC\xc3NM", "東京都".encode(), None, "dataset"),
+    "hostile-prompt": (b"SCNM", "東京都".encode(), b"\x80<prompt>", "prompt"),
+}
+
+
+def write_hostile(directory: str) -> None:
+    """A third input file, same schema, whose string columns hold invalid UTF-8."""
+    def col(k):
+        return pa.array([v[k] for v in HOSTILE.values()], pa.binary()).view(pa.string())
+
+    cols = {f.name: pa.nulls(len(HOSTILE), f.type) for f in S.DATASET_SCHEMA}
+    cols.update({S.ID: pa.array(list(HOSTILE)), S.DATASET: col(0), S.TEXT: col(1),
+                 S.PROMPT: col(2), S.TARGET: col(1)})  # undecodable gold too: metrics survive
+    pq.write_table(pa.table(cols, schema=S.DATASET_SCHEMA), f"{directory}/c.parquet")
+
+
 def config(model: str, inp: str, out: str, **kw) -> ScoreConfig:
     cfg = ScoreConfig(input=[inp], output=out, num_actors=2, num_cpus_per_actor=0.5,
                       batch_size=48, rows_per_block=48, progress_interval_s=0,
@@ -58,13 +82,28 @@ def config(model: str, inp: str, out: str, **kw) -> ScoreConfig:
     return cfg
 
 
+def _value(raw: bytes | None) -> str | bytes | None:
+    try:
+        return raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        return raw  # an undecodable input value passed through: kept as its bytes
+
+
 def read_output(out: str, filesystem=None) -> list[dict]:
+    """Every row of OUTPUT/*.parquet (string values that are not UTF-8 come back as bytes)."""
     import pyarrow.fs as pafs
 
     fs = filesystem or pafs.LocalFileSystem()
     files = [f.path for f in fs.get_file_info(pafs.FileSelector(out))
              if f.path.endswith(".parquet")]
-    return [r for f in files for r in pq.read_table(f, filesystem=fs).to_pylist()]
+    rows = []
+    for f in files:
+        table = pq.read_table(f, filesystem=fs)
+        cols = {name: ([_value(v) for v in col.cast(pa.binary()).to_pylist()]
+                       if col.type == pa.string() else col.to_pylist())
+                for name, col in zip(table.column_names, table.columns, strict=True)}
+        rows += [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+    return rows
 
 
 def check_rows(rows_in: list[dict], rows_out: list[dict]) -> None:
@@ -81,37 +120,52 @@ def check_rows(rows_in: list[dict], rows_out: list[dict]) -> None:
     assert isinstance(good[S.PREDICTION], str) and good[S.NUM_GENERATED_TOKENS] >= 1
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_score_local_then_rerun_after_interruption(ray_cluster, tiny_model_dir,
                                                    stockmark_records, tmp_path):
     rows = make_rows(stockmark_records, 200)
     inp, out = tmp_path / "in", str(tmp_path / "scored")
     inp.mkdir()
     write_input(rows, str(inp))
+    write_hostile(str(inp))
     summary = run_score(config(tiny_model_dir, str(inp), out))
     out_rows = read_output(out)
-    check_rows(rows, out_rows)
-    assert summary["input_rows"] == summary["output_rows"] == len(rows)
-    assert summary["error_rows"] >= len(BAD)
+    check_rows(rows + [{S.ID: k} for k in HOSTILE], out_rows)
+    by_id = {r[S.ID]: r for r in out_rows}
+    for rid, (dataset, text, prompt, column) in HOSTILE.items():  # own error, columns intact
+        assert by_id[rid][S.ERROR].startswith(f"column '{column}' is not valid UTF-8"), rid
+        got = [by_id[rid][c] for c in (S.DATASET, S.TEXT, S.PROMPT)]
+        assert [v if isinstance(v, bytes) or v is None else v.encode() for v in got] == \
+            [dataset, text, prompt]
+    assert summary["input_rows"] == summary["output_rows"] == len(rows) + len(HOSTILE)
+    assert summary["error_rows"] >= len(BAD) + len(HOSTILE) and summary["resumed_rows"] == 0
     assert 0 <= summary["engine"]["padding_fraction"] < 1
     assert os.path.exists(os.path.join(out, SUCCESS))
     metrics = json.loads((tmp_path / "scored" / "_metrics" / "metrics.json").read_text())
     assert "SCNM" in metrics
     assert os.path.exists(os.path.join(out, "_metrics", "metrics.md"))
 
-    # What an interrupted second run leaves behind: a half-written tmp directory beside OUTPUT,
-    # a partial commit (a file copied twice, _SUCCESS gone). The re-run must end exactly once.
+    # What an interrupted run leaves behind, and what the re-run does with it: a staging
+    # directory of an older giellm beside OUTPUT (removed), and a Parquet file no giellm
+    # manifest names (a stray copy: refused and kept, never deleted). The re-run after the user
+    # moved the stray file ends exactly once, _SUCCESS naming exactly the files.
     files = sorted(p for p in os.listdir(out) if p.endswith(".parquet"))
     stale = tmp_path / "scored.tmp-deadbeef"
     stale.mkdir()
     shutil.copy(os.path.join(out, files[0]), stale / "part.parquet")
-    shutil.copy(os.path.join(out, files[0]), os.path.join(out, "dup-" + files[0]))
-    os.remove(os.path.join(out, SUCCESS))
-    assert len(read_output(out)) > len(rows)
+    stray = os.path.join(out, "dup-" + files[0])
+    shutil.copy(os.path.join(out, files[0]), stray)
+    with pytest.raises(ValueError, match="did not provably write"):
+        run_score(config(tiny_model_dir, str(inp), out, metrics=False))
+    assert os.path.exists(stray) and len(read_output(out)) > len(out_rows)
+    os.remove(stray)
     run_score(config(tiny_model_dir, str(inp), out, metrics=False))
-    check_rows(rows, read_output(out))
+    check_rows(rows + [{S.ID: k} for k in HOSTILE], read_output(out))
     assert not stale.exists()
-    assert os.path.exists(os.path.join(out, SUCCESS))
+    manifest = json.loads((tmp_path / "scored" / SUCCESS).read_text())
+    assert sorted(f["name"] for f in manifest["files"]) == \
+        sorted(p for p in os.listdir(out) if p.endswith(".parquet"))
+    assert not (tmp_path / "scored" / "_metrics").exists()  # the stale report went with its run
 
 
 @pytest.mark.timeout(180)
@@ -119,15 +173,120 @@ def test_score_s3_in_and_out(ray_cluster, s3_server, tiny_model_dir, stockmark_r
     from giellm_ray.io import resolve_native
 
     rows = make_rows(stockmark_records, 40)
+    rows[2][S.ID] = "r1"  # ids not unique: rows are keyed by the derived row_hash
     fs, _ = resolve_native("s3://giellm-test/x", s3_server)
     write_input(rows, "giellm-test/score-in", filesystem=fs)
     out = "s3://giellm-test/score-out"
     cfg = config(tiny_model_dir, "s3://giellm-test/score-in", out, s3_endpoint_url=s3_server)
     summary = run_score(cfg)
-    assert summary["output_rows"] == len(rows)
-    check_rows(rows, read_output("giellm-test/score-out", fs))
+    assert summary["output_rows"] == len(rows) and summary["id_column"] == "row_hash"
+    out_rows = read_output("giellm-test/score-out", fs)
+    check_rows(rows, out_rows)
+    assert len({r["row_hash"] for r in out_rows}) == len(rows)
     assert fs.get_file_info("giellm-test/score-out/_metrics/metrics.json").size > 0
     assert fs.get_file_info(f"giellm-test/score-out/{SUCCESS}").type.name == "File"
+    assert fs.get_file_info("giellm-test/score-out/_staging").type.name == "NotFound"
+
+
+def giellm_score(args: list[str], **kw) -> subprocess.Popen:
+    """``giellm score`` as a user runs it: its own process (joins the test's Ray cluster)."""
+    return subprocess.Popen([sys.executable, "-m", "giellm_ray.cli", "score", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def committed_parts(out: str) -> int:
+    ck = os.path.join(out, "_staging", "checkpoint")
+    names = os.listdir(ck) if os.path.isdir(ck) else []
+    return sum(n.endswith(".parquet") and not n.endswith(".pending.parquet") for n in names)
+
+
+def scored_by_id(out: str) -> dict:
+    return {r[S.ID]: (r[S.PREDICTION], r[S.ERROR], r[S.NUM_GENERATED_TOKENS])
+            for r in read_output(out)}
+
+
+@pytest.mark.timeout(420)  # ~2 min on a quiet 2-core machine; generous for a loaded one
+def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
+                                                  stockmark_records, tmp_path):
+    """SIGKILL the driver once some parts are committed; a changed input refuses to resume; the
+    same command then ends with every row exactly once, resumed_rows > 0, equal to a clean run."""
+    recs = stockmark_records[:2000]
+    rows = [{S.ID: f"k{i}", S.DATASET: "SCNM", S.TEXT: r["text"]} for i, r in enumerate(recs)]
+    inp, out, clean = tmp_path / "in", str(tmp_path / "out"), str(tmp_path / "clean")
+    inp.mkdir()
+    for k in range(3):
+        pq.write_table(S.dataset_table(rows[k * 700:(k + 1) * 700]), inp / f"p{k}.parquet")
+    sets = {"generation.max_new_tokens": 4, "rows_per_block": 100, "batch_size": 100,
+            "progress_bars": "false", "progress_interval_s": 0,
+            "ray_address": ray_cluster.get_runtime_context().gcs_address}
+    cfg = config(tiny_model_dir, str(inp), clean, metrics=False)
+    cfg.rows_per_block = cfg.batch_size = 100
+    run_score(cfg)
+    args = ["--model", tiny_model_dir, "--input", str(inp), "--output", out,
+            *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
+
+    first = giellm_score(args)
+    while committed_parts(out) < 3:  # some parts committed, most rows still to do
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    staged = committed_parts(out)
+    assert not os.path.exists(os.path.join(out, SUCCESS)) and 3 <= staged < 20
+
+    st = os.stat(inp / "p1.parquet")  # the input changes: resuming would mix results
+    os.utime(inp / "p1.parquet", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    refused = giellm_score(args)
+    _, err = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and "p1.parquet changed" in err and "--fresh" in err, err
+    os.utime(inp / "p1.parquet", ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    again = giellm_score(args)
+    stdout, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    summary = json.loads(stdout.splitlines()[0])
+    assert summary["resumed_rows"] >= staged * 100 and summary["resumed_rows"] > 0
+    assert summary["resumed_rows"] + summary["scored_rows"] == summary["output_rows"] == 2000
+    got = read_output(out)
+    assert Counter(r[S.ID] for r in got) == Counter(r[S.ID] for r in rows)  # exactly once
+    assert scored_by_id(out) == scored_by_id(clean)  # deterministic greedy: same predictions
+    assert not os.path.exists(os.path.join(out, "_staging"))
+    from giellm_ray.score.paths import locate
+    from giellm_ray.score.runlock import RunLock
+
+    assert not os.path.exists(RunLock(locate(out)).path)  # the killed run's record is gone too
+
+
+@pytest.mark.timeout(300)
+def test_an_inference_actor_killed_mid_job_loses_nothing(ray_cluster, tiny_model_dir,
+                                                         stockmark_records, tmp_path):
+    import threading
+
+    import psutil
+
+    rows = [{S.ID: f"a{i}", S.DATASET: "SCNM", S.TEXT: r["text"]}
+            for i, r in enumerate(stockmark_records[:1000])]
+    inp, out = tmp_path / "in", str(tmp_path / "out")
+    inp.mkdir()
+    write_input(rows, str(inp))
+    cfg = config(tiny_model_dir, str(inp), out, metrics=False)
+    cfg.rows_per_block = cfg.batch_size = 50
+    result: dict = {}
+    job = threading.Thread(target=lambda: result.update(run_score(cfg)))
+    job.start()
+    while committed_parts(out) < 2:
+        assert job.is_alive(), "finished before the kill"
+        time.sleep(0.2)
+    # The test's own Ray runs under this process: its actors are our descendants.
+    actors = [p for p in psutil.Process().children(recursive=True)
+              if "ScoreBatch" in " ".join(p.cmdline())]
+    assert actors, "no inference actor to kill"
+    actors[0].kill()
+    job.join(timeout=240)
+    assert result["output_rows"] == 1000
+    got = read_output(out)
+    assert Counter(r[S.ID] for r in got) == Counter(r[S.ID] for r in rows)  # exactly once
+    assert not [r for r in got if (r[S.ERROR] or "").startswith("scoring error")]
 
 
 def test_schema_is_checked_before_any_work(tmp_path, tiny_model_dir):

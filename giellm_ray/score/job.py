@@ -1,0 +1,96 @@
+"""The Ray Data half of ``giellm score``: join or start Ray, stream the missing rows, stage them.
+
+:func:`run_pipeline` is step 4 of :mod:`giellm_ray.score.driver` (the only step that needs Ray).
+The plan is read -> drop rows already committed (a plain function fused into the read tasks,
+:func:`giellm_ray.score.resume.drop_done`) -> streaming repartition ->
+``map_batches(ScoreBatch, ActorPoolStrategy)`` -> ``write_parquet`` into
+``OUTPUT/_staging/data`` with Ray Data checkpointing on, so each part file is committed with its
+rows' ids or removed on the next run. Nothing is materialised. Every stage but ``ScoreBatch`` is
+engine-agnostic: whichever engine produced a batch, its rows carry the id column through to the
+write, which is all resume needs.
+
+CPU budget on a small machine (2 cores, ``cpu.yaml``): 2 actors x 0.5 CPU + read and write
+tasks at 1 CPU each; resume adds nothing (no filter actors). On a GPU node (8 GPUs, 96 vCPUs):
+8 actors x (1 GPU + ``num_cpus_per_actor``), the rest for read/write tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from giellm_ray.log import is_quiet, quiet_ray_data_console
+from giellm_ray.ray_session import connect_ray
+from giellm_ray.score import resume as R
+from giellm_ray.score.commit import STAGED_DATA, STAGING
+from giellm_ray.score.pipeline import ScoreBatch
+from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
+
+log = logging.getLogger(__name__)
+
+
+def build_dataset(cfg, plan, attempt: R.Attempt, done: np.ndarray, registry, counter):
+    """The lazy Dataset of scored rows still missing from the staging directory."""
+    import ray
+    import ray.data as rd
+
+    ds = rd.read_parquet(plan.files, filesystem=plan.fs_in,
+                         include_row_hash=attempt.id_column == R.ROW_HASH)
+    if len(done):
+        # One copy per node in the object store; numeric/fixed-width arrays map zero-copy.
+        ds = ds.map_batches(R.drop_done, fn_args=(ray.put(done), attempt.id_column),
+                            batch_format="pyarrow", batch_size=None)
+    return (
+        ds.repartition(target_num_rows_per_block=cfg.rows_per_block)
+        .map_batches(
+            ScoreBatch,
+            fn_constructor_args=(cfg, registry.to_dict() if cfg.tasks else None, counter),
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            compute=rd.ActorPoolStrategy(size=cfg.num_actors),
+            num_cpus=cfg.num_cpus_per_actor,
+            num_gpus=cfg.num_gpus_per_actor or None,
+        )
+    )
+
+
+def run_pipeline(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, registry,
+                 lock) -> dict:
+    """Score the ``todo`` missing rows into the staging directory; the actors' summed counters."""
+    import ray
+    import ray.data as rd
+
+    started = connect_ray(cfg.ray_address)
+    if started:
+        lock.record_children()  # what a SIGKILL of this process would leave running
+    quiet_ray_data_console()
+    ctx = rd.DataContext.get_current()
+    saved = ctx.checkpoint_config
+    printer = None
+    try:
+        ctx.enable_progress_bars = cfg.show_progress_bars() and not is_quiet()
+        # Ray 2.60's V2 Parquet reader starts a pool of 32 FooterReader actors per read: ~30 s
+        # of process start-up on a small machine before the first row. We already read every
+        # footer in check_inputs, so the V1 reader (plain read tasks) loses nothing here.
+        ctx.use_datasource_v2 = cfg.parquet_reader_v2
+        ctx.checkpoint_config = R.checkpoint_config(plan.out, attempt.id_column)
+        counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+        printer = ProgressPrinter(counter, todo, cfg.progress_interval_s, already=len(done))
+        if cfg.progress_interval_s > 0:
+            printer.start()
+        ds = build_dataset(cfg, plan, attempt, done, registry, counter)
+        ds.write_parquet(plan.out.child(STAGING, STAGED_DATA), filesystem=plan.out.fs,
+                         min_rows_per_file=cfg.rows_per_file)
+        totals = ray.get(counter.get.remote())
+        log.info("%s", printer.line(totals))
+        return totals
+    finally:
+        if printer is not None:
+            printer.stop()
+        ctx.checkpoint_config = saved
+        if started:
+            ray.shutdown()
+
+
+__all__ = ["build_dataset", "run_pipeline"]
