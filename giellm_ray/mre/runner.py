@@ -99,7 +99,8 @@ def trained_export(tcfg) -> str | None:
 
     export = io.join(_absolute(tcfg.run_dir()), "export")
     marker = io.join(export, "train_config.yaml")
-    if not io.exists(marker):
+    # The driver writes train_config.yaml after the workers wrote the model (config.json).
+    if not (io.exists(marker) and io.exists(io.join(export, "config.json"))):
         return None
     stored = _flat(load_config(TrainConfig, marker).model_dump(mode="json"))
     wanted = _flat(tcfg.model_dump(mode="json"))
@@ -198,17 +199,28 @@ def execute(job: Job, output: str, registry, label: str) -> dict:
 
 
 def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]:
-    """Every job, ``parallel`` at a time; the first failure stops new starts and is raised."""
+    """Every job, ``parallel`` at a time. After a failure no new run starts; runs already going
+    finish (their exports and scores are kept for the next invocation), then the error is raised.
+    """
     labels = [f"[{i}/{len(jobs)}] {j.run.name}" for i, j in enumerate(jobs, 1)]
     if parallel == 1:
         return [execute(j, output, registry, lb) for j, lb in zip(jobs, labels, strict=True)]
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mre") as pool:
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mre")
+    try:
         futures = [pool.submit(execute, j, output, registry, lb)
                    for j, lb in zip(jobs, labels, strict=True)]
         _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in pending:  # runs already going finish (and are resumable); queued ones don't start
-            f.cancel()
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
+        if failed:
+            going = [f for f in pending if not f.cancel()]
+            if going:
+                log.warning("mre: a run failed; waiting for the %d run(s) in progress",
+                            len(going))
+                wait(going)
+            raise failed[0].exception()
         return [f.result() for f in futures]
+    finally:  # Ctrl-C: return at once; Ray's shutdown ends the runs still going
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _check_fit(jobs: list[Job], parallel: int) -> None:
@@ -246,6 +258,8 @@ def run_mre(cfg: P.MreConfig) -> dict:
     jobs = resolve_jobs(cfg, output, mix, runs)
     require("train")
     share_tiny_base([j.train for j in jobs], mix, output)
+    for job in jobs:  # an export made with another recipe stops us now, not hours later
+        trained_export(job.train)
     require("score", engine=getattr(jobs[0].score, "engine", "hf"))
     registry = TaskRegistry.load(jobs[0].score.tasks)
     io.write_text(io.join(output, "plan.json"), json.dumps(

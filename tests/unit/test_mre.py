@@ -188,6 +188,8 @@ def test_an_export_with_another_recipe_is_an_error_not_a_reuse(tmp_path):
     assert trained_export(cfg) is None  # nothing there: train it
     export = tmp_path / "mixed-seed0" / "export"
     dump_config(cfg, str(export / "train_config.yaml"))
+    assert trained_export(cfg) is None  # no model beside it: not a finished export
+    (export / "config.json").write_text("{}")
     assert trained_export(cfg) == str(export)
     other = cfg.model_copy(update={"lr": 0.5})
     with pytest.raises(ValueError, match=r"another recipe \(lr: 0.01 there, 0.5 now\)"):
@@ -199,3 +201,23 @@ def test_jobs_driver_reaches_the_same_command():
                           capture_output=True, text=True, timeout=120, cwd="/")
     assert proc.returncode == 0, proc.stderr
     assert "usage: giellm mre" in proc.stdout and "--repeats" in proc.stdout
+
+
+def test_inputs_and_configs_on_s3(s3_server):
+    from giellm_ray import io
+    from giellm_ray.mre.inputs import sample_mix, share_tiny_base
+
+    out = "s3://giellm-test/mre-unit"
+    cfg = P.MreConfig(output=out, quick=True)
+    mix = sample_mix(cfg, out)
+    assert mix == f"{out}/data" and io.exists(f"{mix}/single/SCNM/test.parquet")
+    assert sample_mix(cfg, out) == mix  # reused, not rebuilt
+    manifest = json.loads(io.read_text(f"{mix}/manifest.json"))
+    runs = P.make_plan(mix, out, manifest, P.select_datasets(manifest, None, mix), 1)
+    jobs = resolve_jobs(cfg, out, mix, runs)
+    assert jobs[0].train.storage_path == f"{out}/runs"
+    assert jobs[2].score.output == f"{out}/scored/single-SCPOS_RW-seed0"
+    share_tiny_base([j.train for j in jobs], mix, out)
+    bases = {j.train.model.name_or_path for j in jobs}
+    assert len(bases) == 1 and io.exists(f"{bases.pop()}/tiny.json")
+    assert all(trained_export(j.train) is None for j in jobs)
