@@ -76,8 +76,10 @@ def run_variant(name: str, extra: list[str], workdir: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=1, help="rounds over the variants")
+    p.add_argument("--keep", default=None, help="write the runs here and keep them")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="giellm-mre-bench-") as tmp:
+        tmp = args.keep or tmp
         for round_ in range(args.repeat):
             base = None
             for name, extra in VARIANTS.items():

@@ -1,8 +1,10 @@
-"""The inputs of the MRE runs: the mix (built from the shipped sample when none is given) and,
-for the ``tiny`` model, one base model per seed that both sides start from.
+"""The inputs of the MRE runs: the mix (built from the shipped sample when none is given), every
+run's TrainConfig / ScoreConfig and, for the ``tiny`` model, one base model per seed that both
+sides start from.
 
-Called by :mod:`giellm_ray.mre.runner` before any training; both steps are skipped when their
-output already exists with the same settings (a resumed invocation rebuilds nothing).
+Called by :mod:`giellm_ray.mre.runner` before any training. Configs are validated for all runs
+up front (a typo fails before Ray starts); the mix and base models are skipped when they already
+exist with the same settings (a resumed invocation rebuilds nothing).
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass
 
 from giellm_ray import io
+from giellm_ray.config import load_config
+from giellm_ray.configs import config_path
 from giellm_ray.mre import plan as P
 from giellm_ray.schema import TARGET
 
@@ -78,3 +84,53 @@ def share_tiny_base(train_configs: list, mix: str, output: str) -> None:
                 io.copy_dir(tmp, dest)
             log.info("mre: built the shared tiny base model (%s) -> %s", spec, dest)
         t.model.name_or_path = dest
+
+
+@dataclass
+class Job:
+    """A planned run with its resolved configs."""
+
+    run: P.Run
+    train: object  # TrainConfig
+    score: object  # ScoreConfig
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (runs and scores are read back from other processes)."""
+    return path.rstrip("/") if io.is_s3(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def train_config_path(cfg: P.MreConfig) -> str:
+    """The TrainConfig YAML every run uses; required unless ``--quick``."""
+    if cfg.train_config:
+        return cfg.train_config
+    if cfg.quick:
+        return config_path("train", "tiny-cpu.yaml")
+    raise ValueError("--config is required: a TrainConfig YAML used for every run, e.g. "
+                     "jobs/configs/train/giellm-13b-jp.yaml (--quick uses tiny-cpu.yaml)")
+
+
+def resolve_jobs(cfg: P.MreConfig, output: str, mix: str, runs: list[P.Run]) -> list[Job]:
+    """Every run's TrainConfig and ScoreConfig, validated up front (a typo fails before Ray)."""
+    from giellm_ray.score.config import ScoreConfig
+    from giellm_ray.train.config import TrainConfig
+
+    P.check_overrides(cfg.train_overrides, P.RESERVED_TRAIN, "--set")
+    P.check_overrides(cfg.score_overrides, P.RESERVED_SCORE, "--score-set")
+    train_path = train_config_path(cfg)
+    base_train = [f"storage_path={json.dumps(io.join(output, 'runs'))}", "data.eval=null",
+                  *(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides]
+    tasks = io.join(mix, "tasks.json")
+    base_score = [*([f"tasks={json.dumps(tasks)}"] if io.exists(tasks) else []),
+                  *(P.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]
+    jobs = []
+    for run in runs:
+        tcfg = load_config(TrainConfig, train_path, [*base_train, *run.train_overrides()])
+        score_path = cfg.score_config or config_path(
+            "score", "gpu.yaml" if tcfg.use_gpu else "cpu.yaml")
+        export = io.join(absolute(tcfg.run_dir()), "export")
+        scfg = load_config(ScoreConfig, score_path, [
+            *base_score, f"input={json.dumps(list(run.test))}",
+            f"output={json.dumps(run.scored)}", f"model.name_or_path={json.dumps(export)}"])
+        jobs.append(Job(run, tcfg, scfg))
+    return jobs

@@ -22,68 +22,24 @@ import logging
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from giellm_ray import io
 from giellm_ray.config import load_config
 from giellm_ray.configs import config_path
 from giellm_ray.mre import plan as P
-from giellm_ray.mre.inputs import sample_mix, share_tiny_base
+from giellm_ray.mre.inputs import (
+    Job,
+    absolute,
+    resolve_jobs,
+    sample_mix,
+    share_tiny_base,
+    train_config_path,
+)
 from giellm_ray.mre.report import build_mre, write_mre
 from giellm_ray.schema import DATASET, PREDICTION, TARGET
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Job:
-    """A planned run with its resolved configs."""
-
-    run: P.Run
-    train: object  # TrainConfig
-    score: object  # ScoreConfig
-
-
-def _absolute(path: str) -> str:
-    import os
-
-    return path.rstrip("/") if io.is_s3(path) else os.path.abspath(os.path.expanduser(path))
-
-
-def _train_config_path(cfg: P.MreConfig) -> str:
-    if cfg.train_config:
-        return cfg.train_config
-    if cfg.quick:
-        return config_path("train", "tiny-cpu.yaml")
-    raise ValueError("--config is required: a TrainConfig YAML used for every run, e.g. "
-                     "jobs/configs/train/giellm-13b-jp.yaml (--quick uses tiny-cpu.yaml)")
-
-
-def resolve_jobs(cfg: P.MreConfig, output: str, mix: str, runs: list[P.Run]) -> list[Job]:
-    """Every run's TrainConfig and ScoreConfig, validated up front (a typo fails before Ray)."""
-    from giellm_ray.score.config import ScoreConfig
-    from giellm_ray.train.config import TrainConfig
-
-    P.check_overrides(cfg.train_overrides, P.RESERVED_TRAIN, "--set")
-    P.check_overrides(cfg.score_overrides, P.RESERVED_SCORE, "--score-set")
-    train_path = _train_config_path(cfg)
-    base_train = [f"storage_path={json.dumps(io.join(output, 'runs'))}", "data.eval=null",
-                  *(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides]
-    tasks = io.join(mix, "tasks.json")
-    base_score = [*([f"tasks={json.dumps(tasks)}"] if io.exists(tasks) else []),
-                  *(P.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]
-    jobs = []
-    for run in runs:
-        tcfg = load_config(TrainConfig, train_path, [*base_train, *run.train_overrides()])
-        score_path = cfg.score_config or config_path(
-            "score", "gpu.yaml" if tcfg.use_gpu else "cpu.yaml")
-        export = io.join(_absolute(tcfg.run_dir()), "export")
-        scfg = load_config(ScoreConfig, score_path, [
-            *base_score, f"input={json.dumps(list(run.test))}",
-            f"output={json.dumps(run.scored)}", f"model.name_or_path={json.dumps(export)}"])
-        jobs.append(Job(run, tcfg, scfg))
-    return jobs
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -97,7 +53,7 @@ def trained_export(tcfg) -> str | None:
     """The export dir when this run was already trained with this recipe, else ``None``."""
     from giellm_ray.train.config import TrainConfig
 
-    export = io.join(_absolute(tcfg.run_dir()), "export")
+    export = io.join(absolute(tcfg.run_dir()), "export")
     marker = io.join(export, "train_config.yaml")
     # The driver writes train_config.yaml after the workers wrote the model (config.json).
     if not (io.exists(marker) and io.exists(io.join(export, "config.json"))):
@@ -186,9 +142,9 @@ def scored_counts(scored: str, registry) -> tuple[list[str], dict]:
     return files, merge_counts(parts)
 
 
-def execute(job: Job, output: str, registry, label: str) -> dict:
-    """Train and score one run (each step skipped when already done); its report record."""
-    export, train_status, train_s = _train(job, output, label)
+def finish(job: Job, output: str, registry, label: str, export: str, train_status: str,
+           train_s: float) -> dict:
+    """Score a trained run (unless already scored) and count its rows: its report record."""
     score_status, score_s = _score(job, output, export, train_status == "trained", label)
     files, counts = scored_counts(job.run.scored, registry)
     run = job.run
@@ -199,28 +155,45 @@ def execute(job: Job, output: str, registry, label: str) -> dict:
 
 
 def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]:
-    """Every job, ``parallel`` at a time. After a failure no new run starts; runs already going
-    finish (their exports and scores are kept for the next invocation), then the error is raised.
+    """Every job: trained ``parallel`` at a time, scored one at a time, records in plan order.
+
+    Scoring is serialised: two Ray Data jobs side by side each hold their actors' CPUs and can
+    starve each other's read tasks (seen here: two quick scorings on 2 CPUs stalled until
+    interrupted), and on a GPU cluster one scoring job already uses every actor it is given.
+    Trainings go on while a finished run is scored. After a training failure no new run starts;
+    runs already going finish and queued scores are done (all kept for the next invocation),
+    then the error is raised.
     """
-    labels = [f"[{i}/{len(jobs)}] {j.run.name}" for i, j in enumerate(jobs, 1)]
+    labels = {j.run.name: f"[{i}/{len(jobs)}] {j.run.name}" for i, j in enumerate(jobs, 1)}
     if parallel == 1:
-        return [execute(j, output, registry, lb) for j, lb in zip(jobs, labels, strict=True)]
-    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mre")
+        return [finish(j, output, registry, labels[j.run.name],
+                       *_train(j, output, labels[j.run.name])) for j in jobs]
+    trainers = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mre-train")
+    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mre-score")
     try:
-        futures = [pool.submit(execute, j, output, registry, lb)
-                   for j, lb in zip(jobs, labels, strict=True)]
-        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
-        if failed:
-            going = [f for f in pending if not f.cancel()]
-            if going:
-                log.warning("mre: a run failed; waiting for the %d run(s) in progress",
-                            len(going))
-                wait(going)
-            raise failed[0].exception()
-        return [f.result() for f in futures]
+        trains = {trainers.submit(_train, j, output, labels[j.run.name]): j for j in jobs}
+        scores, failed = [], None
+        for fut in as_completed(trains):
+            if fut.cancelled():
+                continue
+            if fut.exception() is not None:
+                if failed is None:
+                    failed = fut.exception()
+                    log.error("mre: %s failed; letting the runs in progress finish",
+                              trains[fut].run.name)
+                    for other in trains:
+                        other.cancel()
+                continue
+            job = trains[fut]
+            scores.append(scorer.submit(finish, job, output, registry, labels[job.run.name],
+                                        *fut.result()))
+        records = {r["name"]: r for r in (s.result() for s in scores)}
+        if failed is not None:
+            raise failed
+        return [records[j.run.name] for j in jobs]
     finally:  # Ctrl-C: return at once; Ray's shutdown ends the runs still going
-        pool.shutdown(wait=False, cancel_futures=True)
+        trainers.shutdown(wait=False, cancel_futures=True)
+        scorer.shutdown(wait=False, cancel_futures=True)
 
 
 def _check_fit(jobs: list[Job], parallel: int) -> None:
@@ -243,8 +216,9 @@ def run_mre(cfg: P.MreConfig) -> dict:
     from giellm_ray.ray_session import connect_ray
 
     start = time.monotonic()
-    output = _absolute(cfg.output)
-    mix = _absolute(cfg.data) if cfg.data else sample_mix(cfg, output)
+    train_config_path(cfg)  # a missing --config fails before any work
+    output = absolute(cfg.output)
+    mix = absolute(cfg.data) if cfg.data else sample_mix(cfg, output)
     manifest_path = io.join(mix, "manifest.json")
     if not io.exists(manifest_path):
         raise FileNotFoundError(f"{manifest_path} not found: --data takes a directory written "
@@ -280,7 +254,7 @@ def run_mre(cfg: P.MreConfig) -> dict:
     meta = {"title": "Mixed vs single-task training (MRE)", "quick": cfg.quick,
             "disclaimer": P.QUICK_DISCLAIMER if cfg.quick else None, "mix": mix,
             "mix_seed": manifest.get("seed"), "datasets_compared": datasets,
-            "repeats": cfg.repeats, "train_config": _train_config_path(cfg),
+            "repeats": cfg.repeats, "train_config": train_config_path(cfg),
             "train_overrides": [*(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides],
             "score_config": cfg.score_config or config_path(
                 "score", "gpu.yaml" if jobs[0].train.use_gpu else "cpu.yaml"),

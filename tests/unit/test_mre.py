@@ -16,8 +16,9 @@ from giellm_ray.config import dump_config, load_config
 from giellm_ray.configs import config_path
 from giellm_ray.metrics import empty_counts, ratios
 from giellm_ray.mre import plan as P
+from giellm_ray.mre.inputs import resolve_jobs
 from giellm_ray.mre.report import build_mre, markdown, render_chart, summarize
-from giellm_ray.mre.runner import resolve_jobs, trained_export
+from giellm_ray.mre.runner import trained_export
 from giellm_ray.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
