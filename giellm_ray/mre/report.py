@@ -154,8 +154,10 @@ def _dumbbell(ax, y: int, e: Mapping, key: str) -> None:
         if spread:  # seeds disagree: ± one sample std
             ax.errorbar(x, y, xerr=100 * spread, fmt="none", ecolor=ecolor, capsize=3, zorder=2)
     text = f"{delta:+.1f}" + (f" ± {noise:.1f}" if noise else "")
-    right = max(xm, xs) < 80  # near 100 % the label goes left of the pair, inside the panel
-    ax.annotate(text, (max(xm, xs) if right else min(xm, xs), y), xytext=(9 if right else -9, 0),
+    sm, ss = 100 * (m["std"] or 0), 100 * (s["std"] or 0)
+    hi, lo = max(xm + sm, xs + ss), min(xm - sm, xs - ss)  # past the error bars
+    right = hi < 80  # near 100 % the label goes left of the pair, inside the panel
+    ax.annotate(text, (hi if right else lo, y), xytext=(9 if right else -9, 0),
                 textcoords="offset points", va="center", ha="left" if right else "right",
                 fontsize=8.5, color=color, fontweight="bold")
 
