@@ -209,6 +209,18 @@ def _check_fit(jobs: list[Job], parallel: int) -> None:
                     "for resources (an autoscaling cluster may add nodes)", parallel, fit)
 
 
+def _meta(cfg: P.MreConfig, mix: str, manifest: dict, datasets: list[str], gpu: bool) -> dict:
+    """What ran, for the head of mre.json (configs by path plus the overrides applied)."""
+    return {"title": "Mixed vs single-task training (MRE)", "quick": cfg.quick,
+            "disclaimer": P.QUICK_DISCLAIMER if cfg.quick else None, "mix": mix,
+            "mix_seed": manifest.get("seed"), "datasets_compared": datasets,
+            "repeats": cfg.repeats, "train_config": train_config_path(cfg),
+            "train_overrides": [*(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides],
+            "score_config": cfg.score_config or config_path(
+                "score", "gpu.yaml" if gpu else "cpu.yaml"),
+            "score_overrides": [*(P.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]}
+
+
 def run_mre(cfg: P.MreConfig) -> dict:
     """Run the comparison; return the ``mre.json`` object (also written to OUTPUT)."""
     from giellm_ray.deps import require
@@ -251,15 +263,8 @@ def run_mre(cfg: P.MreConfig) -> dict:
             import ray
 
             ray.shutdown()
-    meta = {"title": "Mixed vs single-task training (MRE)", "quick": cfg.quick,
-            "disclaimer": P.QUICK_DISCLAIMER if cfg.quick else None, "mix": mix,
-            "mix_seed": manifest.get("seed"), "datasets_compared": datasets,
-            "repeats": cfg.repeats, "train_config": train_config_path(cfg),
-            "train_overrides": [*(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides],
-            "score_config": cfg.score_config or config_path(
-                "score", "gpu.yaml" if jobs[0].train.use_gpu else "cpu.yaml"),
-            "score_overrides": [*(P.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides],
-            "seconds": round(time.monotonic() - start, 1)}
+    meta = _meta(cfg, mix, manifest, datasets, jobs[0].train.use_gpu)
+    meta["seconds"] = round(time.monotonic() - start, 1)
     mre = build_mre(records, datasets, meta)
     paths = write_mre(mre, output)
     log.info("mre: wrote %s", ", ".join(paths.values()))
