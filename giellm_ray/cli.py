@@ -13,6 +13,7 @@ Errors a user can fix (bad config, missing file or dependency, malformed input) 
     giellm score --model PATH --input PATH... --output PATH
     giellm serve --model PATH [--config YAML]
     giellm demo
+    giellm mre --data MIX_DIR --config PATH --output DIR   (or: giellm mre --quick)
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from collections.abc import Sequence
 from giellm_ray.data import cli as data_cli
 from giellm_ray.demo import cli as demo_cli
 from giellm_ray.metrics import cli as metrics_cli
+from giellm_ray.mre import cli as mre_cli
 from giellm_ray.score import cli as score_cli
 from giellm_ray.serve import cli as serve_cli
 from giellm_ray.train import cli as train_cli
 
-COMMANDS = (data_cli, metrics_cli, train_cli, score_cli, serve_cli, demo_cli)
+COMMANDS = (data_cli, metrics_cli, train_cli, score_cli, serve_cli, demo_cli, mre_cli)
 
 
 class UserError(Exception):

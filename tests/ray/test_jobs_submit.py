@@ -9,6 +9,7 @@ every Ray process on the machine, other test sessions' clusters included.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -161,3 +162,20 @@ def test_failing_job_is_reported_failed(head_node, tmp_path):
     assert status == "FAILED", (status, submit.stdout[-3000:], submit.stderr[-3000:])
     assert submit.returncode == 1  # `ray job submit` exits 1 when the job failed
     assert "no such file or directory" in submit.stdout
+
+
+@pytest.mark.timeout(600)
+def test_mre_job_submitted_with_working_dir_succeeds(head_node, tmp_path):
+    out = tmp_path / "mre"
+    job_id = f"giellm-test-mre-{os.getpid()}"
+    submit = _ray_job(
+        head_node, "submit", "--submission-id", job_id, "--working-dir", ".", "--",
+        "python", "jobs/mre.py", "--quick", "--datasets", "SCNM", "--sample-train-rows", "16",
+        "--sample-test-rows", "2", "--output", str(out), timeout=540,
+    )
+    status = _job_status(head_node, job_id)
+    assert status == "SUCCEEDED", (status, submit.stdout[-3000:], submit.stderr[-3000:])
+    mre = json.loads((out / "mre.json").read_text())
+    assert sorted(r["name"] for r in mre["runs"]) == ["mixed-seed0", "single-SCNM-seed0"]
+    assert mre["datasets"]["SCNM"]["mixed"]["n"] == 2
+    assert "| SCNM | TL | 2 |" in submit.stdout  # the table, printed by the job
