@@ -8,6 +8,7 @@ while a removed ``_SUCCESS`` is rescored alone. The tiny models' scores are not 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -103,8 +104,10 @@ def test_quick_mre_two_datasets_end_to_end_and_resume(ray_cluster, tmp_path, cap
     assert all(r["status"] == {"train": "resumed", "score": "resumed"} for r in again["runs"])
     assert again["datasets"] == mre["datasets"]
 
-    # A score without its _SUCCESS (an interrupted commit) is redone, and only that one.
-    (out / "scored" / "single-SCNM-seed0" / "_SUCCESS").unlink()
+    # A score that never committed (its output is gone) is redone, and only that one. (A score
+    # without its _SUCCESS but with its Parquet is refused by `giellm score` itself: it cannot
+    # prove it wrote those files; an interrupted commit leaves a journal it finishes instead.)
+    shutil.rmtree(out / "scored" / "single-SCNM-seed0")
     assert main(["mre", "--quick", "--output", str(out)]) == 0
     third = {r["name"]: r["status"] for r in json.loads((out / "mre.json").read_text())["runs"]}
     assert third.pop("single-SCNM-seed0") == {"train": "resumed", "score": "scored"}
