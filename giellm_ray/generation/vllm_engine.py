@@ -51,7 +51,7 @@ class VLLMEngine:
 
     def __init__(self, model_cfg: ModelConfig, cfg: VLLMConfig | None = None,
                  on_gpu: bool | None = None, constrained: bool = True, tokenizer=None,
-                 processor: type | None = None) -> None:
+                 processor: type | None = None, log_stats: bool = False) -> None:
         # vLLM logs to stdout by default; stdout is for command results (``giellm score`` prints
         # its summary there, and Ray forwards actors' stdout to the driver's). Set before vLLM's
         # first import, which configures its logger; its engine-core process inherits it.
@@ -63,10 +63,15 @@ class VLLMEngine:
             import torch
 
             on_gpu = torch.cuda.is_available()
+        if not on_gpu and (os.cpu_count() or 1) <= 4:
+            # vLLM's CPU build keeps a core for its scheduler process, which mostly waits for
+            # the model step (no async scheduling on CPU): on 2 cores that idled half the machine
+            # (benchmarks/engines.py, 28M model, fp32, constrained: 409 -> 672 tok/s with both).
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         path = localize(model_cfg.name_or_path)
         kw = cfg.engine_kwargs(model_cfg.dtype, on_gpu)
         kw.update(model=path, tokenizer=path, revision=model_cfg.revision,
-                  trust_remote_code=model_cfg.trust_remote_code, disable_log_stats=True)
+                  trust_remote_code=model_cfg.trust_remote_code, disable_log_stats=not log_stats)
         if constrained:
             P.prepare_runner_env()
             kw["logits_processors"] = [processor or P.FormatLogitsProcessor]
@@ -92,7 +97,7 @@ class VLLMEngine:
         self.fail_id = P.failure_token_id(self.tokenizer)
         self.dead: str | None = None
         self.stats = EngineStats()
-        self.in_flight = self.peak_in_flight = 0
+        self.in_flight = 0  # rows submitted and not yet finished (read by Serve for metrics)
         self._ids = itertools.count()
         log.info("vLLM engine up in %.1f s (%s, max_model_len %d)", self.startup_s,
                  ", ".join(f"{k}={kw[k]}" for k in ("dtype", "max_num_seqs",
@@ -174,7 +179,6 @@ class VLLMEngine:
                                                   f"{type(exc).__name__}: {exc}")
         final = None
         self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             async for out in self.engine.generate({"prompt_token_ids": list(ids)}, params,
                                                   f"g{next(self._ids)}"):
@@ -205,7 +209,29 @@ class VLLMEngine:
                                      skip_special_tokens=True)
         return GenerationResult(text, len(toks), comp.finish_reason == "stop")
 
+    def iteration_count(self) -> int | None:
+        """Engine steps so far (``log_stats=True`` only): the count of vLLM's per-step
+        ``vllm:iteration_tokens_total`` histogram; benchmarks derive the mean batch from it."""
+        from vllm.v1.metrics.reader import get_metrics_snapshot
+
+        for metric in get_metrics_snapshot():
+            if metric.name == "vllm:iteration_tokens_total":
+                return int(metric.count)
+        return None
+
     # -- health and shutdown -----------------------------------------------------------------------
+
+    def kill_processes(self) -> None:
+        """SIGKILL the engine's processes (engine core, workers): before this process exits
+        without a shutdown, so none of them keeps the device (they do not watch their parent)."""
+        import psutil
+
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                if proc.name().startswith("VLLM::"):
+                    proc.kill()
+            except psutil.Error:
+                pass
 
     def check_health(self) -> None:
         """Raise if the engine cannot generate any more."""

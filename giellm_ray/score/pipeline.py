@@ -181,6 +181,7 @@ class ScoreBatch:
         if self.extractor.dead:
             log.error("score: the vLLM engine is dead (%s); exiting the actor so Ray restarts it "
                       "and retries its batches", self.extractor.dead)
+            self.extractor.engine.kill_processes()
             os._exit(1)
         self._report(out)
         return out
