@@ -281,6 +281,21 @@ class Extractor:
         """Why the engine can no longer generate (a dead vLLM engine core), else ``None``."""
         return getattr(self.engine, "dead", None)
 
+    def exit_if_dead(self, owner: str) -> None:
+        """If the engine is dead (a vLLM engine core that died cannot come back), end its
+        processes and this one (exit code 1) so Ray restarts ``owner`` (an actor or a replica)
+        and retries its calls elsewhere; raising would retry them on this same dead engine."""
+        if not self.dead:
+            return
+        import os
+
+        log.error("%s: the engine is dead (%s); exiting so Ray restarts this process",
+                  owner, self.dead)
+        kill = getattr(self.engine, "kill_processes", None)
+        if kill is not None:
+            kill()
+        os._exit(1)
+
     def check_health(self) -> None:
         """Raise if the engine cannot generate any more (Serve then replaces the replica)."""
         check = getattr(self.engine, "check_health", None)

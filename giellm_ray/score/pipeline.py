@@ -46,7 +46,6 @@ TP/PP placement groups (TP=1 is the 13B plan: one engine per GPU).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Sequence
 
@@ -178,11 +177,7 @@ class ScoreBatch:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = score_table(self.extractor.extract, batch)
-        if self.extractor.dead:
-            log.error("score: the vLLM engine is dead (%s); exiting the actor so Ray restarts it "
-                      "and retries its batches", self.extractor.dead)
-            self.extractor.engine.kill_processes()
-            os._exit(1)
+        self.extractor.exit_if_dead("score actor")  # its batches are retried on the new one
         self._report(out)
         return out
 

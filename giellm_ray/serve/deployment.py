@@ -8,8 +8,9 @@ the model is busy, and decoded as one engine batch of up to ``batching.max_batch
 worker thread, so the replica's event loop keeps accepting requests meanwhile. With vLLM
 (``engine: vllm``) each request goes straight to the replica's one async engine, whose scheduler
 batches the rows of all callers continuously (no gathering, no coalescer); a cancelled request
-(client gone) is aborted inside vLLM; the health check is the engine's; a replica shut down
-(drain done) stops its engine.
+(client gone) is aborted inside vLLM; the health check is the engine's; a dead engine ends its
+replica, so the ingress retries its texts on a live one; a replica shut down (drain done) stops
+its engine.
 ``ExtractIngress`` validates HTTP requests (``giellm_ray.serve.http``) and fans texts out to the
 model deployment's handle, so batching works across HTTP requests and model replicas autoscale on
 their own. A text whose model replica dies mid-call is sent once more (Serve's router has already
@@ -158,6 +159,9 @@ class ExtractorModel:
         except Exception:  # the Extractor should never raise; if it does, only this text pays
             logger.exception("extractor raised (request id %s)", row.get("request_id"))
             out = empty_scored("internal error: the extractor raised (see the replica log)")
+        # A dead engine ends the replica: its texts in flight are then retried by the ingress on
+        # a live replica (REPLICA_LOST), as for any replica death, instead of failing here.
+        self.extractor.exit_if_dead("model replica")
         self._record([row], [out], time.perf_counter() - started, batch)
         return out
 

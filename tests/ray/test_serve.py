@@ -42,7 +42,8 @@ def _free_port() -> int:
 # vLLM replica: the config's own factory (build_extractor), unconstrained as the HF one, so every
 # test asserts the same answers of both engines; vLLM on CPU settings as in tests/conftest.py.
 VLLM_SETS = ["engine=vllm", "constrained=false", "vllm.enforce_eager=true",
-             "vllm.gpu_memory_utilization=0.1", "vllm.max_num_seqs=64"]
+             "vllm.gpu_memory_utilization=0.1", "vllm.max_num_seqs=64",
+             "ingress.retry_timeout_s=180"]  # a replacement replica starts vLLM: ~30 s here
 
 
 @pytest.fixture(scope="module", params=["hf", "vllm"])
@@ -248,3 +249,31 @@ def test_hostile_requests_leave_concurrent_good_ones_untouched(service, stockmar
         if kind != "row":
             assert not any(w in out.text for w in INTERNAL_WORDS), out.text
 
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("service", ["vllm"], indirect=True)
+def test_a_dead_vllm_engine_ends_its_replica_and_the_text_is_retried(service, stockmark_records):
+    """Runs last (it replaces the replica). The engine core of the vLLM replica is killed: the
+    next text finds the engine dead, the replica exits, the ingress resends the text to the
+    replacement and the client gets the same 200 answer, from a new replica process."""
+    import signal
+
+    import psutil
+    from ray import serve
+
+    cfg, client = service
+    body = {"text": stockmark_records[500]["text"], "dataset": "SCNM"}
+    before = client.post("/v1/extract", json=body)
+    model = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
+    pid = model.stats.remote().result(timeout_s=30)["pid"]
+    cores = [p for p in psutil.Process().children(recursive=True)
+             if p.name().startswith("VLLM::EngineCore")]
+    assert len(cores) == 1, cores  # the one replica's engine (this session's Ray, our children)
+    cores[0].send_signal(signal.SIGKILL)
+    psutil.wait_procs(cores, timeout=30)
+    after = client.post("/v1/extract", json=body, timeout=240)
+    assert after.status_code == 200, after.text
+    fields = ("tl_label", "items", "raw_output", "error", "num_generated_tokens")
+    assert {f: after.json()[f] for f in fields} == {f: before.json()[f] for f in fields}
+    assert model.stats.remote().result(timeout_s=30)["pid"] != pid
