@@ -33,6 +33,8 @@ def test_engine_is_a_checked_choice_and_vllm_keys_are_strict():
     assert load_config(ScoreConfig, None, []).actor_concurrency == 1
     with pytest.raises(ConfigError, match="engine"):
         load_config(ScoreConfig, None, ["engine=trt"])
+    with pytest.raises(ConfigError, match="needs engine: vllm"):
+        load_config(ScoreConfig, None, ["batches_in_flight=4"])  # the HF engine is not threaded
     with pytest.raises(ConfigError, match="max_num_seq"):
         load_config(ScoreConfig, None, ["vllm.max_num_seq=32"])  # a typo is an error
 
