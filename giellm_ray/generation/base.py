@@ -117,6 +117,7 @@ class Engine(Protocol):
     """A batch generator: greedy completions for requests, one result per request, in order."""
 
     stats: EngineStats
+    max_positions: int  # the longest prompt + output the engine takes, in tokens
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Complete every request; never raises for a bad row."""

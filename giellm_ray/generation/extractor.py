@@ -2,19 +2,15 @@
 
 An :class:`Extractor` turns dicts with ``text``, ``dataset`` (and optionally ``prompt`` and a
 per-row ``max_new_tokens`` cap) into dicts with the scored columns of
-``giellm_ray.schema.SCORED_FIELDS``, the same whichever engine generates: prompt building, the
-length check, parsing, grounding and every error message live here, the engine only completes
-token budgets. :func:`giellm_ray.generation.build.build_extractor` picks the engine from config: ``hf`` (our loop over a
-Hugging Face model: ``Extractor(model_cfg, gen_cfg, registry)`` loads it, as before) or ``vllm``
-(:class:`~giellm_ray.generation.vllm_engine.VLLMEngine`). A row that cannot be scored (null/empty
-text, unknown dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model
-cannot hold, an engine error, any exception in one row's step) gets its reason in ``error``;
-nothing raises for a bad row and no row's failure lands on another row of the batch. With
-``constrained=True`` (the default) each row decodes under the task's format constraint (HF: a
-live ``giellm_ray.decoding`` automaton per row; vLLM: its logits processor builds the same one).
-
-``extract(rows)`` is synchronous with either engine; ``await extract_async(rows)`` lets a server
-submit each request to a vLLM engine as it comes, so rows of all callers batch continuously.
+``giellm_ray.schema.SCORED_FIELDS``, the same whichever engine generates: prompts, the length
+check, parsing, grounding and every error message live here; the engine only fills token budgets
+(``Extractor(model_cfg, ...)``: our HF loop; :func:`giellm_ray.generation.build.build_extractor`
+picks ``hf`` or ``vllm`` from a config). A row that cannot be scored (null/empty text, unknown
+dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model cannot hold,
+an engine error, an exception in one row's step) gets its reason in ``error``; nothing raises
+for a bad row and no row's failure lands on another. ``constrained=True`` (the default) decodes
+each row under its task's format constraint. ``extract(rows)`` is synchronous with either engine;
+``await extract_async(rows)`` hands a server's rows to vLLM as they come (continuous batching).
 """
 
 from __future__ import annotations
@@ -32,16 +28,6 @@ from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 UNTOKENIZABLE = "text cannot be tokenized (it holds characters the tokenizer refuses)"
-
-
-def model_max_positions(model, tokenizer) -> int:
-    """The longest sequence (prompt + output) the model accepts, in tokens."""
-    cfg = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return int(getattr(tokenizer, "model_max_length", 2048) or 2048)
 
 
 def _internal(row: int, step: str, exc: Exception) -> str:
@@ -112,8 +98,8 @@ class Extractor:
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
         self.model = model if model is not None else load_model(model_cfg, device)
         factory = self._constraint_factory(tokenizer, registry) if constrained else None
-        self._setup(HFEngine(self.model, tokenizer, gen_cfg), tokenizer, registry, gen_cfg,
-                    model_max_positions(self.model, tokenizer),
+        engine = HFEngine(self.model, tokenizer, gen_cfg)
+        self._setup(engine, tokenizer, registry, gen_cfg, engine.max_positions,
                     factory.for_row if factory is not None else None)
         self.constraint_factory = factory
 

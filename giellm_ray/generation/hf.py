@@ -47,6 +47,16 @@ class _Batch:
     last: object = None  # [B] last token id
 
 
+def model_max_positions(model, tokenizer) -> int:
+    """The longest sequence (prompt + output) the model accepts, in tokens."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(getattr(tokenizer, "model_max_length", 2048) or 2048)
+
+
 class HFEngine:
     """Greedy continuous-batching generator over a Hugging Face causal LM."""
 
@@ -63,6 +73,7 @@ class HFEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats()
         self.masks = MaskCache(fallback_id=min(self.eos_ids, default=0))
+        self.max_positions = model_max_positions(model, tokenizer)  # prompt + output, tokens
 
     def reset_stats(self) -> None:
         self.stats = EngineStats()
