@@ -1,18 +1,25 @@
-"""GPU variant of the scoring benchmark: ``giellm score`` with ``jobs/configs/score/gpu.yaml``.
+"""Both engines on one GPU: a ~1B random-init Llama in bf16, tok/s and the HBM roofline fraction.
 
-    python benchmarks/gpu_score.py --model PATH_OR_HUB_ID [--rows 20000] [--num-actors N]
+    python benchmarks/gpu_score.py [--rows 2048] [--model DIR] [--job-rows 0]
 
-Needs CUDA: exits with a clear message otherwise. Writes ``--rows`` Stockmark-text rows (datasets
-round-robin), runs the engine in-process on 512 rows once with static batches and once with refill
-(finished-slot waste and padding on the GPU), then the whole ``giellm score`` process with one GPU
-per actor, and prints JSON lines (rows/s, generated tokens/s, fractions, GPU name).
+Needs CUDA (exits with a clear message otherwise). Builds a random-init Llama of ~1.03B
+parameters (hidden 2048, MLP 5632, 20 layers, 16 heads of 128, no grouped KV) with a tokenizer
+trained on the sample shipped in the package (no reads of ../shared, no downloads; ``--model``
+uses a checkpoint instead), then on the same ``--rows`` rows (six tasks round-robin, per-row caps
+24-72 tokens) runs our HF engine (batch 128) and the vLLM engine (``gpu.yaml``'s vLLM settings,
+CUDA graphs), each constrained and unconstrained after a warm-up. Per run, one JSON line:
+generated tok/s, rows/s, start-up seconds, the mean decode batch (HF: running slots per decode
+step; vLLM: generated tokens per engine step, from its Prometheus iteration histogram) and the
+HBM roofline: ``batch x bandwidth / weight bytes`` tok/s (each step streams the weights once;
+KV reads ignored, so the fraction is an upper bound of what the weights alone allow), from
+``gpu_specs.py``'s device table. ``--job-rows N`` also times a whole ``giellm score`` per engine
+(``gpu.yaml``, one actor). About 4-6 minutes on one H100/H200 without ``--job-rows``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,72 +27,171 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 20,
+         "num_attention_heads": 16}
+NO_CUDA = ("gpu_score.py needs a CUDA GPU (torch.cuda.is_available() is False); on CPU run "
+           "benchmarks/engines.py")
+
+
+def llama_params(hidden: int, mlp: int, layers: int, vocab: int) -> int:
+    """Parameters of a Llama without grouped KV heads and with untied embeddings."""
+    per_layer = 4 * hidden * hidden + 3 * hidden * mlp + 2 * hidden
+    return layers * per_layer + 2 * vocab * hidden + hidden
+
+
+def roofline(tok_s: float, batch: float | None, weight_bytes: int, device: str) -> dict:
+    """The HBM roofline of decode at ``batch`` rows per step and the measured fraction of it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_specs import decode_roofline_tokens_per_s
+
+    if not batch:
+        return {"roofline_note": "engine reported no decode batch"}
+    roof = decode_roofline_tokens_per_s(weight_bytes, batch, device)
+    if roof is None:
+        return {"roofline_note": f"unknown device {device!r} (add it to gpu_specs.py)"}
+    return {"mean_batch": round(batch, 1), "roofline_tok_s": round(roof, 1),
+            "roofline_fraction": round(tok_s / roof, 4)}
+
+
+def build_model(workdir: str) -> str:
+    """The ~1B random-init Llama (on the GPU: seconds) and its tokenizer, saved in bf16."""
+    import torch
+    from engine_runs import source_texts
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
+    from giellm_ray.model.tiny import train_tokenizer
+
+    texts = source_texts() + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
+    tok = train_tokenizer(texts, 8000)
+    tok.model_max_length = 2048
+    torch.manual_seed(0)
+    conf = LlamaConfig(vocab_size=len(tok), num_key_value_heads=SHAPE["num_attention_heads"],
+                       max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       tie_word_embeddings=False, **SHAPE)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(conf).to(torch.bfloat16)
+    out = f"{workdir}/model-1b"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def run_hf(model_dir: str, rows: list[dict], warm: list[dict], device: str) -> list[dict]:
+    import torch
+    from engine_runs import run_engine
+
+    from giellm_ray.decoding import build_constraint_factory
+    from giellm_ray.formats import DEFAULT_REGISTRY
+    from giellm_ray.generation.config import GenerationConfig
+    from giellm_ray.generation.hf import HFEngine
+    from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
+
+    started = time.perf_counter()
+    mc = ModelConfig(name_or_path=model_dir, dtype="bfloat16")
+    tok, model = load_tokenizer(mc), load_model(mc, "cuda")
+    factory = build_constraint_factory(tok, DEFAULT_REGISTRY)
+    startup = time.perf_counter() - started
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    engine = HFEngine(model, tok, GenerationConfig(batch_size=128, max_prefill_tokens=32768))
+    run_engine(engine, warm, "constrained", factory.for_row)
+    out = []
+    for mode in ("constrained", "free"):
+        engine.reset_stats()
+        torch.cuda.synchronize()
+        r = run_engine(engine, rows, mode, factory.for_row)
+        st = engine.stats
+        batch = st.decode_slot_steps / st.decode_steps if st.decode_steps else None
+        out.append(record("hf_engine", mode, r, rows, startup, device)
+                   | roofline(r["tokens"] / r["seconds"], batch, weight_bytes, device))
+    del engine, model
+    torch.cuda.empty_cache()
+    return out
+
+
+def run_vllm(model_dir: str, rows: list[dict], warm: list[dict], device: str,
+             weight_bytes: int) -> list[dict]:
+    from engine_runs import run_engine
+
+    from giellm_ray.config import load_config
+    from giellm_ray.configs import config_path
+    from giellm_ray.generation.build import constraint_spec
+    from giellm_ray.generation.vllm_engine import VLLMEngine
+    from giellm_ray.model.loader import ModelConfig
+    from giellm_ray.score.config import ScoreConfig
+
+    cfg = load_config(ScoreConfig, config_path("score", "gpu.yaml")).vllm
+    started = time.perf_counter()
+    engine = VLLMEngine(ModelConfig(name_or_path=model_dir, dtype="bfloat16"), cfg, on_gpu=True,
+                        log_stats=True)
+    startup = time.perf_counter() - started
+    out = []
+    try:
+        run_engine(engine, warm, "constrained", constraint_spec)
+        for mode in ("constrained", "free"):
+            before = engine.iteration_count()
+            r = run_engine(engine, rows, mode, constraint_spec)
+            steps = engine.iteration_count() - before
+            batch = r["tokens"] / steps if steps else None
+            out.append(record("vllm", mode, r, rows, startup, device)
+                       | roofline(r["tokens"] / r["seconds"], batch, weight_bytes, device))
+    finally:
+        engine.shutdown()
+    return out
+
+
+def record(engine: str, mode: str, r: dict, rows: list[dict], startup: float,
+           device: str) -> dict:
+    return {"run": "engine", "engine": engine, "mode": mode, "gpu": device, "rows": len(rows),
+            "tokens": r["tokens"], "tok_s": round(r["tokens"] / r["seconds"], 1),
+            "rows_s": round(len(rows) / r["seconds"], 2), "startup_s": round(startup, 1)}
+
+
+def run_job(model_dir: str, engine: str, n: int, workdir: str, device: str) -> dict:
+    """A whole ``giellm score`` process with ``gpu.yaml`` and one actor, timed."""
+    from engine_runs import run_whole_job, source_texts
+
+    res = run_whole_job(model_dir, engine, n, source_texts(), workdir,
+                        config=str(ROOT / "jobs/configs/score/gpu.yaml"))
+    return {**res, "gpu": device}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--rows", type=int, default=20_000)
-    ap.add_argument("--num-actors", type=int, default=None)
-    ap.add_argument("--engine-rows", type=int, default=512)
+    ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--model", default=None, help="a checkpoint instead of the built 1B model")
+    ap.add_argument("--job-rows", type=int, default=0)
     args = ap.parse_args()
     import torch
 
     if not torch.cuda.is_available():
-        raise SystemExit("gpu_score.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-                         "on CPU run benchmarks/score_throughput.py instead")
-    import pyarrow.parquet as pq
+        raise SystemExit(NO_CUDA)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from engine_runs import make_rows, source_texts
 
-    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.generation.base import GenerationRequest
-    from giellm_ray.generation.config import GenerationConfig
-    from giellm_ray.generation.hf import HFEngine
-    from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
-    from giellm_ray.schema import dataset_table
-
-    ner = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
-    texts = [r["text"] for r in json.loads(ner.read_text(encoding="utf-8"))]
-    names = sorted(DEFAULT_REGISTRY)
-    rows = [{"id": str(i), "dataset": names[i % len(names)], "text": texts[i % len(texts)]}
-            for i in range(args.rows)]
-    gpu = torch.cuda.get_device_name(0)
-    cfg = ModelConfig(name_or_path=args.model, dtype="bfloat16")
-    model, tok = load_model(cfg, "cuda"), load_tokenizer(cfg)
-    for refill in (False, True):
-        eng = HFEngine(model, tok, GenerationConfig(
-            batch_size=128, refill_threshold=0.1 if refill else 1.0))
-        reqs = [GenerationRequest(build_prompt(r["text"], DEFAULT_REGISTRY[r["dataset"]]),
-                                  DEFAULT_REGISTRY[r["dataset"]].max_new_tokens)
-                for r in rows[:args.engine_rows]]
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        eng.generate(reqs)
-        torch.cuda.synchronize()
-        secs = time.perf_counter() - start
-        print(json.dumps({"run": "engine_refill" if refill else "engine_static", "gpu": gpu,
-                          "rows_per_s": len(reqs) / secs,
-                          "tokens_per_s": eng.stats.generated_tokens / secs,
-                          "padding_fraction": eng.stats.padding_fraction,
-                          "waste_fraction": eng.stats.waste_fraction}), flush=True)
-    del model
-    torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name(0)
+    texts = source_texts()
+    rows, warm = make_rows(texts, args.rows), make_rows(texts[::-1], 64)
     with tempfile.TemporaryDirectory() as workdir:
-        os.makedirs(f"{workdir}/in")
-        pq.write_table(dataset_table(rows), f"{workdir}/in/rows.parquet")
-        cmd = [sys.executable, "-m", "giellm_ray.cli", "score", "--model", args.model,
-               "--input", f"{workdir}/in", "--output", f"{workdir}/out",
-               "--config", str(ROOT / "jobs/configs/score/gpu.yaml"),
-               "--set", f"num_actors={args.num_actors or torch.cuda.device_count()}"]
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        secs = time.perf_counter() - start
-        summary = json.loads(Path(f"{workdir}/out/_score.json").read_text())
-        print(json.dumps({"run": "giellm_score_gpu", "gpu": gpu, "rows": args.rows,
-                          "seconds": secs, "rows_per_s": args.rows / secs,
-                          "tokens_per_s": summary["engine"]["generated_tokens"] / secs,
-                          "padding_fraction": summary["engine"]["padding_fraction"],
-                          "waste_fraction": summary["engine"]["waste_fraction"]}), flush=True)
+        started = time.perf_counter()
+        model_dir = args.model or build_model(workdir)
+        conf = json.loads(Path(model_dir, "config.json").read_text())
+        params = llama_params(conf["hidden_size"], conf["intermediate_size"],
+                              conf["num_hidden_layers"], conf["vocab_size"])
+        print(json.dumps({"run": "setup", "gpu": device, "params_b": round(params / 1e9, 3),
+                          "build_s": round(time.perf_counter() - started, 1)}), flush=True)
+        for rec in run_hf(model_dir, rows, warm, device):
+            print(json.dumps(rec), flush=True)
+        for rec in run_vllm(model_dir, rows, warm, device, params * 2):
+            print(json.dumps(rec), flush=True)
+        for engine in ("hf", "vllm") if args.job_rows else ():
+            print(json.dumps(run_job(model_dir, engine, args.job_rows, workdir, device)),
+                  flush=True)
+    subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used,memory.total",
+                    "--format=csv,noheader"], check=False)
 
 
 if __name__ == "__main__":

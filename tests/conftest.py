@@ -59,6 +59,23 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny(str(out), _tokenizer_texts(), TinyConfig(vocab_size=1500))
 
 
+@pytest.fixture(scope="session")
+def tiny_vllm_model_dir(tmp_path_factory) -> str:
+    """The tiny model with 2 attention heads (head_dim 32, same size otherwise): vLLM's CPU
+    attention takes head sizes 32, 64, 80, ..., not the preset's 16."""
+    from giellm_ray.model.tiny import TinyConfig, build_tiny
+
+    out = tmp_path_factory.mktemp("tiny-vllm-model")
+    return build_tiny(str(out), _tokenizer_texts(), TinyConfig(vocab_size=1500,
+                                                               num_attention_heads=2))
+
+
+# vLLM on this CPU: no torch.compile (start-up ~20 s instead of ~60 s), a small share of the RAM
+# for weights + KV cache (0.10 of 24 GB leaves ~1.2 GB of KV: ~300k tokens of the tiny model).
+VLLM_TEST_SETTINGS = {"enforce_eager": True, "gpu_memory_utilization": 0.1,
+                      "max_num_seqs": 64, "max_num_batched_tokens": 4096}
+
+
 def _free_port() -> int:
     import socket
 

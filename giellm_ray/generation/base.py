@@ -4,6 +4,13 @@ An engine takes a list of :class:`GenerationRequest` (prompt, token budget, opti
 format constraint) and returns one :class:`GenerationResult` per request, in order, never raising
 for a bad row (the row's ``error`` says why). :class:`EngineStats` holds the counters that bulk
 scoring sums across actors and reports in ``_score.json``. Torch-free.
+
+One token-count contract for every engine: ``num_generated_tokens`` counts the tokens a row wrote
+*including the EOS that ended it*, whether the model chose it or the format constraint forced it
+(a constrained row whose output is complete can only write EOS next). vLLM has to sample that
+forced EOS, so it always counts it; the HF engine stops such a row without running the model
+once more and counts the EOS it would have written. ``finished`` means the row ended with that EOS
+within its budget; a row the budget cut (no room left for the EOS) is not finished.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Protocol
 
 from giellm_ray.decoding.base import RowConstraint
+from giellm_ray.formats.tasks import TaskSpec
 
 # How the row errors an Extractor writes about the row's own input or output begin. They are safe
 # to show the caller who sent the row. Any other error (``engine error: ...``, ``internal error
@@ -29,13 +37,28 @@ PUBLIC_ROW_ERRORS = (
 )
 
 
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """A row's format constraint as plain data (its source text and task), for an engine that
+    builds the automaton where the logits are: vLLM's model runner, in another process."""
+
+    text: str
+    task: TaskSpec
+
+
 @dataclass
 class GenerationRequest:
-    """One prompt to complete."""
+    """One prompt to complete.
+
+    ``constraint``: a live :class:`RowConstraint` (the HF engine drives it in-process) or a
+    :class:`ConstraintSpec` (vLLM). ``prompt_ids``: the prompt already tokenized (the extractor
+    tokenizes once to check lengths; engines then skip their own pass).
+    """
 
     prompt: str
     max_new_tokens: int
-    constraint: RowConstraint | None = None
+    constraint: RowConstraint | ConstraintSpec | None = None
+    prompt_ids: list[int] | None = None
 
 
 @dataclass
@@ -94,6 +117,7 @@ class Engine(Protocol):
     """A batch generator: greedy completions for requests, one result per request, in order."""
 
     stats: EngineStats
+    max_positions: int  # the longest prompt + output the engine takes, in tokens
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Complete every request; never raises for a bad row."""

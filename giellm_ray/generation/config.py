@@ -1,9 +1,15 @@
-"""``GenerationConfig``: how the Hugging Face engine batches and bounds generation (typed, strict).
+"""The engines' typed settings: ``GenerationConfig`` (the HF engine) and ``VLLMConfig`` (vLLM).
 
-Part of the score and serve configs (``generation:``) and used by training evaluation. Torch-free.
+Both are sections of the score and serve configs (``generation:``, ``vllm:``; ``engine: hf |
+vllm`` picks which engine runs); ``GenerationConfig.max_new_tokens`` caps rows on either engine.
+Training evaluation uses ``GenerationConfig``. Torch- and vLLM-free.
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
 
 from giellm_ray.config import StrictModel
 
@@ -14,7 +20,8 @@ class GenerationConfig(StrictModel):
     batch_size: int = 32
     """Most rows decoding together (the KV cache holds this many rows)."""
     max_new_tokens: int | None = None
-    """Global cap on generated tokens per row; ``None``: each request's own bound only."""
+    """Global cap on generated tokens per row, whichever engine runs; ``None``: each request's own
+    bound only."""
     refill_threshold: float = 0.1
     """Evict finished rows and prefill new ones once this fraction of ``batch_size`` has finished.
     Lower: less decode compute on finished rows, more (small) cache merges."""
@@ -24,3 +31,76 @@ class GenerationConfig(StrictModel):
     """Most padding share in one prefill group; a longer prompt starts the next group."""
     device: str | None = None
     """Device for inputs; ``None``: the model's device."""
+
+
+class VLLMConfig(StrictModel):
+    """The vLLM engine (``engine: vllm``): what bounds its batch and memory, and how it runs.
+
+    The defaults are sized for a 13B model (Llama-2-13B / llm-jp-13b: 40 layers, width 5120, no
+    grouped KV heads) in bf16 on one 80 GB GPU, one engine per GPU:
+
+    - weights 13.0e9 x 2 B = 26 GB = 24.2 GiB; ``gpu_memory_utilization`` 0.90 x 79.2 GiB = 71.3
+      GiB for the engine; minus weights and ~2.5 GiB of activations, CUDA graphs and sampler
+      leaves ~44.6 GiB of KV cache;
+    - KV per token 2 (K, V) x 40 layers x 5120 x 2 B = 0.78 MiB, so ~58k tokens of KV: ~106 rows
+      of 550 tokens (prompt + output) at once, ~290 rows of 200 tokens;
+    - so ``max_num_seqs`` 256 (scoring) lets short rows fill the cache and long rows are admitted
+      by KV blocks (vLLM preempts instead of failing: 128 x 550 x 0.78 MiB = 53.7 GiB would not
+      fit beside the weights, which the HF engine's row-count admission would try);
+    - ``max_num_batched_tokens`` 8192 (scoring) bounds one step's prefill chunk: big enough to keep
+      the GPU busy, small enough that decode steps of the running rows are not stalled long;
+      serving uses 4096 (``ServeConfig``) for a lower time-to-first-token;
+    - ``tensor_parallel_size`` 1: the 26 GB of weights fit one card, and 8 independent engines
+      per node (one per GPU) beat one engine over 8 GPUs for throughput (no all-reduce per layer).
+    """
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
+    """Weights and activations dtype; ``None``: ``model.dtype`` (whose ``auto`` is bf16 on CUDA,
+    fp32 on CPU, as the HF engine). ``auto`` here is vLLM's own choice (the checkpoint's dtype;
+    on CPU, bf16 for an fp32 checkpoint)."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Longest prompt + output in tokens; ``None``: the model's own (Llama-2: 4096). Rows whose
+    prompt + budget exceed it get ``error = "prompt too long ..."``, as with the HF engine."""
+    max_num_seqs: int = Field(256, ge=1)
+    """Most rows decoding at once (KV permitting; see the arithmetic above)."""
+    max_num_batched_tokens: int = Field(8192, ge=16)
+    """Most tokens (prefill chunks + decode rows) in one engine step."""
+    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
+    """Share of the device memory the engine may take (weights + KV cache + activations);
+    ``None``: 0.90 on a GPU (one engine per GPU), 0.10 on CPU, where vLLM reads it as the share
+    of the NUMA node's RAM (0.10 of 24 GB is ~1.4 GB of KV after vLLM's own ~1 GB)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs one engine spans; give the actor/replica as many GPUs (``num_gpus_per_actor``)."""
+    enforce_eager: bool | None = None
+    """Skip torch.compile and CUDA graphs; ``None``: false on a GPU (graphs cut per-step launch
+    overhead; the format constraint runs outside them), true on CPU (compiling costs ~40 s of
+    start-up and gains nothing measurable on a small model)."""
+    enable_prefix_caching: bool | None = None
+    """Reuse KV blocks of identical prompt prefixes; ``None``: vLLM's default (on). GIELLM
+    prompts start with the row's text, so hits are rare (0-3% measured): harmless either way."""
+    seed: int = 0
+    """vLLM's sampling seed (decoding is greedy; kept for reproducible engine state)."""
+    mask_mode: Literal["cache", "scatter"] | None = None
+    """How the constraint masks logits: ``cache`` (one cached bool row per allowed-token set,
+    stacked: cheap where sets repeat and host memory is the device's), ``scatter`` (every row's
+    allowed ids in one host-to-device copy and one scatter: a fixed few kernels per step);
+    ``None``: ``cache`` on CPU, ``scatter`` on a GPU."""
+
+    def engine_kwargs(self, model_dtype: str, on_gpu: bool) -> dict[str, Any]:
+        """vLLM ``AsyncEngineArgs`` keywords (no model, no logits processor), defaults resolved."""
+        dtype = self.dtype or model_dtype
+        if dtype == "auto" and self.dtype is None:  # model.dtype's auto, as the HF loader does
+            dtype = "bfloat16" if on_gpu else "float32"
+        kw: dict[str, Any] = {
+            "dtype": dtype, "max_num_seqs": self.max_num_seqs,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "gpu_memory_utilization": self.gpu_memory_utilization or (0.90 if on_gpu else 0.10),
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "enforce_eager": (not on_gpu) if self.enforce_eager is None else self.enforce_eager,
+            "seed": self.seed,
+        }
+        if self.max_model_len is not None:
+            kw["max_model_len"] = self.max_model_len
+        if self.enable_prefix_caching is not None:
+            kw["enable_prefix_caching"] = self.enable_prefix_caching
+        return kw

@@ -1,42 +1,32 @@
 """Row-level extraction: prompt → generation → parse → grounded items, shared by scoring and serving.
 
-``Extractor(model_cfg, gen_cfg, registry)`` loads the model and tokenizer once (in a Ray Data actor
-or a Serve replica) and ``extract(rows)`` turns dicts with ``text``, ``dataset`` (and optionally
-``prompt`` and a per-row ``max_new_tokens`` cap) into dicts with the scored columns of
-``giellm_ray.schema.SCORED_FIELDS``. A row that cannot be scored (null/empty text, unknown
+An :class:`Extractor` turns dicts with ``text``, ``dataset`` (and optionally ``prompt`` and a
+per-row ``max_new_tokens`` cap) into dicts with the scored columns of
+``giellm_ray.schema.SCORED_FIELDS``, the same whichever engine generates: prompts, the length
+check, parsing, grounding and every error message live here; the engine only fills token budgets
+(``Extractor(model_cfg, ...)``: our HF loop; :func:`giellm_ray.generation.build.build_extractor`
+picks ``hf`` or ``vllm`` from a config). A row that cannot be scored (null/empty text, unknown
 dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model cannot hold,
-an engine error, any exception in one row's step) gets its reason in ``error``; nothing raises for
-a bad row and no row's failure lands on another row of the batch. With ``constrained=True`` (the
-default) each row decodes under a constraint from
-``giellm_ray.decoding.build_constraint_factory`` so outputs stay inside the task's format.
+an engine error, an exception in one row's step) gets its reason in ``error``; nothing raises
+for a bad row and no row's failure lands on another. ``constrained=True`` (the default) decodes
+each row under its task's format constraint. ``extract(rows)`` is synchronous with either engine;
+``await extract_async(rows)`` hands a server's rows to vLLM as they come (continuous batching).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from giellm_ray import schema as S
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, ground_items, parse
 from giellm_ray.generation.base import GenerationRequest, GenerationResult
 from giellm_ray.generation.config import GenerationConfig
-from giellm_ray.generation.hf import HFEngine
 from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
-
-
-def model_max_positions(model, tokenizer) -> int:
-    """The longest sequence (prompt + output) the model accepts, in tokens."""
-    cfg = model.config
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return int(getattr(tokenizer, "model_max_length", 2048) or 2048)
-
-
 UNTOKENIZABLE = "text cannot be tokenized (it holds characters the tokenizer refuses)"
 
 
@@ -52,77 +42,104 @@ def empty_output(error: str | None) -> dict:
     return S.empty_scored(error)
 
 
-class Extractor:
-    """Loads a model once and extracts rows in batches; never raises for a bad row."""
+def prepare_row(row: Mapping, registry: TaskRegistry, cap_all: int | None
+                ) -> tuple[str, object, str, int] | str:
+    """``(prompt, task, text, budget)`` for a row that can be generated, else the error."""
+    dataset = row.get(S.DATASET)
+    if dataset is None or dataset not in registry:
+        return f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(registry))}"
+    task = registry[dataset]
+    cap = row.get(S.MAX_NEW_TOKENS)
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        return f"max_new_tokens must be a positive integer, got {cap!r}"
+    # The task's bound, the engine-wide cap and the row's own cap.
+    budget = min(c for c in (task.max_new_tokens, cap_all, cap) if c is not None)
+    text = row.get(S.TEXT)
+    prompt = row.get(S.PROMPT)
+    if isinstance(prompt, str) and prompt:
+        return prompt, task, text if isinstance(text, str) else "", budget
+    if text is None:
+        return "text is null"
+    if not isinstance(text, str) or not text.strip():
+        return "text is empty"
+    return build_prompt(text, task), task, text, budget
 
-    def __init__(
-        self,
-        model_cfg: ModelConfig,
-        gen_cfg: GenerationConfig | None = None,
-        registry: TaskRegistry = DEFAULT_REGISTRY,
-        constrained: bool = True,
-        device: str | None = None,
-        model=None,
-        tokenizer=None,
-    ) -> None:
-        self.registry = registry
-        self.gen_cfg = gen_cfg or GenerationConfig()
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
+
+def finish_row(res: GenerationResult, task, text: str) -> dict:
+    """The scored columns of a generated row."""
+    if res.error:
+        return empty_output(res.error)
+    parsed = parse(res.text, task)
+    error = None if parsed.ok else f"parse: {parsed.error}"
+    if parsed.ok and not res.finished:
+        error = "output truncated at max_new_tokens"
+    return {
+        S.PREDICTION: res.text,
+        S.PRED_TL_LABEL: parsed.tl_label,
+        S.PRED_ITEMS: ground_items(text, parsed.items),
+        S.ERROR: error,
+        S.NUM_GENERATED_TOKENS: res.num_generated_tokens,
+    }
+
+
+class Extractor:
+    """Extracts rows in batches on one engine; never raises for a bad row.
+
+    ``Extractor(model_cfg, gen_cfg, registry, constrained, device)`` loads a Hugging Face model
+    and runs the HF engine; :meth:`with_engine` wraps any engine (``build_extractor`` does).
+    """
+
+    def __init__(self, model_cfg: ModelConfig, gen_cfg: GenerationConfig | None = None,
+                 registry: TaskRegistry = DEFAULT_REGISTRY, constrained: bool = True,
+                 device: str | None = None, model=None, tokenizer=None) -> None:
+        from giellm_ray.generation.hf import HFEngine
+
+        gen_cfg = gen_cfg or GenerationConfig()
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
         self.model = model if model is not None else load_model(model_cfg, device)
-        self.engine = HFEngine(self.model, self.tokenizer, self.gen_cfg)
-        self.max_positions = model_max_positions(self.model, self.tokenizer)
-        self.constraint_factory = self._build_constraint_factory() if constrained else None
-        self.constrained = self.constraint_factory is not None
+        factory = self._constraint_factory(tokenizer, registry) if constrained else None
+        engine = HFEngine(self.model, tokenizer, gen_cfg)
+        self._setup(engine, tokenizer, registry, gen_cfg, engine.max_positions,
+                    factory.for_row if factory is not None else None)
+        self.constraint_factory = factory
+
+    @classmethod
+    def with_engine(cls, engine, tokenizer, registry: TaskRegistry, gen_cfg: GenerationConfig,
+                    max_positions: int, constrain: Callable | None) -> Extractor:
+        """An Extractor on ``engine``; ``constrain(text, task, budget)`` makes a row's constraint
+        in the form the engine takes (``None``: unconstrained)."""
+        self = cls.__new__(cls)
+        self._setup(engine, tokenizer, registry, gen_cfg, max_positions, constrain)
+        return self
+
+    def _setup(self, engine, tokenizer, registry, gen_cfg, max_positions, constrain) -> None:
+        self.engine, self.tokenizer, self.registry = engine, tokenizer, registry
+        self.gen_cfg, self.max_positions = gen_cfg, max_positions
+        self._constrain = constrain
+        self.constrained = constrain is not None
+        # An engine that batches continuously across calls (vLLM) runs extraction on its loop.
+        self.continuous = bool(getattr(engine, "continuous", False))
         # The model, tokenizer and constraint tables are ~400k long-lived objects; a full GC pass
         # over them costs ~0.25 s and ran in most scoring batches. Move them out of GC tracking.
         gc.collect()
         gc.freeze()
 
-    def _build_constraint_factory(self):
-        try:
-            from giellm_ray.decoding import build_constraint_factory
-        except ImportError:
-            log.warning("giellm_ray.decoding.build_constraint_factory is not available; "
-                        "decoding unconstrained")
-            return None
-        return build_constraint_factory(self.tokenizer, self.registry)
+    @staticmethod
+    def _constraint_factory(tokenizer, registry):
+        from giellm_ray.decoding import build_constraint_factory
 
-    def _budget(self, task, row_cap: int | None = None) -> int:
-        """Tokens this row may generate: the task's bound, the engine cap and the row's cap."""
-        caps = [task.max_new_tokens, self.gen_cfg.max_new_tokens, row_cap]
-        return min(c for c in caps if c is not None)
+        return build_constraint_factory(tokenizer, registry)
 
-    def _prepare(self, row: Mapping) -> tuple[str, object, str, int] | str:
-        """``(prompt, task, text, budget)`` for a row that can be generated, else the error."""
-        dataset = row.get(S.DATASET)
-        if dataset is None or dataset not in self.registry:
-            return f"unknown dataset {dataset!r}; known datasets: {', '.join(sorted(self.registry))}"
-        task = self.registry[dataset]
-        cap = row.get(S.MAX_NEW_TOKENS)
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            return f"max_new_tokens must be a positive integer, got {cap!r}"
-        budget = self._budget(task, cap)
-        text = row.get(S.TEXT)
-        prompt = row.get(S.PROMPT)
-        if isinstance(prompt, str) and prompt:
-            return prompt, task, text if isinstance(text, str) else "", budget
-        if text is None:
-            return "text is null"
-        if not isinstance(text, str) or not text.strip():
-            return "text is empty"
-        return build_prompt(text, task), task, text, budget
+    # -- the row contract around the engine ------------------------------------------------------
 
-    def extract(self, rows: list[Mapping]) -> list[dict]:
-        """Scored columns for each row, in order (``error`` set where a row could not be scored).
-
-        Every step runs so that one row's failure stays that row's ``error``: a tokenizer, engine
-        or parser exception on one row never reaches the other rows of the batch.
-        """
+    def _plan(self, rows: list[Mapping]) -> tuple[list, list[tuple]]:
+        """Per row: its final output where it will not be generated, and the rows that will be
+        (``(index, prompt, task, text, budget, prompt_ids)``)."""
         outputs: list[dict | None] = [None] * len(rows)
-        todo: list[tuple[int, str, object, str, int]] = []
+        todo: list[tuple] = []
         for i, row in enumerate(rows):
             try:
-                prepared = self._prepare(row)
+                prepared = prepare_row(row, self.registry, self.gen_cfg.max_new_tokens)
             except Exception as exc:  # a hostile value fails its own row only
                 prepared = _internal(i, "preparing the prompt", exc)
             if isinstance(prepared, str):
@@ -130,59 +147,78 @@ class Extractor:
             else:
                 todo.append((i, *prepared))
         ready = []
-        for (i, prompt, task, text, budget), n in zip(
-                todo, self._prompt_lengths([t[1] for t in todo]), strict=True):
-            if n is None:
+        for (i, prompt, task, text, budget), ids in zip(
+                todo, self._prompt_ids([t[1] for t in todo]), strict=True):
+            if ids is None:
                 outputs[i] = empty_output(UNTOKENIZABLE)
-            elif n > self.max_positions - budget:
+            elif len(ids) > self.max_positions - budget:
                 outputs[i] = empty_output(
-                    f"prompt too long: {n} tokens; the model takes {self.max_positions} "
+                    f"prompt too long: {len(ids)} tokens; the model takes {self.max_positions} "
                     f"positions, {budget} kept for the output")
             else:
-                ready.append((i, prompt, task, text, budget))
-        for (i, _, task, text, _), res in zip(ready, self._generate(ready), strict=True):
-            try:
-                outputs[i] = self._finish_row(res, task, text)
-            except Exception as exc:
-                outputs[i] = empty_output(_internal(i, "parsing the output", exc))
-        return outputs  # type: ignore[return-value]
+                ready.append((i, prompt, task, text, budget, ids))
+        return outputs, ready
 
-    def _prompt_lengths(self, prompts: list[str]) -> list[int | None]:
-        """Token count of each prompt; ``None`` for one the tokenizer refuses."""
+    def _prompt_ids(self, prompts: list[str]) -> list[list[int] | None]:
+        """Token ids of each prompt; ``None`` for one the tokenizer refuses."""
         if not prompts:
             return []
         try:
-            ids = self.tokenizer(prompts, add_special_tokens=True)["input_ids"]
-            return [len(x) for x in ids]
+            return list(self.tokenizer(prompts, add_special_tokens=True)["input_ids"])
         except Exception:
             # One bad prompt (e.g. an unpaired surrogate) fails the whole call: find which.
-            return [self._prompt_length(p) for p in prompts]
+            return [self._one_prompt_ids(p) for p in prompts]
 
-    def _prompt_length(self, prompt: str) -> int | None:
+    def _one_prompt_ids(self, prompt: str) -> list[int] | None:
         try:
-            return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         except Exception as exc:
             log.warning("a prompt cannot be tokenized: %s: %s", type(exc).__name__, exc)
             return None
 
-    def _request(self, prompt: str, task, text: str, budget: int) -> GenerationRequest:
+    def _request(self, prompt: str, task, text: str, budget: int, ids) -> GenerationRequest:
         # The constraint closes the output in time when it knows the engine's token budget.
-        constraint = (self.constraint_factory.for_row(text, task, budget)
-                      if self.constraint_factory else None)
-        return GenerationRequest(prompt, budget, constraint)
+        constraint = self._constrain(text, task, budget) if self._constrain else None
+        return GenerationRequest(prompt, budget, constraint, ids)
 
-    def _generate(self, ready: list[tuple]) -> list[GenerationResult]:
+    def _requests(self, ready: list[tuple]) -> tuple[list, dict[int, GenerationRequest]]:
         results: list[GenerationResult | None] = [None] * len(ready)
         requests: dict[int, GenerationRequest] = {}
         for k, r in enumerate(ready):
             try:
                 requests[k] = self._request(*r[1:])
             except Exception as exc:
-                results[k] = GenerationResult("", 0, False, _internal(r[0], "building its "
-                                                                      "constraint", exc))
+                results[k] = GenerationResult("", 0, False,
+                                              _internal(r[0], "building its constraint", exc))
+        return results, requests
+
+    @staticmethod
+    def _finish(outputs: list, ready: list[tuple], results: list[GenerationResult]) -> list[dict]:
+        for (i, _, task, text, _, _), res in zip(ready, results, strict=True):
+            try:
+                outputs[i] = finish_row(res, task, text)
+            except Exception as exc:
+                outputs[i] = empty_output(_internal(i, "parsing the output", exc))
+        return outputs
+
+    # -- synchronous engines (HF) ----------------------------------------------------------------
+
+    def extract(self, rows: list[Mapping]) -> list[dict]:
+        """Scored columns for each row, in order (``error`` set where a row could not be scored).
+
+        Every step runs so that one row's failure stays that row's ``error``: a tokenizer, engine
+        or parser exception on one row never reaches the other rows of the batch.
+        """
+        if self.continuous:
+            return self.engine.call(self._extract_on_engine(rows))
+        outputs, ready = self._plan(rows)
+        return self._finish(outputs, ready, self._generate(ready))
+
+    def _generate(self, ready: list[tuple]) -> list[GenerationResult]:
+        results, requests = self._requests(ready)
         for k, res in zip(requests, self._engine_generate(list(requests.values())), strict=True):
             results[k] = res
-        if self.constraint_factory is not None:
+        if self._constrain is not None:
             # A constrained row caught in a failing batch is retried alone with a fresh constraint.
             for k in requests:
                 if results[k].error and results[k].error.startswith("engine error"):
@@ -203,18 +239,58 @@ class Extractor:
             log.exception("engine raised on a batch of %d; retrying each row alone", len(requests))
             return [self._engine_generate([r])[0] for r in requests]
 
-    @staticmethod
-    def _finish_row(res: GenerationResult, task, text: str) -> dict:
-        if res.error:
-            return empty_output(res.error)
-        parsed = parse(res.text, task)
-        error = None if parsed.ok else f"parse: {parsed.error}"
-        if parsed.ok and not res.finished:
-            error = "output truncated at max_new_tokens"
-        return {
-            S.PREDICTION: res.text,
-            S.PRED_TL_LABEL: parsed.tl_label,
-            S.PRED_ITEMS: ground_items(text, parsed.items),
-            S.ERROR: error,
-            S.NUM_GENERATED_TOKENS: res.num_generated_tokens,
-        }
+    # -- continuous engines (vLLM) ---------------------------------------------------------------
+
+    async def extract_async(self, rows: list[Mapping]) -> list[dict]:
+        """:meth:`extract` for an event loop: a continuous engine takes the rows at once (they
+        join its running batch); the HF engine runs in a worker thread."""
+        if not self.continuous:
+            return await asyncio.to_thread(self.extract, rows)
+        return await self.engine.run_async(self._extract_on_engine(rows))
+
+    async def _extract_on_engine(self, rows: list[Mapping]) -> list[dict]:
+        """Runs on the engine's event loop (one thread: the tokenizer is never used concurrently)."""
+        outputs, ready = self._plan(rows)
+        results, requests = self._requests(ready)
+        try:
+            done = await self.engine.generate_async(list(requests.values()))
+        except Exception as exc:  # the engine promises not to raise; if it does, rows say why
+            log.exception("engine raised on %d rows", len(requests))
+            done = [GenerationResult("", 0, False, f"engine error: {type(exc).__name__}: {exc}")
+                    ] * len(requests)
+        for k, res in zip(requests, done, strict=True):
+            results[k] = res
+        return self._finish(outputs, ready, results)
+
+    @property
+    def dead(self) -> str | None:
+        """Why the engine can no longer generate (a dead vLLM engine core), else ``None``."""
+        return getattr(self.engine, "dead", None)
+
+    def exit_if_dead(self, owner: str) -> None:
+        """If the engine is dead (a vLLM engine core that died cannot come back), end its
+        processes and this one (exit code 1) so Ray restarts ``owner`` (an actor or a replica)
+        and retries its calls elsewhere; raising would retry them on this same dead engine."""
+        if not self.dead:
+            return
+        import os
+
+        log.error("%s: the engine is dead (%s); exiting so Ray restarts this process",
+                  owner, self.dead)
+        kill = getattr(self.engine, "kill_processes", None)
+        if kill is not None:
+            kill()
+        os._exit(1)
+
+    def check_health(self) -> None:
+        """Raise if the engine cannot generate any more (Serve then replaces the replica)."""
+        check = getattr(self.engine, "check_health", None)
+        if check is not None:
+            check()
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes, if it has any."""
+        stop = getattr(self.engine, "shutdown", None)
+        if stop is not None:
+            stop()
+

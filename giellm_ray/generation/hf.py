@@ -16,7 +16,8 @@ keeps zero overhead for unconstrained rows, and works with any causal LM that ac
 ``benchmarks/score_throughput.py`` measures this loop against static batches and a naive loop.
 
 Per-row constraints (``giellm_ray.decoding.base.RowConstraint``): before each pick the row's logits
-are masked to ``allowed_tokens()``; ``advance(tok)`` follows; ``is_done()`` ends the row. Rows
+are masked to ``allowed_tokens()``; ``advance(tok)`` follows; ``is_done()`` ends the row, and the
+EOS it would write next is counted (``generation.base``: the token-count contract). Rows
 without a constraint take a vectorised ``argmax`` with no per-row Python work. An exception inside
 a batch never escapes: the rows are retried one at a time and a row that still fails gets
 ``error``. ``engine.stats`` holds prompt-padding and finished-slot counters.
@@ -46,6 +47,16 @@ class _Batch:
     last: object = None  # [B] last token id
 
 
+def model_max_positions(model, tokenizer) -> int:
+    """The longest sequence (prompt + output) the model accepts, in tokens."""
+    cfg = model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(getattr(tokenizer, "model_max_length", 2048) or 2048)
+
+
 class HFEngine:
     """Greedy continuous-batching generator over a Hugging Face causal LM."""
 
@@ -62,6 +73,7 @@ class HFEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stats = EngineStats()
         self.masks = MaskCache(fallback_id=min(self.eos_ids, default=0))
+        self.max_positions = model_max_positions(model, tokenizer)  # prompt + output, tokens
 
     def reset_stats(self) -> None:
         self.stats = EngineStats()
@@ -95,8 +107,12 @@ class HFEngine:
     def _run(self, idx: list[int], requests, results, touched: set[int]) -> None:
         import torch
 
-        ids = self.tokenizer([requests[i].prompt for i in idx], add_special_tokens=True)["input_ids"]
-        prompt_ids = dict(zip(idx, ids, strict=True))
+        prompt_ids = {i: requests[i].prompt_ids for i in idx if requests[i].prompt_ids}
+        todo = [i for i in idx if i not in prompt_ids]
+        if todo:
+            ids = self.tokenizer([requests[i].prompt for i in todo],
+                                 add_special_tokens=True)["input_ids"]
+            prompt_ids.update(zip(todo, ids, strict=True))
         limits = {}
         for i in idx:
             limit = requests[i].max_new_tokens
@@ -125,14 +141,16 @@ class HFEngine:
                     break
                 self._decode_step(b, limits, requests, results, touched)
 
-    def _finish(self, b: _Batch, slot: int, requests, results, finished: bool) -> None:
+    def _finish(self, b: _Batch, slot: int, requests, results, finished: bool,
+                forced_eos: bool = False) -> None:
         b.done[slot] = True
         i = b.rows[slot]
         toks = [t for t in b.out[slot] if t not in self.eos_ids]
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
-        results[i] = GenerationResult(text, len(b.out[slot]), finished)
+        n = len(b.out[slot]) + forced_eos  # the EOS a done constraint forces counts (base.py)
+        results[i] = GenerationResult(text, n, finished)
         self.stats.rows += 1
-        self.stats.generated_tokens += len(b.out[slot])
+        self.stats.generated_tokens += n
 
     def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]) -> list[int]:
         """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied."""
@@ -150,9 +168,14 @@ class HFEngine:
         is_eos = tok in self.eos_ids
         if c is not None and not is_eos:
             c.advance(tok)
-        if is_eos or (c is not None and c.is_done()):
+        room = len(b.out[slot]) < limits[b.rows[slot]]
+        if is_eos:
             self._finish(b, slot, requests, results, finished=True)
-        elif len(b.out[slot]) >= limits[b.rows[slot]]:
+        elif c is not None and c.is_done():
+            # Only EOS may follow: it is not decoded, but it needs a slot in the budget (as in
+            # vLLM, which must write it); without one the budget cut the row.
+            self._finish(b, slot, requests, results, finished=room, forced_eos=room)
+        elif not room:
             self._finish(b, slot, requests, results, finished=False)
 
     def _decode_step(self, b: _Batch, limits, requests, results, touched) -> None:

@@ -36,7 +36,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.cleanup:
         print(json.dumps(cleanup_output(cfg), ensure_ascii=False))
         return 0
-    require("score", engine=getattr(cfg, "engine", "hf"))
+    require("score", engine=cfg.engine)
     summary = run_score(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, ensure_ascii=False))
     if "metrics" in summary:

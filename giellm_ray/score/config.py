@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from giellm_ray.config import StrictModel
-from giellm_ray.generation.config import GenerationConfig
+from giellm_ray.generation.config import GenerationConfig, VLLMConfig
 from giellm_ray.model.loader import ModelConfig
 from giellm_ray.sample import resolve_uri
 
@@ -28,8 +28,20 @@ class ScoreConfig(StrictModel):
     """Output directory (local or ``s3://``); ``--output`` replaces it."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """Model to load in every actor; ``--model`` sets ``model.name_or_path``."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine: ``hf`` (our continuous-batching loop over a Hugging Face model: light,
+    no vLLM needed) or ``vllm`` (vLLM's paged KV cache and CUDA graphs: the GPU engine, in
+    ``gpu.yaml``). Outputs, columns and errors are the same; see ``giellm_ray.score.pipeline``."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    """Engine batching and the global ``max_new_tokens`` cap."""
+    """HF engine batching, and the global ``max_new_tokens`` cap (both engines)."""
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    """vLLM engine settings (``engine: vllm``); defaults sized for 13B on one 80 GB GPU."""
+    batches_in_flight: int | None = Field(None, ge=1)
+    """Batches one actor works on at once; ``None``: 1 with ``hf`` (it decodes one batch at a
+    time), 4 with ``vllm``: the actor takes batches in 4 threads and vLLM decodes their rows as
+    one running set, so while the last rows of one batch finish the next batch's rows are
+    already decoding (no tail). With ``batch_size`` 512 that is 2,048 rows queued per engine,
+    8x ``vllm.max_num_seqs``; the rows are host memory only (~1 MB)."""
     constrained: bool = True
     """Decode under the task's format constraint (``giellm_ray.decoding``) where available."""
     tasks: str | None = None
@@ -39,7 +51,7 @@ class ScoreConfig(StrictModel):
     num_cpus_per_actor: float = 0.5
     """CPUs reserved per actor; keep below 1 on small CPU machines (read/write tasks need some)."""
     num_gpus_per_actor: float = 0
-    """GPUs per actor (1 on a GPU cluster)."""
+    """GPUs per actor (1 on a GPU cluster; ``vllm.tensor_parallel_size`` with vLLM)."""
     torch_threads: int | None = None
     """Intra-op threads per actor; ``None``: ``max(1, round(num_cpus_per_actor))``."""
     batch_size: int = 256
@@ -65,6 +77,24 @@ class ScoreConfig(StrictModel):
     resume: bool = True
     """Continue an interrupted run found in ``OUTPUT/_staging`` (same input and model: only the
     rows not yet committed are scored); ``false`` (``--fresh``) discards it and starts over."""
+
+    @property
+    def actor_concurrency(self) -> int:
+        """Batches one actor works on at once (``batches_in_flight`` resolved)."""
+        if self.batches_in_flight is not None:
+            return self.batches_in_flight
+        return 4 if self.engine == "vllm" else 1
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> ScoreConfig:
+        if self.engine == "hf" and (self.batches_in_flight or 1) > 1:
+            raise ValueError("batches_in_flight > 1 needs engine: vllm (the HF engine decodes "
+                             "one batch at a time; raise generation.batch_size instead)")
+        tp = self.vllm.tensor_parallel_size
+        if self.engine == "vllm" and self.num_gpus_per_actor and self.num_gpus_per_actor != tp:
+            raise ValueError(f"num_gpus_per_actor ({self.num_gpus_per_actor}) must equal "
+                             f"vllm.tensor_parallel_size ({tp}): one vLLM engine per actor")
+        return self
 
     def show_progress_bars(self) -> bool:
         """Whether Ray Data draws its bars (``auto`` resolved against this process's stderr)."""

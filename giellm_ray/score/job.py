@@ -10,8 +10,12 @@ engine-agnostic: whichever engine produced a batch, its rows carry the id column
 write, which is all resume needs.
 
 CPU budget on a small machine (2 cores, ``cpu.yaml``): 2 actors x 0.5 CPU + read and write
-tasks at 1 CPU each; resume adds nothing (no filter actors). On a GPU node (8 GPUs, 96 vCPUs):
-8 actors x (1 GPU + ``num_cpus_per_actor``), the rest for read/write tasks.
+tasks at 1 CPU each; resume adds nothing (no filter actors). On a GPU node (p4de: 8 GPUs, 96
+vCPUs): 8 actors x (1 GPU + ``num_cpus_per_actor`` 4) = 32 vCPUs, the rest for read/write
+tasks. With ``engine: vllm`` each actor's engine core is a child process of the actor (its CPU
+use, ~1-2 cores for the scheduler and the constraint, is inside those 4); each actor has
+``batches_in_flight`` (4) batches x ``batch_size`` (512) = 2,048 rows queued, so a 13B engine
+(~100-290 rows of KV at once, see ``VLLMConfig``) is never starved between batches.
 """
 
 from __future__ import annotations
@@ -28,6 +32,18 @@ from giellm_ray.score.pipeline import ScoreBatch
 from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
 
 log = logging.getLogger(__name__)
+
+
+def actor_pool(cfg):
+    """``num_actors`` actors; with vLLM each takes ``actor_concurrency`` batches at once in
+    threads (one engine per actor batches their rows continuously; see ``ScoreBatch``)."""
+    import ray.data as rd
+
+    k = cfg.actor_concurrency
+    if k == 1:
+        return rd.ActorPoolStrategy(size=cfg.num_actors)
+    return rd.ActorPoolStrategy(size=cfg.num_actors, max_concurrent_calls_per_actor=k,
+                                enable_true_multi_threading=True)
 
 
 def build_dataset(cfg, plan, attempt: R.Attempt, done: np.ndarray, registry, counter):
@@ -48,7 +64,7 @@ def build_dataset(cfg, plan, attempt: R.Attempt, done: np.ndarray, registry, cou
             fn_constructor_args=(cfg, registry.to_dict() if cfg.tasks else None, counter),
             batch_size=cfg.batch_size,
             batch_format="pyarrow",
-            compute=rd.ActorPoolStrategy(size=cfg.num_actors),
+            compute=actor_pool(cfg),
             num_cpus=cfg.num_cpus_per_actor,
             num_gpus=cfg.num_gpus_per_actor or None,
         )

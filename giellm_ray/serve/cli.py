@@ -43,7 +43,7 @@ def handle(args: argparse.Namespace) -> int:
     from giellm_ray.deps import require
 
     cfg = resolve_config(args)
-    require("serve", engine=getattr(cfg, "engine", "hf"))
+    require("serve", engine=cfg.engine)
     from giellm_ray.serve.driver import serve_forever
 
     return serve_forever(cfg)

@@ -10,12 +10,13 @@ sized and autoscaled (``replica``), the light HTTP ingress (``ingress``) and the
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from giellm_ray.config import StrictModel
 from giellm_ray.formats.tasks import TaskRegistry
-from giellm_ray.generation.config import GenerationConfig
+from giellm_ray.generation.config import GenerationConfig, VLLMConfig
 from giellm_ray.model.loader import ModelConfig
 
 
@@ -40,8 +41,22 @@ class HTTPConfig(StrictModel):
     """Proxy keep-alive for idle client connections."""
 
 
+class ServeVLLMConfig(VLLMConfig):
+    """vLLM settings of a model replica (``engine: vllm``): as bulk scoring's, with a smaller
+    running set and prefill chunk, so a request's first token and each later one come sooner."""
+
+    max_num_seqs: int = Field(128, ge=1)
+    """Most rows decoding at once. 128 x ~550 tokens x 0.78 MiB (13B) = 53.7 GiB: above the
+    ~44.6 GiB of KV a 13B replica has on 80 GB, so long rows are admitted by KV blocks; short
+    ones (~200 tokens) fit 128 at once."""
+    max_num_batched_tokens: int = Field(4096, ge=16)
+    """Most tokens in one engine step: a new request's prefill is chunked to this, so the rows
+    already decoding wait at most one such chunk per step."""
+
+
 class BatchingConfig(StrictModel):
-    """Dynamic batching of single requests on each model replica (``@serve.batch``)."""
+    """Dynamic batching of single requests on each model replica (``@serve.batch``; the HF
+    engine only: a vLLM replica submits each request to its engine as it comes)."""
 
     max_batch_size: int = Field(16, ge=1)
     """Most requests decoded together; 1 turns batching off."""
@@ -74,7 +89,11 @@ class ReplicaConfig(StrictModel):
     target_ongoing_requests: float = Field(16.0, gt=0)
     """Autoscaler target of in-flight requests per replica (about ``max_batch_size``)."""
     max_ongoing_requests: int = Field(64, ge=1)
-    """In-flight requests a replica accepts before the router queues (keep ≥ ``max_batch_size``)."""
+    """In-flight requests a replica accepts before the router queues (keep ≥ ``max_batch_size``).
+    With ``engine: vllm`` raise it to about 2 x ``vllm.max_num_seqs`` (``giellm-gpu.yaml``: 256):
+    every accepted request goes straight into vLLM's running batch, which admits rows as KV blocks
+    free, step by step; a request held back in Serve's router instead waits for a whole request
+    to finish before it is sent, and the engine decodes a smaller batch meanwhile."""
     graceful_shutdown_wait_loop_s: float = Field(2.0, ge=0.0)
     """On shutdown, how often a draining replica checks for remaining requests."""
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0.0)
@@ -110,8 +129,14 @@ class ServeConfig(StrictModel):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     """Which checkpoint the model replicas load."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine of the model replicas: ``hf`` (our loop behind ``@serve.batch`` and
+    the coalescer) or ``vllm`` (one async vLLM engine per replica, each request submitted as it
+    comes: continuous batching across callers; ``giellm-gpu.yaml``). Same routes and answers."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    """Generation engine settings (same engine as bulk scoring)."""
+    """HF engine settings (same engine as bulk scoring), and the ``max_new_tokens`` cap (both)."""
+    vllm: ServeVLLMConfig = Field(default_factory=ServeVLLMConfig)
+    """vLLM engine settings (``engine: vllm``)."""
     constrained: bool = True
     """Constrain decoding to the task's output grammar (as bulk scoring does by default)."""
     tasks_file: str | None = None
@@ -132,6 +157,10 @@ class ServeConfig(StrictModel):
         if self.replica.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError("replica.max_ongoing_requests must be at least "
                              "batching.max_batch_size, or batches never fill")
+        tp = self.vllm.tensor_parallel_size
+        if self.engine == "vllm" and self.replica.num_gpus and self.replica.num_gpus != tp:
+            raise ValueError(f"replica.num_gpus ({self.replica.num_gpus}) must equal "
+                             f"vllm.tensor_parallel_size ({tp}): one vLLM engine per replica")
         return self
 
     @property

@@ -1,11 +1,16 @@
 """The two Serve deployments: the batched model (:class:`ExtractorModel`) and the FastAPI ingress.
 
 ``ExtractorModel`` holds one :class:`giellm_ray.generation.extractor.Extractor` (the same prompt →
-generate → parse → ground code as bulk scoring) built by an injectable ``extractor_factory`` and
-answers single rows through ``@serve.batch``: concurrent requests are gathered (waiting at most
-``batching.batch_wait_timeout_s``), merged by a :class:`Coalescer` while the model is busy, and
-decoded as one engine batch of up to ``batching.max_batch_size`` rows in a worker thread, so the
-replica's event loop keeps accepting requests meanwhile.
+generate → parse → ground code as bulk scoring) built by an injectable ``extractor_factory``.
+With the HF engine it answers single rows through ``@serve.batch``: concurrent requests are
+gathered (waiting at most ``batching.batch_wait_timeout_s``), merged by a :class:`Coalescer` while
+the model is busy, and decoded as one engine batch of up to ``batching.max_batch_size`` rows in a
+worker thread, so the replica's event loop keeps accepting requests meanwhile. With vLLM
+(``engine: vllm``) each request goes straight to the replica's one async engine, whose scheduler
+batches the rows of all callers continuously (no gathering, no coalescer); a cancelled request
+(client gone) is aborted inside vLLM; the health check is the engine's; a dead engine ends its
+replica, so the ingress retries its texts on a live one; a replica shut down (drain done) stops
+its engine.
 ``ExtractIngress`` validates HTTP requests (``giellm_ray.serve.http``) and fans texts out to the
 model deployment's handle, so batching works across HTTP requests and model replicas autoscale on
 their own. A text whose model replica dies mid-call is sent once more (Serve's router has already
@@ -62,10 +67,15 @@ LATENCY_BOUNDS_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 3000
 
 
 def load_extractor(cfg: ServeConfig):
-    """The default factory: the bulk-scoring Extractor on this replica's device."""
-    from giellm_ray.generation.extractor import Extractor
+    """The default factory: the bulk-scoring Extractor of ``cfg.engine`` on this replica."""
+    from giellm_ray.generation.build import build_extractor
 
-    return Extractor(cfg.model, cfg.generation, cfg.registry(), constrained=cfg.constrained)
+    return build_extractor(cfg.engine, cfg.model, cfg.generation, cfg.vllm, cfg.registry(),
+                           cfg.constrained)
+
+
+def _model_row(row: dict) -> dict:
+    return {TEXT: row.get(TEXT), DATASET: row.get(DATASET), MAX_NEW_TOKENS: row.get(MAX_NEW_TOKENS)}
 
 
 @serve.deployment(name="ExtractorModel")
@@ -81,11 +91,14 @@ class ExtractorModel:
         self.cfg = ServeConfig.model_validate(config)
         started = time.perf_counter()
         self.extractor = (extractor_factory or load_extractor)(self.cfg)
+        # A continuous engine (vLLM) takes each request as it comes: no gathering, no coalescer.
+        self.continuous = bool(getattr(self.extractor, "continuous", False))
         b = self.cfg.batching
-        self.coalescer = Coalescer(self._run, b.max_batch_size, after=self._record)
-        self.extract_batch = serve.batch(
-            max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s,
-            max_concurrent_batches=self.cfg.concurrent_batches)(self._serve_batch)
+        if not self.continuous:
+            self.coalescer = Coalescer(self._run, b.max_batch_size, after=self._record)
+            self.extract_batch = serve.batch(
+                max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s,
+                max_concurrent_batches=self.cfg.concurrent_batches)(self._serve_batch)
         self.batch_size = Histogram("giellm_batch_size", boundaries=BATCH_BOUNDS,
                                     description="Texts per model call (after batching).")
         self.batch_ms = Histogram("giellm_batch_latency_ms", boundaries=LATENCY_BOUNDS_MS,
@@ -94,9 +107,9 @@ class ExtractorModel:
         self.output_errors = Counter("giellm_output_errors",
                                      description="Texts whose output did not parse or failed.")
         self.counts = {"batches": 0, "texts": 0, "largest_batch": 0, "output_errors": 0}
-        logger.info("model %s loaded in %.1f s (max_batch_size=%d, wait=%.3f s)",
-                    self.cfg.served_model_name, time.perf_counter() - started,
-                    b.max_batch_size, b.batch_wait_timeout_s)
+        logger.info("model %s loaded in %.1f s (%s)", self.cfg.served_model_name,
+                    time.perf_counter() - started, "vLLM, continuous batching" if self.continuous
+                    else f"max_batch_size={b.max_batch_size}, wait={b.batch_wait_timeout_s:.3f} s")
 
     def _run(self, rows: list[dict]) -> list[dict]:
         """One model call (in a worker thread, so the event loop keeps taking requests)."""
@@ -111,8 +124,10 @@ class ExtractorModel:
             return [empty_scored("internal error: the extractor raised (see the replica log)")]
         return [self._run([r])[0] for r in rows]
 
-    def _record(self, rows: list[dict], outs: list[dict], seconds: float) -> None:
-        self.batch_size.observe(len(rows))
+    def _record(self, rows: list[dict], outs: list[dict], seconds: float,
+                batch: int | None = None) -> None:
+        batch = len(rows) if batch is None else batch
+        self.batch_size.observe(batch)
         self.batch_ms.observe(seconds * 1000.0)
         tokens = sum(int(o.get(NUM_GENERATED_TOKENS) or 0) for o in outs)
         if tokens:
@@ -122,27 +137,55 @@ class ExtractorModel:
             self.output_errors.inc(errors)
         self.counts["batches"] += 1
         self.counts["texts"] += len(rows)
-        self.counts["largest_batch"] = max(self.counts["largest_batch"], len(rows))
+        self.counts["largest_batch"] = max(self.counts["largest_batch"], batch)
         self.counts["output_errors"] += errors
-        logger.info("model call on %d text(s) (request ids %s) in %.1f ms", len(rows),
-                    ",".join(sorted({r.get("request_id") or "-" for r in rows})[:8]),
-                    seconds * 1000.0)
+        logger.log(logging.DEBUG if self.continuous else logging.INFO,
+                   "model call on %d text(s) (request ids %s) in %.1f ms", len(rows),
+                   ",".join(sorted({r.get("request_id") or "-" for r in rows})[:8]),
+                   seconds * 1000.0)
 
     async def _serve_batch(self, rows: list[dict]) -> list[dict]:
         return await self.coalescer.submit(rows)
 
     async def extract(self, row: dict) -> dict:
         """One text (``{text, dataset, request_id}``) → one Extractor output row."""
-        return await self.extract_batch(row)
+        if not self.continuous:
+            return await self.extract_batch(row)
+        started = time.perf_counter()
+        # Rows in the engine as this one joins them: the batch it decodes in, about.
+        batch = getattr(self.extractor.engine, "in_flight", 0) + 1
+        try:
+            (out,) = await self.extractor.extract_async([_model_row(row)])
+        except Exception:  # the Extractor should never raise; if it does, only this text pays
+            logger.exception("extractor raised (request id %s)", row.get("request_id"))
+            out = empty_scored("internal error: the extractor raised (see the replica log)")
+        # A dead engine ends the replica: its texts in flight are then retried by the ingress on
+        # a live replica (REPLICA_LOST), as for any replica death, instead of failing here.
+        self.extractor.exit_if_dead("model replica")
+        self._record([row], [out], time.perf_counter() - started, batch)
+        return out
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a dead vLLM engine fails it (the replica is replaced)."""
+        self.extractor.check_health()
+
+    def __del__(self) -> None:
+        # Serve calls this after draining the replica: stop the engine's processes with it.
+        extractor = getattr(self, "extractor", None)
+        if extractor is not None and getattr(extractor, "continuous", False):
+            extractor.shutdown()
 
     def stats(self) -> dict:
         """This replica's batching in force and its counters (for tests, benchmarks, operators)."""
-        return {"pid": os.getpid(), "actor_name": ray.get_runtime_context().get_actor_name(),
-                "max_batch_size": self.extract_batch._get_max_batch_size(),
-                "batch_wait_timeout_s": self.extract_batch._get_batch_wait_timeout_s(),
-                "max_concurrent_batches": self.cfg.concurrent_batches,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                **self.counts}
+        out = {"pid": os.getpid(), "actor_name": ray.get_runtime_context().get_actor_name(),
+               "engine": self.cfg.engine if self.continuous else "hf",
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+               **self.counts}
+        if not self.continuous:
+            out.update(max_batch_size=self.extract_batch._get_max_batch_size(),
+                       batch_wait_timeout_s=self.extract_batch._get_batch_wait_timeout_s(),
+                       max_concurrent_batches=self.cfg.concurrent_batches)
+        return out
 
 
 @serve.deployment(name="ExtractIngress")

@@ -1,7 +1,8 @@
 """``giellm score`` end to end on the tiny model through the real Ray Data pipeline: every row out
 exactly once, bad rows (hostile bytes included) carry their error, metrics from per-file counts,
 S3 in and out (moto on loopback), a re-run over an interrupted run's leftovers, and a driver
-SIGKILLed mid-job whose re-run scores only the rest and equals a clean run."""
+SIGKILLed mid-job whose re-run scores only the rest and equals a clean run; the same kill and
+re-run with ``--set engine=vllm`` (bad rows, per-row caps, 100% format validity)."""
 
 from __future__ import annotations
 
@@ -200,6 +201,15 @@ def committed_parts(out: str) -> int:
     return sum(n.endswith(".parquet") and not n.endswith(".pending.parquet") for n in names)
 
 
+def kill_when_committed(proc: subprocess.Popen, out: str, parts: int) -> None:
+    """SIGKILL ``proc`` (a ``giellm score``) once ``parts`` part files are committed."""
+    while committed_parts(out) < parts:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
 def scored_by_id(out: str) -> dict:
     return {r[S.ID]: (r[S.PREDICTION], r[S.ERROR], r[S.NUM_GENERATED_TOKENS])
             for r in read_output(out)}
@@ -225,12 +235,7 @@ def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
     args = ["--model", tiny_model_dir, "--input", str(inp), "--output", out,
             *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
 
-    first = giellm_score(args)
-    while committed_parts(out) < 3:  # some parts committed, most rows still to do
-        assert first.poll() is None, first.communicate()
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.communicate()
+    kill_when_committed(giellm_score(args), out, 3)  # some parts committed, most rows to do
     staged = committed_parts(out)
     assert not os.path.exists(os.path.join(out, SUCCESS)) and 3 <= staged < 20
 
@@ -308,3 +313,66 @@ def test_a_float_max_new_tokens_column_is_refused_before_any_work(tmp_path, tiny
     with pytest.raises(ValueError, match="'max_new_tokens' .* must be an integer type"):
         run_score(cfg)
     assert not (tmp_path / "out").exists()
+
+
+VLLM_SETS = {"engine": "vllm", "num_actors": 1, "vllm.enforce_eager": "true",
+             "vllm.gpu_memory_utilization": 0.1, "vllm.max_num_seqs": 64}
+
+
+@pytest.mark.timeout(600)  # two vLLM start-ups (~20-40 s each) and ~2,000 constrained rows
+def test_vllm_score_killed_then_rerun_scores_every_row_once(ray_cluster, tiny_vllm_model_dir,
+                                                            stockmark_records, tmp_path):
+    """``giellm score --set engine=vllm``, SIGKILLed once parts are committed, then run again:
+    every row exactly once, resumed_rows > 0; bad rows (null/empty text, unknown dataset, over-long
+    text, bad caps) carry their error; caps hold; 100% parse, known labels, spans in the text."""
+    from giellm_ray.formats import DEFAULT_REGISTRY
+    from giellm_ray.metrics import format_validity
+
+    names = sorted(DEFAULT_REGISTRY)
+    rows = [{S.ID: f"v{i}", S.DATASET: names[i % len(names)], S.TEXT: r["text"]}
+            for i, r in enumerate(stockmark_records[:2000])]
+    caps = {"v3": 20, "v10": 7, "v11": 1, "bad-cap-zero": 0, "bad-cap-negative": -3}
+    rows += [{S.ID: k, **v} for k, v in BAD.items()]
+    rows += [{S.ID: k, S.DATASET: "SCNM", S.TEXT: "東京都に本社を置く。"}
+             for k in ("bad-cap-zero", "bad-cap-negative")]
+    inp, out = tmp_path / "in", str(tmp_path / "out")
+    inp.mkdir()
+    for k in range(3):
+        part = rows[k::3]
+        table = S.dataset_table(part).append_column(
+            S.MAX_NEW_TOKENS, pa.array([caps.get(r[S.ID]) for r in part], pa.int32()))
+        pq.write_table(table, inp / f"p{k}.parquet")
+    sets = {**VLLM_SETS, "generation.max_new_tokens": 48, "rows_per_block": 100,
+            "batch_size": 100, "progress_bars": "false", "progress_interval_s": 0,
+            "ray_address": ray_cluster.get_runtime_context().gcs_address}
+    args = ["--model", tiny_vllm_model_dir, "--input", str(inp), "--output", out,
+            *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
+    kill_when_committed(giellm_score(args), out, 2)
+    assert not os.path.exists(os.path.join(out, SUCCESS))
+
+    again = giellm_score(args)
+    stdout, err = again.communicate(timeout=400)
+    assert again.returncode == 0, err[-3000:]
+    summary = json.loads(stdout.splitlines()[0])  # the command's result, alone on stdout
+    assert summary["resumed_rows"] > 0
+    assert summary["resumed_rows"] + summary["scored_rows"] == summary["output_rows"] == len(rows)
+    got = read_output(out)
+    assert Counter(r[S.ID] for r in got) == Counter(r[S.ID] for r in rows)  # exactly once
+    by_id = {r[S.ID]: r for r in got}
+    assert by_id["bad-null"][S.ERROR] == "text is null"
+    assert by_id["bad-empty"][S.ERROR] == "text is empty"
+    assert "unknown dataset" in by_id["bad-dataset"][S.ERROR]
+    assert by_id["bad-long"][S.ERROR].startswith("prompt too long")
+    for k in ("bad-cap-zero", "bad-cap-negative"):
+        assert by_id[k][S.ERROR].startswith("max_new_tokens must be a positive integer"), k
+    for rid, cap in caps.items():
+        if cap > 0:
+            assert 1 <= by_id[rid][S.NUM_GENERATED_TOKENS] <= cap, by_id[rid]
+    good = [by_id[r[S.ID]] for r in rows if r[S.ID].startswith("v") and r[S.ID] not in caps]
+    assert all(g[S.ERROR] is None for g in good), [g for g in good if g[S.ERROR]][:3]
+    for name in names:
+        mine = [g for g in good if g[S.DATASET] == name]
+        validity = format_validity([g[S.TEXT] for g in mine], [g[S.PREDICTION] for g in mine],
+                                   DEFAULT_REGISTRY[name])
+        assert validity == {"parse": 1.0, "labels": 1.0, "spans": 1.0}, (name, validity)
+    assert not os.path.exists(os.path.join(out, "_staging"))

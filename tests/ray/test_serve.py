@@ -1,8 +1,9 @@
-"""The Serve application end to end on loopback with the real tiny model: answers, 4xx for every
-bad request while staying up, a bounded concurrent run with no 5xx and real dynamic batching,
-hostile requests and rows sent among good ones leaving the good answers exactly as they are alone,
-the config reaching the replica, and the shipped Serve deploy config. One app for the module (model
-load is the slow part); Serve is shut down in the finaliser."""
+"""The Serve application end to end on loopback with the real tiny model, on each engine (``hf``:
+``@serve.batch`` + coalescer; ``vllm``: one async vLLM engine per replica): answers, 4xx for every
+bad request while staying up, a bounded concurrent run with no 5xx and real batching, hostile
+requests and rows sent among good ones leaving the good answers exactly as they are alone, the
+config reaching the replica, and the shipped Serve deploy config. One app per
+engine for the module (model load is the slow part); Serve is shut down in the finaliser."""
 
 from __future__ import annotations
 
@@ -38,8 +39,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def service(ray_cluster, tiny_model_dir):
+# vLLM replica: the config's own factory (build_extractor), unconstrained as the HF one, so every
+# test asserts the same answers of both engines; vLLM on CPU settings as in tests/conftest.py.
+VLLM_SETS = ["engine=vllm", "constrained=false", "vllm.enforce_eager=true",
+             "vllm.gpu_memory_utilization=0.1", "vllm.max_num_seqs=64",
+             "ingress.retry_timeout_s=180"]  # a replacement replica starts vLLM: ~30 s here
+
+
+@pytest.fixture(scope="module", params=["hf", "vllm"])
+def service(request, ray_cluster, tiny_model_dir, tiny_vllm_model_dir):
     from ray import serve
 
     from giellm_ray.config import load_config
@@ -47,17 +55,21 @@ def service(ray_cluster, tiny_model_dir):
     from giellm_ray.serve.config import ServeConfig
 
     port = _free_port()
+    vllm = request.param == "vllm"
     cfg = load_config(ServeConfig, str(SERVE_CONFIGS / "giellm.yaml"), [
-        f"model.name_or_path={tiny_model_dir}", f"http.port={port}", "app_name=giellm-test",
+        f"model.name_or_path={tiny_vllm_model_dir if vllm else tiny_model_dir}",
+        f"http.port={port}", "app_name=giellm-test",
         "generation.max_new_tokens=24", "http.max_text_chars=300", "http.max_body_bytes=8192",
         "replica.num_cpus=0.5", "replica.max_replicas=1", "batching.max_batch_size=8",
         "batching.batch_wait_timeout_s=0.02", "replica.graceful_shutdown_timeout_s=5",
+        *(VLLM_SETS if vllm else []),
     ])
     # The factory lives in this test module, which replicas cannot import: ship it by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(cfg, unconstrained_extractor), name=cfg.app_name, route_prefix="/")
+        serve.run(build_app(cfg, None if vllm else unconstrained_extractor), name=cfg.app_name,
+                  route_prefix="/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as client:
             yield cfg, client
     finally:
@@ -142,8 +154,12 @@ def test_concurrent_run_has_no_5xx_and_batches(service, stockmark_records):
     assert [s for s in statuses if s != 200] == []
     model = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
     stats = model.stats.remote().result(timeout_s=30)
-    assert stats["max_batch_size"] == 8 and stats["batch_wait_timeout_s"] == 0.02
     assert stats["texts"] >= N_CONCURRENT_REQUESTS
+    if cfg.engine == "vllm":  # each request went to the engine, which decoded them together
+        assert stats["engine"] == "vllm" and stats["largest_batch"] > 1
+        model.check_health.remote().result(timeout_s=30)  # the engine's health: alive
+        return
+    assert stats["max_batch_size"] == 8 and stats["batch_wait_timeout_s"] == 0.02
     assert 1 < stats["largest_batch"] <= 8  # concurrent requests really shared batches
 
 
@@ -232,3 +248,32 @@ def test_hostile_requests_leave_concurrent_good_ones_untouched(service, stockmar
             assert out["error"] and out["prediction"] is None, (key, out)
         if kind != "row":
             assert not any(w in out.text for w in INTERNAL_WORDS), out.text
+
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("service", ["vllm"], indirect=True)
+def test_a_dead_vllm_engine_ends_its_replica_and_the_text_is_retried(service, stockmark_records):
+    """Runs last (it replaces the replica). The engine core of the vLLM replica is killed: the
+    next text finds the engine dead, the replica exits, the ingress resends the text to the
+    replacement and the client gets the same 200 answer, from a new replica process."""
+    import signal
+
+    import psutil
+    from ray import serve
+
+    cfg, client = service
+    body = {"text": stockmark_records[500]["text"], "dataset": "SCNM"}
+    before = client.post("/v1/extract", json=body)
+    model = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
+    pid = model.stats.remote().result(timeout_s=30)["pid"]
+    cores = [p for p in psutil.Process().children(recursive=True)
+             if p.name().startswith("VLLM::EngineCore")]
+    assert len(cores) == 1, cores  # the one replica's engine (this session's Ray, our children)
+    cores[0].send_signal(signal.SIGKILL)
+    psutil.wait_procs(cores, timeout=30)
+    after = client.post("/v1/extract", json=body, timeout=240)
+    assert after.status_code == 200, after.text
+    fields = ("tl_label", "items", "raw_output", "error", "num_generated_tokens")
+    assert {f: after.json()[f] for f in fields} == {f: before.json()[f] for f in fields}
+    assert model.stats.remote().result(timeout_s=30)["pid"] != pid

@@ -124,9 +124,20 @@ def test_constraint_masks_and_finishes_row(tiny, prompts):
     res = HFEngine(model, tok, GenerationConfig(batch_size=4)).generate(reqs)
     assert c.seen == seq
     assert res[0].text == "<社会>固有表現抽出" and res[0].finished
-    assert res[0].num_generated_tokens == len(seq)
+    # The EOS the done constraint forces counts, though HF never runs the model for it: the
+    # token-count contract vLLM (which must sample it) follows too (generation/base.py).
+    assert res[0].num_generated_tokens == len(seq) + 1
     assert res[1].num_generated_tokens == 5  # the unconstrained neighbour is unaffected
     assert res[1].text == tok.decode(reference(model, tok, prompts[1], 5), skip_special_tokens=True)
+
+
+def test_constraint_done_without_room_for_eos_is_cut(tiny, prompts):
+    model, tok = tiny
+    seq = tok("<社会>固有表現抽出", add_special_tokens=False)["input_ids"]
+    res = HFEngine(model, tok).generate([GenerationRequest(prompts[0], len(seq),
+                                                           ForcedSequence(seq))])
+    # The output is complete but its EOS has no slot left: cut by the budget, as vLLM reports it.
+    assert res[0].num_generated_tokens == len(seq) and not res[0].finished
 
 
 class FailingModel:

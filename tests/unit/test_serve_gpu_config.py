@@ -49,6 +49,18 @@ def test_gpu_serve_batch_fits_the_kv_cache_at_the_longest_text():
     assert WEIGHTS_GB + HEADROOM_GB + kv_gb <= GPU_GB, kv_gb
 
 
+def test_gpu_serve_config_runs_vllm_sized_for_80_gb():
+    cfg = load_config(ServeConfig, str(GPU_CONFIG))
+    v = cfg.engine, cfg.vllm
+    assert v[0] == "vllm" and v[1].tensor_parallel_size == cfg.replica.num_gpus == 1
+    kv_gb = v[1].gpu_memory_utilization * GPU_GB - WEIGHTS_GB - HEADROOM_GB / 2
+    typical_row = 450  # tokens: a 50-200 character sentence, its prompt and output
+    assert kv_gb / KV_MB_PER_TOKEN * 1e3 >= 64 * typical_row  # the autoscaling target fits
+    # Every request a replica accepts goes into the engine: room for a full running set.
+    assert cfg.replica.max_ongoing_requests >= v[1].max_num_seqs
+    assert cfg.replica.target_ongoing_requests <= v[1].max_num_seqs
+
+
 def test_deploy_file_is_a_valid_cluster_deployment():
     from ray.serve.config import ProxyLocation
     from ray.serve.schema import ServeDeploySchema
