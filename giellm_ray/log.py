@@ -47,16 +47,21 @@ def level_from_flags(verbose: int = 0, quiet: int = 0) -> str:
     return os.environ.get(ENV_LEVEL, "INFO").upper()
 
 
-def setup_logging(level: str | None = None) -> str:
-    """Configure the ``giellm_ray`` logger once per process (idempotent); return the level name."""
+def setup_logging(level: str | None = None, *, handler: bool = True) -> str:
+    """Configure the ``giellm_ray`` logger once per process (idempotent); return the level name.
+
+    ``handler=False`` in Ray worker processes (Train workers, Data actors, Serve replicas): Ray
+    gives their root logger a handler that already streams to the driver, so ours would print
+    every line twice; there only the level is set.
+    """
     name = (level or os.environ.get(ENV_LEVEL) or "INFO").upper()
     if not isinstance(logging.getLevelName(name), int):  # not a level name
         name = "INFO"
     root = logging.getLogger(ROOT)
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
-        root.addHandler(handler)
+    if handler and not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        stderr = _StderrHandler()
+        stderr.setFormatter(logging.Formatter(FORMAT, DATEFMT))
+        root.addHandler(stderr)
     root.setLevel(name)
     os.environ[ENV_LEVEL] = name
     quiet_level = logging.DEBUG if name == "DEBUG" else max(logging.WARNING,

@@ -60,6 +60,14 @@ def _check_local(path: str) -> None:
         raise FileNotFoundError(f"model directory not found: {path}")
 
 
+def hf_progress_bars_off() -> None:
+    """No transformers progress bars (weight loading, shard writing): one per actor, replica or
+    worker in a job log helps nobody."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(cfg: ModelConfig, padding_side: str = "left"):
     """The tokenizer, with a pad token (EOS if the checkpoint has none) and ``padding_side``."""
     from transformers import AutoConfig, AutoTokenizer
@@ -85,9 +93,8 @@ def load_model(cfg: ModelConfig, device: str | None = None):
     """The causal LM in eval mode on ``device`` (default: CUDA if present, else CPU)."""
     import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # a bar per actor/replica in a job log helps nobody
+    hf_progress_bars_off()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     path = localize(cfg.name_or_path)
     _check_local(path)

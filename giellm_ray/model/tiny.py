@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 
 from giellm_ray.config import StrictModel
+from giellm_ray.model.loader import hf_progress_bars_off
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
@@ -82,6 +83,7 @@ def build_tiny(output_dir: str, texts: Iterable[str], config: TinyConfig | None 
         )
     )
     os.makedirs(output_dir, exist_ok=True)
+    hf_progress_bars_off()
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir

@@ -163,7 +163,7 @@ class ScoreBatch:
         from giellm_ray.generation.build import build_extractor
         from giellm_ray.log import setup_logging
 
-        setup_logging()  # this actor process: the level comes from GIELLM_LOG_LEVEL
+        setup_logging(handler=False)  # a Ray actor: the level from GIELLM_LOG_LEVEL, Ray prints
 
         threads = cfg.torch_threads or max(1, round(cfg.num_cpus_per_actor))
         torch.set_num_threads(threads)

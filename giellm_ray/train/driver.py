@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -58,6 +59,11 @@ def read_dataset(path: str, columns: list[str]):
     """
     import ray.data
 
+    from giellm_ray.log import is_quiet, quiet_ray_data_console
+
+    quiet_ray_data_console()
+    # Ray Train's split coordinator would draw Ray Data's bars into the job log: a terminal only.
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty() and not is_quiet()
     if not io.exists(path):
         raise FileNotFoundError(f"training data not found: {path}")
     # io.read_parquet reads only ``columns`` and names any that are missing.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from giellm_ray.model.loader import localize, resolve_dtype
+from giellm_ray.model.loader import hf_progress_bars_off, localize, resolve_dtype
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.deepspeed_config import ADAM_BETAS, ADAM_EPS, uses_ds_optimizer
 
@@ -51,6 +51,7 @@ def load_model(cfg: TrainConfig, path: str, ds_config: dict):
                     "revision": cfg.model.revision}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
+    hf_progress_bars_off()
     model = AutoModelForCausalLM.from_pretrained(localize(path), **kwargs)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

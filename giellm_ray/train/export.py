@@ -17,6 +17,7 @@ import tempfile
 import pyarrow.fs as pafs
 
 from giellm_ray import io
+from giellm_ray.model.loader import hf_progress_bars_off
 
 _CHUNK = 64 * 1024 * 1024
 
@@ -32,6 +33,7 @@ def save_hf(engine, state: dict, tokenizer, local_dir: str) -> None:
     """Write model weights, config, generation config and tokenizer into ``local_dir``."""
     model = engine.module
     model.config.use_cache = True  # training turned it off for activation checkpointing
+    hf_progress_bars_off()
     model.save_pretrained(local_dir, state_dict=state)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(local_dir)

@@ -116,7 +116,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def setup(config: dict) -> Run:
     """Logging, accelerator, this worker's place in the group, its data and the schedule."""
-    setup_logging()  # this worker process: the level comes from GIELLM_LOG_LEVEL
+    setup_logging(handler=False)  # a Ray worker: the level from GIELLM_LOG_LEVEL, Ray prints
     cfg = TrainConfig.model_validate(config["train_config"])
     select_accelerator(cfg)  # before deepspeed is imported
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -11,6 +11,7 @@ from giellm_ray import io
 from giellm_ray.cli import main
 from giellm_ray.data.mix import PAPER_SIZES, build_mix, parse_sizes
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, build_target
+from giellm_ray.log import setup_logging
 from giellm_ray.schema import dataset_table
 
 
@@ -39,7 +40,8 @@ def inputs(tmp_path):
     return [str(a), str(b)]
 
 
-def test_mix_layout_counts_and_disjoint_splits(inputs, tmp_path, caplog):
+def test_mix_layout_counts_and_disjoint_splits(inputs, tmp_path, capsys):
+    setup_logging("INFO")  # as the giellm command does: warnings go to stderr
     out = tmp_path / "mix"
     sizes = {"SCNM": 10, "SCPOS:RW": 5, "SCPOS:N&Adj": 4, "SCPOS:N": 20}
     manifest = build_mix(inputs, str(out), seed=3, sizes=sizes)
@@ -54,7 +56,7 @@ def test_mix_layout_counts_and_disjoint_splits(inputs, tmp_path, caplog):
     assert ds["SCNM"] == {"available": 30, "excluded_rows": 5, "train_asked": 10, "train": 10,
                           "test": 20, "path": "single/SCNM"}
     assert ds["SCPOS:N"]["short_by"] == 12
-    assert "SCPOS:N: asked for 20 training rows, only 8" in caplog.text  # a logged warning
+    assert "SCPOS:N: asked for 20 training rows, only 8" in capsys.readouterr().err
     single = pq.read_table(out / "single" / "SCPOS_NAdj" / "train.parquet").to_pylist()
     assert len(single) == 4 and {r["dataset"] for r in single} == {"SCPOS:N&Adj"}
     assert pq.read_table(out / "single" / "SCPOS_NAdj" / "test.parquet").num_rows == 8
