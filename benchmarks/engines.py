@@ -1,7 +1,8 @@
 """The generation engines side by side on CPU: same rows, same per-row caps, constrained and not.
 
     PYTHONPATH=. .venv/bin/python benchmarks/engines.py [--rows 512] [--naive-rows 48]
-        [--models tiny compute] [--job-rows 20000] [--job-model tiny]
+        [--repeats 2] [--tiny-repeats 6] [--models tiny compute]
+        [--job-rows 20000] [--job-model tiny]
 
 Engines (one process, models built here from config, no downloads):
 
@@ -139,6 +140,7 @@ def measure_model(name: str, path: str, dtype: str, args, texts: list[str]) -> l
 
     torch.set_num_threads(os.cpu_count() or 1)
     rows, warm = make_rows(texts, args.rows), make_rows(texts[::-1], 16)
+    repeats = args.tiny_repeats if name == "tiny" else args.repeats
     mc = ModelConfig(name_or_path=path, dtype=dtype)
     out: list[dict] = []
     hf = [e for e in args.engines if e != "vllm"]
@@ -157,7 +159,7 @@ def measure_model(name: str, path: str, dtype: str, args, texts: list[str]) -> l
         for engine in hf:
             n_rows = args.naive_rows if engine == "naive" else args.rows
             measure_engine(engine, runners[engine], rows[:n_rows], warm[:4], base, out,
-                           args.repeats)
+                           repeats)
         del model
     if "vllm" in args.engines:
         from giellm_ray.generation.vllm_engine import VLLMEngine
@@ -167,7 +169,7 @@ def measure_model(name: str, path: str, dtype: str, args, texts: list[str]) -> l
         eng = VLLMEngine(mc, VLLMConfig(dtype=dtype, **VLLM_CPU), on_gpu=False)
         try:
             measure_engine("vllm", lambda rs, m, n: run_engine(eng, rs, m, constraint_spec, n),
-                           rows, warm, base, out, args.repeats)
+                           rows, warm, base, out, repeats)
         finally:
             eng.shutdown()
     return out
@@ -199,6 +201,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2,
                     help="runs of each mode, interleaved; the fastest is reported (a shared "
                          "machine's noise only ever slows a run down)")
+    ap.add_argument("--tiny-repeats", type=int, default=6,
+                    help="--repeats for the tiny model: its runs take 1-2 s, where one scheduler "
+                         "hiccup moves a run by 20%%, so it gets more of them")
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "compute"])
     ap.add_argument("--dtypes", nargs="+", default=None,
                     help="default: float32, and bfloat16 if the CPU supports it")
