@@ -125,7 +125,31 @@ def run_engine(engine, rows: list[dict], mode: str, constrain,
     if bad:
         raise RuntimeError(f"{len(bad)} rows failed, e.g. {bad[0]}")
     out_lengths = [r.num_generated_tokens for r in results]
-    return {"tokens": sum(out_lengths), "seconds": seconds, "lengths": out_lengths}
+    return {"tokens": sum(out_lengths), "seconds": seconds, "lengths": out_lengths,
+            "texts": [r.text for r in results]}
+
+
+def replay_constraint(factory, tok, rows: list[dict], texts: list[str], repeats: int = 3) -> dict:
+    """The constraint's own CPU cost, without a model: each row's constrained output (re-encoded)
+    stepped through a fresh constraint (``for_row``, then ``allowed_tokens``/``advance``/``is_done``
+    per token, as an engine calls them), best of ``repeats``. One thread of pure Python, so far
+    less exposed to a shared machine's noise than the wall-clock gap between two engine runs."""
+    ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    best = float("inf")
+    steps = 0
+    for _ in range(repeats):
+        steps = 0
+        start = time.perf_counter()
+        for row, out in zip(rows, ids, strict=True):
+            c = factory.for_row(row["text"], row["task"], row["cap"])
+            for t in out:
+                c.allowed_tokens()
+                c.advance(t)
+                c.is_done()
+            c.allowed_tokens()  # the step that picks EOS
+            steps += len(out) + 1
+        best = min(best, time.perf_counter() - start)
+    return {"steps": steps, "us_per_token": best / max(steps, 1) * 1e6}
 
 
 def run_whole_job(model_dir: str, engine: str, n: int, texts: list[str], workdir: str,
