@@ -94,6 +94,20 @@ class _NoBarsNotice(logging.Filter):
         return not record.getMessage().startswith("Progress bars disabled")
 
 
+def quiet_deepspeed_scheduler_notice() -> None:
+    """Drop DeepSpeed's "get learning rate ... before it has started" warning: its WarmupLR,
+    WarmupDecayLR and WarmupCosineLR constructors call ``get_lr`` themselves, so every training
+    run printed it once per rank, about nothing we did. Its other warnings stay."""
+    ds = logging.getLogger("DeepSpeed")  # deepspeed.utils.logging's logger (own handler)
+    if not any(isinstance(f, _NoSchedulerNotice) for f in ds.filters):
+        ds.addFilter(_NoSchedulerNotice())
+
+
+class _NoSchedulerNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Attempting to get learning rate from scheduler")
+
+
 def is_quiet() -> bool:
     """True when progress (INFO) lines are off, e.g. to turn progress bars off too."""
     return not logging.getLogger(ROOT).isEnabledFor(logging.INFO)

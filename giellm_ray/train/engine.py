@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
+from giellm_ray.log import quiet_deepspeed_scheduler_notice
 from giellm_ray.model.loader import hf_progress_bars_off, localize, resolve_dtype
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.deepspeed_config import ADAM_BETAS, ADAM_EPS, uses_ds_optimizer
@@ -64,6 +65,7 @@ def build_engine(cfg: TrainConfig, model_path: str, ds_config: dict):
     import deepspeed
     import torch
 
+    quiet_deepspeed_scheduler_notice()
     model, keep = load_model(cfg, model_path, ds_config)
     optimizer = None
     if not uses_ds_optimizer(cfg):

@@ -1,6 +1,6 @@
 """The shared plumbing every command uses: shipped configs and sample from any directory, the task
 registry loader, verbosity flags, the dependency check before Ray starts, and what a joined Ray
-cluster's workers are sent of the environment."""
+cluster's workers are sent of the environment, and the third-party notices we drop."""
 
 from __future__ import annotations
 
@@ -98,3 +98,42 @@ def test_forwarded_env_for_a_joined_cluster():
     job = {"runtime_env": {"working_dir": ".", "env_vars": {"HF_TOKEN": "from-job"}}}
     env = forwarded_env({**environ, JOB_CONFIG_ENV: json.dumps(job)})
     assert "HF_TOKEN" not in env and env["AWS_ACCESS_KEY_ID"] == "a"
+
+
+def test_deepspeed_scheduler_notice_dropped_other_warnings_kept():
+    """DeepSpeed's warmup schedulers warn from their own constructor; the filter the training
+    engine installs drops that line only (checked on the real scheduler class)."""
+    import logging
+
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupDecayLR
+
+    from giellm_ray.log import quiet_deepspeed_scheduler_notice
+
+    ds = logging.getLogger("DeepSpeed")
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    collect = Collect()
+    ds.addHandler(collect)
+    old_filters = list(ds.filters)
+    try:
+        def build():
+            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+            WarmupDecayLR(opt, total_num_steps=10, warmup_num_steps=2)
+
+        build()
+        assert any(m.startswith("Attempting to get learning rate") for m in seen)  # the notice
+        seen.clear()
+        quiet_deepspeed_scheduler_notice()
+        quiet_deepspeed_scheduler_notice()  # idempotent: one filter
+        build()
+        ds.warning("a real DeepSpeed warning")
+        assert seen == ["a real DeepSpeed warning"]
+        assert len(ds.filters) == len(old_filters) + 1
+    finally:
+        ds.removeHandler(collect)
+        ds.filters[:] = old_filters
