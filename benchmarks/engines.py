@@ -35,8 +35,8 @@ engine's constrained outputs, in microseconds per token (``engine_runs.replay_co
 Then ``summary`` lines: vLLM over our HF engine on the compute model (constrained, steady state;
 goal >= 1.5x) and each engine's constraint overhead (goal < 15%), with ``automaton_share``: the
 replay's microseconds per token times the engine's unconstrained tok/s (the automaton's share of a
-token's time, free of the wall-clock noise between two runs; the mask is not in it). Start on a quiet machine: the
-figures are wall-clock (``load1`` is printed with each line).
+token's time, free of the wall-clock noise between two runs; the mask is not in it). Start on a
+quiet machine: the figures are wall-clock (``load1`` is printed with each line).
 """
 
 from __future__ import annotations

@@ -104,6 +104,8 @@ def quiet_deepspeed_scheduler_notice() -> None:
 
 
 class _NoSchedulerNotice(logging.Filter):
+    """Drops DeepSpeed's scheduler notice (see :func:`quiet_deepspeed_scheduler_notice`)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Attempting to get learning rate from scheduler")
 
