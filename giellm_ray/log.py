@@ -110,6 +110,27 @@ class _NoSchedulerNotice(logging.Filter):
         return not record.getMessage().startswith("Attempting to get learning rate from scheduler")
 
 
+SERVE_BATCH_BOUND_NOTICE = "`max_batch_size` ("
+
+
+def quiet_serve_batch_bound_notice() -> None:
+    """Drop Serve's "``max_batch_size`` * ``max_concurrent_batches`` is larger than
+    ``max_ongoing_requests``" warning in a model replica. Our coalescer hands ``@serve.batch``
+    one-row fragments, so that product is not a row count (``serve.config.BatchingConfig``);
+    every replica start printed the warning, suggesting a misconfiguration that is not one."""
+    serve_log = logging.getLogger("ray.serve")
+    if not any(isinstance(f, _NoServeBatchBoundNotice) for f in serve_log.filters):
+        serve_log.addFilter(_NoServeBatchBoundNotice())
+
+
+class _NoServeBatchBoundNotice(logging.Filter):
+    """Drops Serve's batch-bound warning (see :func:`quiet_serve_batch_bound_notice`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith(SERVE_BATCH_BOUND_NOTICE) and "max_ongoing_requests" in msg)
+
+
 def is_quiet() -> bool:
     """True when progress (INFO) lines are off, e.g. to turn progress bars off too."""
     return not logging.getLogger(ROOT).isEnabledFor(logging.INFO)

@@ -38,6 +38,7 @@ from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
+from giellm_ray.log import quiet_serve_batch_bound_notice
 from giellm_ray.schema import (
     DATASET,
     ERROR,
@@ -95,6 +96,7 @@ class ExtractorModel:
         self.continuous = bool(getattr(self.extractor, "continuous", False))
         b = self.cfg.batching
         if not self.continuous:
+            quiet_serve_batch_bound_notice()
             self.coalescer = Coalescer(self._run, b.max_batch_size, after=self._record)
             self.extract_batch = serve.batch(
                 max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s,

@@ -137,3 +137,40 @@ def test_deepspeed_scheduler_notice_dropped_other_warnings_kept():
     finally:
         ds.removeHandler(collect)
         ds.filters[:] = old_filters
+
+
+def test_serve_batch_bound_notice_dropped_other_serve_warnings_kept():
+    """The model replica drops Serve's max_batch_size * max_concurrent_batches notice (the
+    coalescer makes that product meaningless) and nothing else Serve says; the prefix we match is
+    read from Ray's own source, so a Ray upgrade that rewords the notice fails here."""
+    import inspect
+    import logging
+
+    from ray.serve.batching import _BatchQueue
+
+    from giellm_ray.log import SERVE_BATCH_BOUND_NOTICE, quiet_serve_batch_bound_notice
+
+    source = inspect.getsource(_BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests)
+    assert f'f"{SERVE_BATCH_BOUND_NOTICE}{{self.max_batch_size}})' in source
+    serve_log = logging.getLogger("ray.serve")
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    collect, old_filters = Collect(), list(serve_log.filters)
+    serve_log.addHandler(collect)
+    try:
+        notice = ("`max_batch_size` (16) * `max_concurrent_batches` (32) is larger than "
+                  "`max_ongoing_requests` (64). This means the replica will never achieve ...")
+        serve_log.warning(notice)
+        assert seen == [notice]
+        quiet_serve_batch_bound_notice()
+        quiet_serve_batch_bound_notice()
+        serve_log.warning(notice)
+        serve_log.warning("Replica failed its health check")
+        assert seen == [notice, "Replica failed its health check"]
+    finally:
+        serve_log.removeHandler(collect)
+        serve_log.filters[:] = old_filters
