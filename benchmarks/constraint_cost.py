@@ -4,7 +4,8 @@ Builds the tiny random-init Llama (or loads ``--model``), runs the real ``Extrac
 Stockmark rows with ``constrained=False`` and ``constrained=True`` (alternating, best of
 ``--repeats``), then, since constrained outputs are shorter (so per-row prefill is spread over
 fewer tokens), the engine alone with and without constraints at the same per-row lengths
-(``slowdown_same_lengths_pct``: the constraint's own cost), and replays the constrained outputs through fresh constraints to time the
+(``slowdown_same_lengths_pct``: the constraint's own cost), and replays the constrained outputs
+through fresh constraints (``engine_runs.replay_constraint``, as ``engines.py`` does) to time the
 constraint's own Python work per token. Prints JSON lines; not run by pytest::
 
     .venv/bin/python benchmarks/constraint_cost.py --rows 256 --repeats 2
@@ -44,21 +45,6 @@ def run(extractor, rows: list[dict]) -> dict:
     return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "outs": outs}
 
 
-def replay(factory, tokenizer, task, rows: list[dict], outs: list[dict], budget: int) -> dict:
-    """Time the constraint alone on the constrained outputs (allowed, advance, is_done per token)."""
-    steps = 0
-    start = time.perf_counter()
-    for row, out in zip(rows, outs, strict=True):
-        c = factory.for_row(row["text"], task, budget)
-        for t in tokenizer.encode(out["prediction"] or "", add_special_tokens=False):
-            c.allowed_tokens()
-            c.advance(t)
-            c.is_done()
-            steps += 1
-    seconds = time.perf_counter() - start
-    return {"steps": steps, "us_per_token": seconds / max(steps, 1) * 1e6}
-
-
 def same_lengths(engine, factory, task, rows, outs, budget: int, repeats: int) -> dict:
     """Best tokens/s of the engine alone, each row capped at its constrained output's length,
     without and with a (fresh) constraint: equal work per row, so the gap is the constraint's."""
@@ -88,6 +74,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+
+    from engine_runs import replay_constraint
 
     from giellm_ray.decoding import build_constraint_factory
     from giellm_ray.formats import DEFAULT_REGISTRY
@@ -123,7 +111,9 @@ def main() -> int:
     budget = min(task.max_new_tokens, args.max_new_tokens or task.max_new_tokens)
     same = same_lengths(extractors["unconstrained"].engine, factory, task, rows,
                         best["constrained"]["outs"], budget, args.repeats)
-    rp = replay(factory, tokenizer, task, rows, best["constrained"]["outs"], budget)
+    outs = best["constrained"]["outs"]
+    rp = replay_constraint(factory, tokenizer, [{**r, "task": task, "cap": budget} for r in rows],
+                           [o["prediction"] or "" for o in outs], repeats=1)
     base, con = best["unconstrained"]["tokens_per_s"], best["constrained"]["tokens_per_s"]
     print(json.dumps({
         "bench": "constraint_cost", "summary": True, "model": args.model or "tiny random-init",

@@ -76,38 +76,23 @@ def quiet_ray_data_console() -> None:
 
     ``import ray.data`` installs its own console handler at INFO, so this runs after that import
     (the score and train drivers call it): the console then shows Ray Data's warnings only, or
-    everything at ``-v``. Our own progress line (rows, rows/s, ETA) replaces its blocks.
+    everything at ``-v``. Our own progress line (rows, rows/s, ETA) replaces its blocks. Its
+    notice that the bars are off is dropped: we turn them off on purpose.
     """
     ours = logging.getLogger(ROOT).getEffectiveLevel()
     level = logging.DEBUG if ours <= logging.DEBUG else logging.WARNING
     for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):  # the console, not the session log file
             handler.setLevel(level)
-            if not any(isinstance(f, _NoBarsNotice) for f in handler.filters):
-                handler.addFilter(_NoBarsNotice())
-
-
-class _NoBarsNotice(logging.Filter):
-    """Drops Ray Data's warning that its bars are off: we turn them off on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Progress bars disabled")
+            drop_notice(handler, "Progress bars disabled")
 
 
 def quiet_deepspeed_scheduler_notice() -> None:
     """Drop DeepSpeed's "get learning rate ... before it has started" warning: its WarmupLR,
     WarmupDecayLR and WarmupCosineLR constructors call ``get_lr`` themselves, so every training
     run printed it once per rank, about nothing we did. Its other warnings stay."""
-    ds = logging.getLogger("DeepSpeed")  # deepspeed.utils.logging's logger (own handler)
-    if not any(isinstance(f, _NoSchedulerNotice) for f in ds.filters):
-        ds.addFilter(_NoSchedulerNotice())
-
-
-class _NoSchedulerNotice(logging.Filter):
-    """Drops DeepSpeed's scheduler notice (see :func:`quiet_deepspeed_scheduler_notice`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Attempting to get learning rate from scheduler")
+    # deepspeed.utils.logging's logger (its own handler, no propagation)
+    drop_notice(logging.getLogger("DeepSpeed"), "Attempting to get learning rate from scheduler")
 
 
 SERVE_BATCH_BOUND_NOTICE = "`max_batch_size` ("
@@ -118,17 +103,28 @@ def quiet_serve_batch_bound_notice() -> None:
     ``max_ongoing_requests``" warning in a model replica. Our coalescer hands ``@serve.batch``
     one-row fragments, so that product is not a row count (``serve.config.BatchingConfig``);
     every replica start printed the warning, suggesting a misconfiguration that is not one."""
-    serve_log = logging.getLogger("ray.serve")
-    if not any(isinstance(f, _NoServeBatchBoundNotice) for f in serve_log.filters):
-        serve_log.addFilter(_NoServeBatchBoundNotice())
+    drop_notice(logging.getLogger("ray.serve"), SERVE_BATCH_BOUND_NOTICE,
+                contains="max_ongoing_requests")
 
 
-class _NoServeBatchBoundNotice(logging.Filter):
-    """Drops Serve's batch-bound warning (see :func:`quiet_serve_batch_bound_notice`)."""
+def drop_notice(target: logging.Filterer, prefix: str, contains: str = "") -> None:
+    """Drop records whose message starts with ``prefix`` (and holds ``contains``) at ``target``,
+    a logger or a handler; adding the same notice twice adds one filter."""
+    if not any(isinstance(f, _DropNotice) and (f.prefix, f.contains) == (prefix, contains)
+               for f in target.filters):
+        target.addFilter(_DropNotice(prefix, contains))
+
+
+class _DropNotice(logging.Filter):
+    """Drops one third-party notice, matched on its text (see :func:`drop_notice`)."""
+
+    def __init__(self, prefix: str, contains: str = "") -> None:
+        super().__init__()
+        self.prefix, self.contains = prefix, contains
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
-        return not (msg.startswith(SERVE_BATCH_BOUND_NOTICE) and "max_ongoing_requests" in msg)
+        return not (msg.startswith(self.prefix) and self.contains in msg)
 
 
 def is_quiet() -> bool:

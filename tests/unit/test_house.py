@@ -5,9 +5,11 @@ cluster's workers are sent of the environment, and the third-party notices we dr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,31 +102,39 @@ def test_forwarded_env_for_a_joined_cluster():
     assert "HF_TOKEN" not in env and env["AWS_ACCESS_KEY_ID"] == "a"
 
 
-def test_deepspeed_scheduler_notice_dropped_other_warnings_kept():
-    """DeepSpeed's warmup schedulers warn from their own constructor; the filter the training
-    engine installs drops that line only (checked on the real scheduler class)."""
-    import logging
-
-    import torch
-    from deepspeed.runtime.lr_schedules import WarmupDecayLR
-
-    from giellm_ray.log import quiet_deepspeed_scheduler_notice
-
-    ds = logging.getLogger("DeepSpeed")
+@contextmanager
+def _messages(logger_name: str):
+    """The messages that reach ``logger_name``'s handlers while inside; its filters restored."""
+    log = logging.getLogger(logger_name)
     seen: list[str] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record.getMessage())
 
-    collect = Collect()
-    ds.addHandler(collect)
-    old_filters = list(ds.filters)
+    collect, old_filters = Collect(), list(log.filters)
+    log.addHandler(collect)
     try:
-        def build():
-            opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-            WarmupDecayLR(opt, total_num_steps=10, warmup_num_steps=2)
+        yield log, seen
+    finally:
+        log.removeHandler(collect)
+        log.filters[:] = old_filters
 
+
+def test_deepspeed_scheduler_notice_dropped_other_warnings_kept():
+    """DeepSpeed's warmup schedulers warn from their own constructor; the filter the training
+    engine installs drops that line only (checked on the real scheduler class)."""
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupDecayLR
+
+    from giellm_ray.log import quiet_deepspeed_scheduler_notice
+
+    def build():
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        WarmupDecayLR(opt, total_num_steps=10, warmup_num_steps=2)
+
+    with _messages("DeepSpeed") as (ds, seen):
+        old_filters = len(ds.filters)
         build()
         assert any(m.startswith("Attempting to get learning rate") for m in seen)  # the notice
         seen.clear()
@@ -133,10 +143,7 @@ def test_deepspeed_scheduler_notice_dropped_other_warnings_kept():
         build()
         ds.warning("a real DeepSpeed warning")
         assert seen == ["a real DeepSpeed warning"]
-        assert len(ds.filters) == len(old_filters) + 1
-    finally:
-        ds.removeHandler(collect)
-        ds.filters[:] = old_filters
+        assert len(ds.filters) == old_filters + 1
 
 
 def test_serve_batch_bound_notice_dropped_other_serve_warnings_kept():
@@ -144,7 +151,6 @@ def test_serve_batch_bound_notice_dropped_other_serve_warnings_kept():
     coalescer makes that product meaningless) and nothing else Serve says; the prefix we match is
     read from Ray's own source, so a Ray upgrade that rewords the notice fails here."""
     import inspect
-    import logging
 
     from ray.serve.batching import _BatchQueue
 
@@ -152,16 +158,7 @@ def test_serve_batch_bound_notice_dropped_other_serve_warnings_kept():
 
     source = inspect.getsource(_BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests)
     assert f'f"{SERVE_BATCH_BOUND_NOTICE}{{self.max_batch_size}})' in source
-    serve_log = logging.getLogger("ray.serve")
-    seen: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
-
-    collect, old_filters = Collect(), list(serve_log.filters)
-    serve_log.addHandler(collect)
-    try:
+    with _messages("ray.serve") as (serve_log, seen):
         notice = ("`max_batch_size` (16) * `max_concurrent_batches` (32) is larger than "
                   "`max_ongoing_requests` (64). This means the replica will never achieve ...")
         serve_log.warning(notice)
@@ -171,6 +168,3 @@ def test_serve_batch_bound_notice_dropped_other_serve_warnings_kept():
         serve_log.warning(notice)
         serve_log.warning("Replica failed its health check")
         assert seen == [notice, "Replica failed its health check"]
-    finally:
-        serve_log.removeHandler(collect)
-        serve_log.filters[:] = old_filters
