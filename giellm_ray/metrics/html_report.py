@@ -95,8 +95,9 @@ def highlighted(text: str | None, items: Sequence[Mapping], colours: Mapping[str
             spans.append((it["start"], it["end"], i))
         if it.get("tail_start") is not None:
             spans.append((it["tail_start"], it["tail_end"], i))
-    parts = []
+    parts, at = [], 0
     for piece, covering in segments(text, spans):
+        start, at = at, at + len(piece)
         if not covering:
             parts.append(html.escape(piece))
             continue
@@ -105,7 +106,8 @@ def highlighted(text: str | None, items: Sequence[Mapping], colours: Mapping[str
                           f"{_fmt_score(items[i].get('score'))})" for i in covering)
         parts.append(f'<mark class="{first.get("mark", "")}" style="background:'
                      f'{colours.get(first["label"], "#ddd")}" data-items="'
-                     f'{",".join(map(str, covering))}" title="{html.escape(title)}">'
+                     f'{",".join(map(str, covering))}" data-start="{start}" data-end="{at}" '
+                     f'title="{html.escape(title)}">'
                      f"{html.escape(piece)}</mark>")
     return "".join(parts)
 
@@ -219,7 +221,7 @@ def write_html_report(analysis: Analysis, out_dir: str, registry: TaskRegistry,
             + _confidence_html((confidence or {}).get(ds))
             + _confusion_html(analysis.tl_confusion.get(ds, {}), "TL labels")
             + _confusion_html(analysis.wl_confusion.get(ds, {}),
-                              f"WL labels ({NONE_LABEL}: missing / extra item)"))
+                              f"WL labels, {NONE_LABEL}: missing / extra item"))
     legend = ('<p class="meta">Marks: <mark class="missing" style="background:#eee">missing'
               '</mark> gold item not predicted · <mark class="extra" style="background:#eee">'
               'extra</mark> predicted item not in gold · <mark class="mislabelled" '
