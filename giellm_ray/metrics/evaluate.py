@@ -4,7 +4,7 @@ Input columns: ``dataset``, ``target``, ``prediction`` (``id``, ``text``, ``pred
 ``score`` and ``tl_score`` used when present, as bulk scoring writes them; outputs without scores
 still work). Streams record batches, so a 187k-row file needs little memory. Writes
 ``DIR/metrics.json`` + ``metrics.md`` + ``metrics.png`` (+ ``reliability.png`` with scores, see
-:mod:`giellm_ray.metrics.report`), ``DIR/report.html`` + ``DIR/report/*.html`` (a sample of the
+:mod:`giellm_ray.metrics.report`), ``DIR/report.html`` + ``DIR/report-*.html`` (a sample of the
 wrong rows, see :mod:`giellm_ray.metrics.html_report`) and ``DIR/rows.parquet`` for error
 analysis: per row the parsed target and prediction (TL label, items as label/span(/tail) exactly
 as written), which levels matched, and why parsing failed.
@@ -82,7 +82,7 @@ def add_batch(analysis: Analysis, cols: dict[str, list]) -> list[dict]:
 
 def finish(analysis: Analysis, output: str, registry: TaskRegistry,
            title: str = "GIELLM evaluation") -> tuple[dict[str, dict], list[str]]:
-    """Write metrics.* (+ reliability.png) and report.html (+ report/) into ``output``; return
+    """Write metrics.* (+ reliability.png) and report*.html into ``output``; return
     the metrics and the names written."""
     confidence = confidence_report(analysis.scores, analysis.gold_items())
     metrics = write_report(analysis.counts, output, title, confidence, analysis.synthetic)

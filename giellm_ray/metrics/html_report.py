@@ -5,7 +5,8 @@
 - ``report.html``: per dataset the row count, how many rows are wrong and how many of them are
   shown, links to the pages, the TL-label confusion, the WL-label confusion (with ``∅`` rows and
   columns for missing and extra items) and the confidence summary (``reliability.png``);
-- ``report/<dataset>-<k>.html``: ``page_size`` sampled wrong rows a page; per row the text twice,
+- ``report-<dataset>-<k>.html`` beside it (flat, so a scored output's ``_metrics/`` has no
+  subdirectory to clean up): ``page_size`` sampled wrong rows a page; per row the text twice,
   gold spans highlighted on the left and predicted spans on the right in their label's colour,
   each item marked *ok*, *missing*, *extra* or *mislabelled*, each predicted item with its score.
 
@@ -193,7 +194,7 @@ def _pct(x: float | None) -> str:
 def write_html_report(analysis: Analysis, out_dir: str, registry: TaskRegistry,
                       confidence: Mapping[str, Mapping] | None = None, caveat: str | None = None,
                       page_size: int = PAGE_SIZE) -> list[str]:
-    """Write ``report.html`` and ``report/*.html`` into ``out_dir``; return the names written."""
+    """Write ``report.html`` and ``report-*.html`` into ``out_dir``; return the names written."""
     written = []
     sections = []
     for ds in analysis.counts:
@@ -202,10 +203,11 @@ def write_html_report(analysis: Analysis, out_dir: str, registry: TaskRegistry,
         pages = [sample[i:i + page_size] for i in range(0, len(sample), page_size)]
         links = []
         for k, rows in enumerate(pages, 1):
-            name = f"report/{_slug(ds)}-{k}.html"
-            nav = " ".join(f'<a href="{_slug(ds)}-{j}.html">{j}</a>' if j != k else f"<b>{j}</b>"
+            name = f"report-{_slug(ds)}-{k}.html"
+            nav = " ".join(f'<a href="report-{_slug(ds)}-{j}.html">{j}</a>' if j != k
+                           else f"<b>{j}</b>"
                            for j in range(1, len(pages) + 1))
-            body = (f'<p><a href="../report.html">← report</a> · {html.escape(ds)} · page {k} of '
+            body = (f'<p><a href="report.html">← report</a> · {html.escape(ds)} · page {k} of '
                     f"{len(pages)}: {nav}</p><h2>{html.escape(ds)}: wrong rows "
                     f"{(k - 1) * page_size + 1}–{(k - 1) * page_size + len(rows)} of "
                     f"{len(sample)} shown ({analysis.wrong[ds]} wrong in all)</h2>"

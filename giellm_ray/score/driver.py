@@ -229,15 +229,13 @@ def compute_metrics(fs: pafs.FileSystem, files: list[str], registry) -> dict:
 
 def _write_report(fs: pafs.FileSystem, files: list[str], report_dir: str,
                   registry) -> tuple[dict, list[str]]:
-    """metrics.*, reliability.png and report.html (+ report/ pages) of the written output."""
+    """metrics.*, reliability.png and report*.html of the written output."""
     from giellm_ray.metrics.evaluate import write_scored_report
 
     with tempfile.TemporaryDirectory() as tmp:
         metrics, names = write_scored_report(fs, files, tmp, registry)
         fs.create_dir(report_dir, recursive=True)
         for name in names:
-            if "/" in name:
-                fs.create_dir(f"{report_dir}/{name.rsplit('/', 1)[0]}", recursive=True)
             with open(os.path.join(tmp, name), "rb") as src, \
                     fs.open_output_stream(f"{report_dir}/{name}") as dst:
                 dst.write(src.read())

@@ -282,7 +282,7 @@ def test_report_shows_wrong_rows_with_their_items(browser, extractor, tmp_path):
         assert "synthetic sample" in browser.find_element("tag name", "body").text
         screenshot(browser, "report.png")
         links = browser.execute_script(
-            "return [...document.querySelectorAll('a[href^=\"report/\"]')].map(a => a.href)")
+            "return [...document.querySelectorAll('a[href^=\"report-\"]')].map(a => a.href)")
         assert links, "no page of wrong rows"
         checked = 0
         for link in links:

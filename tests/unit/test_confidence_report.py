@@ -129,9 +129,9 @@ def test_eval_writes_confidence_reliability_and_paged_report(tmp_path):
     # Report: 130 wrong rows, 120 sampled, 50 a page -> 3 pages; confusions and marks present.
     index = (out / "report.html").read_text()
     assert "131 rows, 130 wrong" in index and "120 of them shown" in index
-    pages = sorted(p.name for p in (out / "report").iterdir())
-    assert pages == ["SCNM-1.html", "SCNM-2.html", "SCNM-3.html"]
-    page = (out / "report" / "SCNM-3.html").read_text()
+    pages = sorted(p.name for p in out.glob("report-*"))
+    assert pages == ["report-SCNM-1.html", "report-SCNM-2.html", "report-SCNM-3.html"]
+    page = (out / "report-SCNM-3.html").read_text()
     assert page.count('class="row"') == 20
     assert "mislabelled" in page and "missing" in page and "0.30" in page
     assert "社会" in index and "技術" in index and NONE_LABEL in index
@@ -172,7 +172,7 @@ def test_outputs_without_scores_still_evaluate(tmp_path):
     assert "confidence" not in metrics["SCNM"] and metrics["SCNM"]["n"] == 4
     assert not (tmp_path / "r" / "reliability.png").exists()
     assert "no confidence scores" in (tmp_path / "r" / "report.html").read_text()
-    page = (tmp_path / "r" / "report" / "SCNM-1.html").read_text()
+    page = (tmp_path / "r" / "report-SCNM-1.html").read_text()
     assert "· –" in page  # the score column shows a dash, not a made-up number
 
 
