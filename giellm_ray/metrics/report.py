@@ -155,6 +155,8 @@ def render_reliability(metrics: Mapping[str, Mapping]) -> bytes | None:
                 ax.plot([b["mean_score"] for b in bins], [b["accuracy"] for b in bins],
                         marker="o", label=f"{ds} (n={conf[kind]['scored']}, "
                         f"ECE {_score(conf[kind]['ece'])})")
+        if not any(conf[kind]["scored"] for conf in scored.values()):
+            ax.text(0.5, 0.5, "no scores in this output", ha="center", color="#888")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("mean score in bin")
