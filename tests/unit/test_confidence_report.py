@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from giellm_ray import schema
+from giellm_ray.formats import DEFAULT_REGISTRY
 from giellm_ray.metrics.analysis import NONE_LABEL, Analysis, match_items
 from giellm_ray.metrics.confidence import (
     add_scores,
@@ -201,3 +202,22 @@ def test_chart_title_says_synthetic():
     assert "NOT COMPARABLE WITH THE PAPER" in chart_title(synthetic, "demo")
     assert chart_title(build_metrics(counts, synthetic={"SCNM": 0}), "demo") == "demo"
     assert render_chart(synthetic, "demo")[:4] == b"\x89PNG"
+
+
+def test_score_drivers_metrics_step_writes_the_same_report(tmp_path):
+    """``giellm score``'s metrics step (driver._write_report) over scored files, without Ray."""
+    import pyarrow.fs as pafs
+
+    from giellm_ray.score.driver import _write_report
+
+    files = []
+    for k, part in enumerate((_scored_rows(5)[:3], _scored_rows(5)[3:])):
+        files.append(str(tmp_path / f"part-{k}.parquet"))
+        pq.write_table(pa.Table.from_pylist(part), files[-1])
+    metrics, names = _write_report(pafs.LocalFileSystem(), files, str(tmp_path / "_metrics"),
+                                   DEFAULT_REGISTRY)
+    assert metrics["SCNM"]["n"] == 6 and metrics["SCNM"]["confidence"]["tl"]["scored"] == 6
+    assert sorted(names) == sorted(f"_metrics/{n}" for n in (
+        "metrics.json", "metrics.md", "metrics.png", "reliability.png", "report.html",
+        "report-SCNM-1.html"))
+    assert all((tmp_path / n).is_file() for n in names)
