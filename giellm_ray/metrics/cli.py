@@ -13,7 +13,8 @@ def handle(args: argparse.Namespace) -> int:
 
     metrics = evaluate(args.predictions, args.output, TaskRegistry.load(args.tasks))
     print(markdown_table(metrics))
-    print(f"wrote {io.join(args.output, 'metrics.json')}, metrics.md, metrics.png, rows.parquet")
+    print(f"wrote {io.join(args.output, 'metrics.json')}, metrics.md, metrics.png, rows.parquet, "
+          "report.html (+ report-*.html pages; reliability.png when the output has scores)")
     return 0
 
 
@@ -22,7 +23,9 @@ def register(subparsers) -> None:
         "eval",
         help="score predictions against targets: TL/WL/ALL accuracy, item P/R/F1, report",
         description="Evaluate a Parquet file or directory with dataset, target and prediction "
-        "columns. Writes DIR/metrics.json, metrics.md, metrics.png and rows.parquet.",
+        "columns (pred_items scores and tl_score used when present). Writes DIR/metrics.json, "
+        "metrics.md, metrics.png, rows.parquet, report.html with report-*.html pages (a sample of the "
+        "wrong rows) and, with scores, reliability.png.",
     )
     p.add_argument("predictions", help="Parquet file or directory (local or s3://)")
     p.add_argument("--output", required=True, help="report directory (local or s3://)")

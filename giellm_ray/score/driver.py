@@ -227,18 +227,19 @@ def compute_metrics(fs: pafs.FileSystem, files: list[str], registry) -> dict:
     return merge_counts(parts)
 
 
-def _write_report(fs: pafs.FileSystem, counts: dict, report_dir: str) -> tuple[dict, list[str]]:
-    from giellm_ray.metrics import write_report
+def _write_report(fs: pafs.FileSystem, files: list[str], report_dir: str,
+                  registry) -> tuple[dict, list[str]]:
+    """metrics.*, reliability.png and report*.html of the written output."""
+    from giellm_ray.metrics.evaluate import write_scored_report
 
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = write_report(counts, tmp)
+        metrics, names = write_scored_report(fs, files, tmp, registry)
         fs.create_dir(report_dir, recursive=True)
-        names = sorted(os.listdir(tmp))
         for name in names:
             with open(os.path.join(tmp, name), "rb") as src, \
                     fs.open_output_stream(f"{report_dir}/{name}") as dst:
                 dst.write(src.read())
-    return metrics, [f"{C.METRICS_DIR}/{n}" for n in names]
+    return metrics, [f"{C.METRICS_DIR}/{n}" for n in sorted(names)]
 
 
 def write_meta(cfg: ScoreConfig, plan: Plan, summary: dict, names: list[str],
@@ -248,7 +249,8 @@ def write_meta(cfg: ScoreConfig, plan: Plan, summary: dict, names: list[str],
     if cfg.metrics and S.TARGET in plan.schema.names:
         counts = compute_metrics(out.fs, [out.child(n) for n in names], registry)
         if any(c["n"] for c in counts.values()):
-            summary["metrics"], written = _write_report(out.fs, counts, out.child(C.METRICS_DIR))
+            summary["metrics"], written = _write_report(
+                out.fs, [out.child(n) for n in names], out.child(C.METRICS_DIR), registry)
             meta += written
         else:  # a target column of nulls (unlabelled data): nothing to score against
             log.info("score: no gold targets in the input; metrics skipped")

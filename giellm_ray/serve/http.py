@@ -10,7 +10,12 @@ malformed JSON or a body that is not UTF-8 400, other schema errors 422, body ov
 ``{detail, request_id}``. An output that does not parse is a 200 whose ``error`` field says why; a
 row that failed inside the model is a 200 whose ``error`` is one stable line (the internal text is
 logged here with the request id). No model replica able to answer: 503 with ``Retry-After``. Any
-other failure: 500 with a stable message, never exception text. OpenAPI docs are at ``/docs``.
+other failure: 500 with a stable message, never exception text.
+
+Pages, every asset served by the app itself (no CDN, so they work offline): ``/`` is a page to try
+the model (``serve/static/``: plain HTML, CSS and JS that call ``/v1/tasks`` and
+``/v1/extract``); OpenAPI docs at ``/docs`` (Swagger UI) and ``/redoc`` load their scripts from
+``/static/swagger/``, the swagger-ui / redoc dist files the ``fastapi-offline`` package ships.
 """
 
 from __future__ import annotations
@@ -19,10 +24,17 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from giellm_ray import schema as S
@@ -148,13 +160,61 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail, "request_id": rid}, status_code=status)
 
 
+STATIC_DIR = resources.files("giellm_ray") / "serve" / "static"
+
+
+def _swagger_dir() -> str:
+    """swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js, favicon.png (fastapi-offline)."""
+    import fastapi_offline
+
+    return str(resources.files(fastapi_offline) / "static")
+
+
+def _add_pages(app: FastAPI) -> None:
+    """``/`` (the try-it page), ``/static`` (its assets), ``/docs`` and ``/redoc`` from local files."""
+    app.mount("/static/swagger", StaticFiles(directory=_swagger_dir()), name="swagger")
+    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+    def root(request: Request) -> str:
+        return request.scope.get("root_path", "").rstrip("/")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(STATIC_DIR / "index.html"), media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        base = root(request)
+        return get_swagger_ui_html(
+            openapi_url=base + app.openapi_url, title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=base + "/docs/oauth2-redirect",
+            swagger_js_url=base + "/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url=base + "/static/swagger/swagger-ui.css",
+            swagger_favicon_url=base + "/static/swagger/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None})  # no call to the online validator
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        base = root(request)
+        return get_redoc_html(openapi_url=base + app.openapi_url, title=f"{app.title} - ReDoc",
+                              redoc_js_url=base + "/static/swagger/redoc.standalone.js",
+                              redoc_favicon_url=base + "/static/swagger/favicon.png",
+                              with_google_fonts=False)
+
+
 def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
                    extract: ExtractFn, observe: ObserveFn | None = None) -> FastAPI:
     """The FastAPI app; ``observe(route, latency_ms, n_texts)`` is called after each extraction."""
     app = FastAPI(title="GIELLM extraction", version="1",
-                  description="Japanese general information extraction (GIELLM) on Ray Serve.")
+                  description="Japanese general information extraction (GIELLM) on Ray Serve.",
+                  docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimitMiddleware, limit=http.max_body_bytes)
     _add_error_handlers(app)
+    _add_pages(app)
 
     async def run(reqs: list[ExtractRequest], rid: str, route: str) -> tuple[list, float]:
         start = time.perf_counter()
