@@ -39,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 OUT = Path(__file__).resolve().parent
 
 from giellm_ray.config import load_config  # noqa: E402
+from giellm_ray.model.cache import CACHE_ENV, NVME_ROOTS  # noqa: E402
 from giellm_ray.ray_session import RAYLET_ENV  # noqa: E402
 
 IMAGE_HOME = "/home/ray/giellm-ray"  # where the Dockerfile puts this repository
-CACHE_MOUNT = "/mnt/nvme"  # giellm_ray.model.cache.NVME_ROOTS[0]
+CACHE_MOUNT = NVME_ROOTS[0]  # /mnt/nvme: where the model cache and checkpoint staging look
 MODEL_CACHE = f"{CACHE_MOUNT}/giellm/models"
 POD_CPU, POD_MEMORY = 88, "1000Gi"  # of p4de's 96 vCPU / 1,152 GiB (see the docstring)
 HEAD_CPU, HEAD_MEMORY = 14, "56Gi"  # of an m6i.4xlarge's 16 vCPU / 64 GiB, as cluster.yaml's head
@@ -96,11 +97,17 @@ def edits() -> dict[str, str]:
     }
 
 
+def require(ok: bool, message: str) -> None:
+    """Refuse to write a manifest the configs contradict (what a pod cannot hold, say)."""
+    if not ok:
+        raise SystemExit(f"generate.py: {message}")
+
+
 # -- pods --------------------------------------------------------------------------------------
 
 def env() -> list[dict]:
     out = [{"name": "GIELLM_STORAGE", "value": storage()},
-           {"name": "GIELLM_MODEL_CACHE", "value": MODEL_CACHE},
+           {"name": CACHE_ENV, "value": MODEL_CACHE},
            {"name": "TOKENIZERS_PARALLELISM", "value": "false"}]
     return out + [{"name": k, "value": v} for k, v in RAYLET_ENV.items()]
 
@@ -178,10 +185,11 @@ def train_nodes(config: str, fallback: str | None = None) -> int:
         print(f"note: {path.relative_to(ROOT)} not here yet: sized as {fallback}", file=sys.stderr)
         path = repo(fallback)
     cfg = load_config(TrainConfig, str(path), [f"storage_path={storage()}/runs"])
-    assert cfg.use_gpu, f"{config}: a GPU manifest for a CPU recipe"
+    require(cfg.use_gpu, f"{config}: use_gpu is false, a GPU manifest for a CPU recipe")
     per_worker = cfg.resources_per_worker.get("GPU", 1)
     per_node = int(gpu_node()["GPU"] // per_worker)
-    assert min(per_node, cfg.num_workers) * cfg.resources_per_worker.get("CPU", 1) <= POD_CPU
+    cpus = min(per_node, cfg.num_workers) * cfg.resources_per_worker.get("CPU", 1)
+    require(cpus <= POD_CPU, f"{config}: {cpus} CPUs of workers per node > a pod's {POD_CPU}")
     return math.ceil(cfg.num_workers / per_node)
 
 
@@ -198,7 +206,8 @@ def score_actors(nodes: int) -> int:
 
     cfg = load_config(ScoreConfig, str(repo(SCORE)))
     per_node = int(gpu_node()["GPU"] // cfg.num_gpus_per_actor)
-    assert per_node * cfg.num_cpus_per_actor <= POD_CPU
+    require(per_node * cfg.num_cpus_per_actor <= POD_CPU,
+            f"{SCORE}: {per_node} actors x {cfg.num_cpus_per_actor} CPUs > a pod's {POD_CPU}")
     return nodes * per_node
 
 
@@ -241,7 +250,8 @@ def rayservice() -> dict:
     (app,) = deploy["applications"]
     cfg = config_from_args({**app["args"], "config": str(repo(app["args"]["config"]))})
     r, gpus = cfg.replica, int(gpu_node()["GPU"])
-    assert deploy["http_options"]["port"] == cfg.http.port
+    require(deploy["http_options"]["port"] == cfg.http.port,
+            f"{DEPLOY}'s http_options.port is not its ServeConfig's http.port")
     # Serve drains a stopping replica for graceful_shutdown_timeout_s (after one wait loop); the
     # pod and the old cluster of an upgrade outlive that by 30 s.
     drain = math.ceil(r.graceful_shutdown_wait_loop_s + r.graceful_shutdown_timeout_s) + 30

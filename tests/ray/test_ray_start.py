@@ -107,3 +107,28 @@ def test_sigkilled_actor_leaves_no_vllm_engine_core(ray_cluster, tiny_vllm_model
 
     left = _sigkill_and_wait(actor_pid, engine_pids)
     assert not left, f"vLLM engine processes outlived their actor: {left}"
+
+
+def test_connect_ray_starts_its_raylet_with_our_ray_environment(tmp_path):
+    """A local Ray that ``giellm`` starts: the raylet process's own environment has RAYLET_ENV."""
+    import json
+    import subprocess
+    import sys
+
+    from giellm_ray.ray_session import RAYLET_ENV
+
+    keys = list(RAYLET_ENV)
+    code = (
+        "import json, psutil, ray\n"
+        "from giellm_ray.ray_session import connect_ray\n"
+        "assert connect_ray(num_cpus=1, dashboard=False)\n"
+        "raylets = [p for p in psutil.Process().children(recursive=True) if p.name() == 'raylet']\n"
+        f"print(json.dumps([{{k: p.environ().get(k) for k in {keys!r}}} for p in raylets]))\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_TMPDIR"] = str(tmp_path)  # its own cluster, never the shared one
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [RAYLET_ENV]
