@@ -46,15 +46,20 @@ W = 2P = 2.33 GB; a full ZeRO-2 checkpoint C = 2P + 12P (fp32 master, momentum, 
                        every 0.1 s): 2W + C (checkpoint 1) + C (checkpoint 2, staged)  37.2 GB
                        (bound, had the kill come as that upload ended: + C =      53.5 GB)
   after the kill       checkpoint 2 removed, stored and staged: 2W + C            20.9 GB
-  resume_zero2         + C (checkpoint 1 staged for the restore, dropped once
-                       loaded), then + 2W (final weights-only checkpoint, staged
-                       and uploaded)                                             37.2 GB peak
+  resume_zero2         checkpoint 1 is read where it lies (local storage is not
+                       staged); + 2W (the final weights-only checkpoint, staged
+                       and uploaded)                                             25.6 GB peak
   after resume         both runs removed                                           4.7 GB
 
-The killed run's staged checkpoint is removed by this script: the resume runs under another name,
-so the trainer's clean-up (by run name) never sees it, and it would add C = 16.3 GB to the
-resume's peak (53.5 GB). Before each phase the free disk is checked against that phase's growth
-(from the table: setup W, train_zero3 2W, train_zero2_kill 3C, resume_zero2 C + 2W, 1 GB for the
+The killed run's staged checkpoint (up to C) is removed by this script: the resume runs under
+another name, so the trainer's clean-up (by run name) never sees it, and it would stay on the disk
+for every later phase (the resume's peak 41.9 GB instead of 25.6). In ``--smoke`` (P = 259k,
+fp32, phases train_zero2_kill and resume_zero2 only: W = 4P = 1.04 MB, C = W + 12P = 4.15 MB,
+measured 4.23 MB) the workdir held 9.69 MB at the kill (W + 2C = 9.34, plus data and logs),
+5.46 MB after the clean-up (W + C = 5.19) and peaked at 0.007 GB in the resume (W + C + 2W =
+7.3 MB); the staged copy of so small a checkpoint is uploaded and deleted before the kill, so
+there it was 0 bytes. Before each phase the free disk is checked against that phase's growth
+(from the table: setup W, train_zero3 2W, train_zero2_kill 3C, resume_zero2 2W, 1 GB for the
 others) plus ``--disk-reserve-gb`` (default 5 GB for the OS and logs): a phase that would not fit
 is an error naming both figures, not an ENOSPC halfway. Each phase's JSON line has
 ``disk_free_gb`` (at its start) and ``peak_disk_gb`` (the workdir's size, sampled every 0.5 s);
@@ -254,9 +259,9 @@ class Rehearsal:
             shape["layers"] * (4 * shape["hidden"] ** 2 + 3 * shape["hidden"] * shape["mlp"])
             + 2 * shape["vocab"] * shape["hidden"])
         w = params * (4 if smoke else 2)  # weights: fp32 in --smoke, else bf16
-        c = params * (12 if smoke else 14)  # + fp32 master (bf16 only), Adam momentum, variance
+        c = w + 12 * params  # a full checkpoint: weights + fp32 master, Adam momentum, variance
         return {"setup": w, "train_zero3": 2 * w, "train_zero2_kill": 3 * c,
-                "resume_zero2": c + 2 * w}.get(name, 1e9)
+                "resume_zero2": 2 * w}.get(name, 1e9)
 
     def run_phase(self, name: str, fn) -> None:
         start = time.monotonic()
