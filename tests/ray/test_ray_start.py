@@ -112,11 +112,13 @@ def test_sigkilled_actor_leaves_no_vllm_engine_core(ray_cluster, tiny_vllm_model
     assert not left, f"vLLM engine processes outlived their actor: {left}"
 
 
-def test_connect_ray_starts_its_raylet_with_our_ray_environment(tmp_path):
+def test_connect_ray_starts_its_raylet_with_our_ray_environment():
     """A local Ray that ``giellm`` starts: the raylet process's own environment has RAYLET_ENV."""
     import json
+    import shutil
     import subprocess
     import sys
+    import tempfile
 
     from giellm_ray.ray_session import RAYLET_ENV
 
@@ -130,8 +132,12 @@ def test_connect_ray_starts_its_raylet_with_our_ray_environment(tmp_path):
         "ray.shutdown()\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["RAY_TMPDIR"] = str(tmp_path)  # its own cluster, never the shared one
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=300)
+    temp_dir = tempfile.mkdtemp(prefix="grs", dir="/tmp")  # short: Unix socket paths <= 107
+    env["RAY_TMPDIR"] = temp_dir  # its own cluster, never the shared one
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, timeout=300)
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [RAYLET_ENV]
