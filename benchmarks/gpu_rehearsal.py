@@ -1,6 +1,6 @@
 """GPU rehearsal: the project's whole GPU path on one GPU, no downloads, JSON lines, < 8 minutes.
 
-    python benchmarks/gpu_rehearsal.py [--workdir DIR] [--keep] [--phases a,b,...]
+    python benchmarks/gpu_rehearsal.py [--workdir DIR] [--keep] [--phases a,b,...] [--disk-reserve-gb N]
     python benchmarks/gpu_rehearsal.py --smoke     # the same phases on CPU with a tiny model
 
 Builds a random-init Llama of ~1.1B parameters in bf16 (TinyLlama's width: hidden 2048, MLP 5632,
@@ -32,9 +32,38 @@ tokens/s (score: generated tokens over the whole job, start-up included, as ``_s
 reports; serve: over the load) against the HBM roofline (decode batch x bandwidth / weight bytes,
 KV reads ignored: the engine's mean decode batch for score, the client concurrency for serve).
 A failing phase prints its error (the log's tail) and the next phase
-runs; later phases fall back to the base model if training failed. Checkpoints of 1.1B with Adam
-state are ~15 GB each (2.2 GB bf16 weights + 13.2 GB fp32 master, momentum, variance); the script
-deletes what it no longer needs (peak ~35 GB of disk). Without
+runs; later phases fall back to the base model if training failed.
+
+Disk. A lent machine has 64 GiB (68.7 GB) in all, OS and image included. Every byte the phases
+write lies under the workdir (checkpoint staging too: ``WORKDIR/staging``). For the 1.1B model
+(P = 22 x (4 x 2048^2 + 3 x 2048 x 5632) + 2 x 8000 x 2048 = 1.16e9 parameters): bf16 weights
+W = 2P = 2.33 GB; a full ZeRO-2 checkpoint C = 2P + 12P (fp32 master, momentum, variance) =
+16.3 GB, written to staging, then uploaded to ``runs/`` (the staged copy is deleted after it):
+
+  after setup          base model W                                                2.3 GB
+  train_zero3          + export W (+ its staged gather W); checkpoints deleted     4.7 GB, peak 7.0
+  train_zero2_kill     killed as checkpoint 2's upload starts (the script polls
+                       every 0.1 s): 2W + C (checkpoint 1) + C (checkpoint 2, staged)  37.2 GB
+                       (bound, had the kill come as that upload ended: + C =      53.5 GB)
+  after the kill       checkpoint 2 removed, stored and staged: 2W + C            20.9 GB
+  resume_zero2         checkpoint 1 is read where it lies (local storage is not
+                       staged); + 2W (the final weights-only checkpoint, staged
+                       and uploaded)                                             25.6 GB peak
+  after resume         both runs removed                                           4.7 GB
+
+The killed run's staged checkpoint (up to C) is removed by this script: the resume runs under
+another name, so the trainer's clean-up (by run name) never sees it, and it would stay on the disk
+for every later phase (the resume's peak 41.9 GB instead of 25.6). In ``--smoke`` (P = 259k,
+fp32, phases train_zero2_kill and resume_zero2 only: W = 4P = 1.04 MB, C = W + 12P = 4.15 MB,
+measured 4.23 MB) the workdir held 9.69 MB at the kill (W + 2C = 9.34, plus data and logs),
+5.46 MB after the clean-up (W + C = 5.19) and peaked at 0.007 GB in the resume (W + C + 2W =
+7.3 MB); the staged copy of so small a checkpoint is uploaded and deleted before the kill, so
+there it was 0 bytes. Before each phase the free disk is checked against that phase's growth
+(from the table: setup W, train_zero3 2W, train_zero2_kill 3C, resume_zero2 2W, 1 GB for the
+others) plus ``--disk-reserve-gb`` (default 5 GB for the OS and logs): a phase that would not fit
+is an error naming both figures, not an ENOSPC halfway. Each phase's JSON line has
+``disk_free_gb`` (at its start) and ``peak_disk_gb`` (the workdir's size, sampled every 0.5 s);
+the summary has the run's ``peak_disk_gb``. Without
 DeepSpeed's FusedAdam prebuilt (the Dockerfile builds it) the first training phase also JIT-
 compiles it (~1-2 min). ``--smoke``: CPU, hidden 64, 2 layers, fp32, 100 rows, 20 requests at 4.
 """
@@ -116,6 +145,43 @@ class PeakMemory:
         return {"peak_gpu_mem_gb": round(self.peak, 2)} if self.gpu else {}
 
 
+def tree_bytes(path: Path) -> int:
+    """Bytes a directory tree takes on disk (allocated blocks; 0 if it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+class PeakDisk:
+    """Samples the workdir's size every 0.5 s while a phase runs (``observe`` adds a sample)."""
+
+    def __init__(self, path: Path):
+        self.path, self.peak, self._stop = path, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def observe(self) -> int:
+        used = tree_bytes(self.path)
+        self.peak = max(self.peak, used)
+        return used
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.observe()
+
+    def __enter__(self) -> PeakDisk:
+        self.observe()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.observe()
+
+
 class Rehearsal:
     """Runs the phases in order; each one's outcome becomes a JSON line."""
 
@@ -125,6 +191,11 @@ class Rehearsal:
         self.work = Path(args.workdir or tempfile.mkdtemp(prefix="giellm-rehearsal-")).resolve()
         self.logs = self.work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.staging = self.work / "staging"  # checkpoint staging: counted and cleaned with the rest
+        self.reserve = (args.disk_reserve_gb if args.disk_reserve_gb is not None
+                        else 0.0 if args.smoke else 5.0) * 1e9
+        self.disk: PeakDisk | None = None
+        self.peak_disk = 0
         # A private, short Ray temp dir: each phase starts its own local Ray and never joins
         # another cluster on this machine (ray.init reads <RAY_TMPDIR>/ray/ray_current_cluster).
         self.ray_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
@@ -181,16 +252,44 @@ class Rehearsal:
         return rc, log.read_text(errors="replace")
 
     # -- phases -----------------------------------------------------------------------------
+    def disk_need(self, name: str) -> float:
+        """Bytes a phase adds to the disk at its peak (the docstring's table)."""
+        shape, smoke = self.sizes["model"], self.smoke
+        params = self.info.get("params") or (  # before setup: the shape's count, untied embeddings
+            shape["layers"] * (4 * shape["hidden"] ** 2 + 3 * shape["hidden"] * shape["mlp"])
+            + 2 * shape["vocab"] * shape["hidden"])
+        w = params * (4 if smoke else 2)  # weights: fp32 in --smoke, else bf16
+        c = w + 12 * params  # a full checkpoint: weights + fp32 master, Adam momentum, variance
+        return {"setup": w, "train_zero3": 2 * w, "train_zero2_kill": 3 * c,
+                "resume_zero2": 2 * w}.get(name, 1e9)
+
     def run_phase(self, name: str, fn) -> None:
         start = time.monotonic()
-        with PeakMemory(self.gpu) as mem:
+        free, need = shutil.disk_usage(self.work).free, self.disk_need(name)
+        disk = {"disk_free_gb": round(free / 1e9, 2), "disk_need_gb": round(need / 1e9, 3)}
+        if free < need + self.reserve:  # an error now beats ENOSPC halfway through the phase
+            self.failed += 1
+            emit({"phase": name, "status": "error", **disk,
+                  "error": f"not enough disk: {free / 1e9:.2f} GB free under {self.work}, the "
+                           f"phase needs ~{need / 1e9:.2f} GB + {self.reserve / 1e9:.1f} GB "
+                           "reserve (--disk-reserve-gb)", "seconds": 0.0})
+            return
+        with PeakMemory(self.gpu) as mem, PeakDisk(self.work) as self.disk:
             try:
                 record = {"status": "ok", **(fn() or {})}
             except Exception as exc:  # one phase's failure must not stop the others
                 record = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[-2000:]}
                 self.failed += 1
+        self.peak_disk = max(self.peak_disk, self.disk.peak)
         emit({"phase": name, **record, "seconds": round(time.monotonic() - start, 1),
-              **mem.record()})
+              **mem.record(), **disk, "peak_disk_gb": round(self.disk.peak / 1e9, 3)})
+
+    def drop_staging(self, run: str) -> int:
+        """Remove a run's checkpoint staging directory; the bytes it held."""
+        path = self.staging / f"giellm-{run}"  # giellm_ray.train.loop's name for it
+        held = tree_bytes(path)
+        shutil.rmtree(path, ignore_errors=True)
+        return held
 
     def setup(self) -> dict:
         proc, log = self.launch("setup", [sys.executable, __file__, "--_build", str(self.work),
@@ -212,7 +311,8 @@ class Rehearsal:
                "per_device_batch_size": self.sizes["batch"], "grad_accum": 1, "zero_stage": stage,
                "precision": "fp32" if self.smoke else "bf16", "num_workers": 1,
                "use_gpu": self.gpu, "resources_per_worker": {"CPU": 1}, "max_failures": 0,
-               "log_every_steps": 5, "keep_checkpoints": 3, **extra}
+               "log_every_steps": 5, "keep_checkpoints": 3,
+               "checkpoint_staging_dir": str(self.staging), **extra}
         path = self.work / f"{run}.yaml"
         path.write_text(json.dumps(cfg))  # JSON is YAML
         return path
@@ -239,7 +339,8 @@ class Rehearsal:
             raise RuntimeError(f"no HF export in {export}: {log[-1000:]}")
         self.model = str(export)
         for ckpt in _checkpoints(self.work / "runs" / "zero3"):
-            shutil.rmtree(ckpt, ignore_errors=True)  # ~15 GB each at 1.1B; only the export is used
+            shutil.rmtree(ckpt, ignore_errors=True)  # only the export is used from here on
+        self.drop_staging("zero3")
         return self.train_metrics(log)
 
     def train_zero2_kill(self) -> dict:
@@ -256,9 +357,18 @@ class Rehearsal:
                                    f"{log.read_text(errors='replace')[-2000:]}")
             time.sleep(0.1)
         self.kill(proc)
-        ckpts = [p.name for p in _checkpoints(run_dir)]
-        return {"killed": "SIGKILL to the process group", "checkpoints_at_kill": ckpts,
-                **self.train_metrics(log.read_text(errors="replace"))}
+        at_kill = self.disk.observe()
+        ckpts = _checkpoints(run_dir)
+        # Only the first is known complete. The killed run's staging (checkpoint 2, staged) is
+        # never cleaned by the resume, which runs under another name.
+        for extra in ckpts[1:]:
+            shutil.rmtree(extra, ignore_errors=True)
+        staged = self.drop_staging("zero2")
+        return {"killed": "SIGKILL to the process group",
+                "checkpoints_at_kill": [p.name for p in ckpts],
+                "checkpoint_bytes": tree_bytes(ckpts[0]), "disk_at_kill_bytes": at_kill,
+                "killed_staging_removed_bytes": staged, "disk_after_cleanup_bytes":
+                self.disk.observe(), **self.train_metrics(log.read_text(errors="replace"))}
 
     def resume_zero2(self) -> dict:
         run_dir = self.work / "runs" / "zero2"
@@ -273,6 +383,7 @@ class Rehearsal:
         rc, log = self.giellm("resume_zero2", "train", "--config", str(cfg))
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(self.work / "runs" / "zero2-resumed", ignore_errors=True)
+        self.drop_staging("zero2-resumed")
         if rc != 0:
             raise RuntimeError(log[-2000:])
         m = re.search(r"resumed at epoch (\d+) batch (\d+) step (\d+)", log)
@@ -414,7 +525,8 @@ class Rehearsal:
         budget = None if self.smoke else self.args.budget_s  # the budget is for one H100/H200
         emit({"phase": "summary", "seconds": round(total, 1), "budget_s": budget,
               "within_budget": None if budget is None else total <= budget,
-              "failed_phases": self.failed,
+              "failed_phases": self.failed, "peak_disk_gb": round(self.peak_disk / 1e9, 3),
+              "disk_reserve_gb": round(self.reserve / 1e9, 1),
               "logs": str(self.logs) if self.args.keep or self.args.workdir else "removed"})
         return 1 if self.failed else 0
 
@@ -539,6 +651,9 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp workdir")
     p.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--budget-s", type=float, default=480.0, help="time budget the summary checks")
+    p.add_argument("--disk-reserve-gb", type=float, default=None,
+                   help="disk left free for the OS and logs before a phase starts (default 5 GB; "
+                   "0 with --smoke)")
     p.add_argument("--_build", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--_check-export", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()

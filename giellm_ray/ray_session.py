@@ -11,6 +11,21 @@ the same key twice. A local Ray started here inherits the environment, so nothin
 the workers Ray prestarts are reused; it runs the dashboard (127.0.0.1:8265, or the next free
 port), whose state API Ray Train's placement-group cleaner polls (without it, a warning every few
 seconds for the whole run) and ``ray list ...`` needs: measured +0.9 s of start-up here.
+
+Orphaned engines. vLLM's engine core is a child process of the actor or replica that built it;
+if it outlives a crashed (SIGKILLed, OOM-killed) worker it keeps ~72 GB of that GPU and the
+replacement actor fails vLLM's free-memory check. Ray 2.60 ends such children with per-worker
+process groups (:data:`RAYLET_ENV`, ``RAY_process_group_cleanup_enabled``): every worker starts in
+its own process group, and when a worker disconnects the raylet sends SIGTERM to the group and
+SIGKILL 200 ms later. The engine core and vLLM's workers stay in that group (vLLM never calls
+``setsid``), so they go with it. The raylet reads the flag from its environment at start, so it
+must be in the environment of whatever starts the raylet: ``ray start`` on every node
+(``cluster.yaml``, the KubeRay manifests) or, for a local Ray, this process (:func:`connect_ray`).
+It is on by default in Ray 2.60.0; we set it so that a change of default cannot bring orphans back.
+Not ``RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper``: in 2.60 that older switch is
+deprecated and ignored whenever process groups are on (the raylet logs an error saying so), and it
+still makes every core worker ignore ``SIGCHLD``, so a worker loses its children's exit status
+(``subprocess.run(...).returncode`` reads 0 for any exit; measured, tests/ray/test_ray_start.py).
 """
 
 from __future__ import annotations
@@ -25,6 +40,8 @@ FORWARDED_PREFIXES = ("AWS_", "GIELLM_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_"
                       "VLLM_", "NCCL_", "TOKENIZERS_PARALLELISM")
 # Set by Ray's job manager in a submitted job's driver: the job's config, runtime env included.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Read by the raylet at start: a dead worker's process group is killed (module docstring).
+RAYLET_ENV = {"RAY_process_group_cleanup_enabled": "1"}
 
 
 def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -56,6 +73,8 @@ def connect_ray(address: str | None = None, *, num_cpus: float | None = None,
                  len(env), ", ".join(sorted(env)) or "none")
         ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING")
     else:
+        for key, value in RAYLET_ENV.items():  # the raylet ray.init starts inherits it
+            os.environ.setdefault(key, value)
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level="WARNING")
         log.info("started a local Ray: %s", ray.cluster_resources())
     return True

@@ -123,10 +123,15 @@ def ray_cluster(s3_server):
     """One local Ray cluster for the whole session (Ray's first init takes seconds).
 
     Workers get the loopback S3 endpoint and credentials of ``s3_server`` through the runtime env.
+    Started as ``connect_ray`` starts a local Ray: with ``RAYLET_ENV`` in the raylet's environment
+    (a dead worker's process group is killed).
     """
     import ray
 
+    from giellm_ray.ray_session import RAYLET_ENV
+
     if not ray.is_initialized():
+        os.environ.update(RAYLET_ENV)
         env = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", **s3_env(s3_server)}
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env})

@@ -54,6 +54,20 @@ def check_phases(proc: subprocess.CompletedProcess, phases: dict[str, dict], ste
     assert phases["score_hf"]["status"] == "ok"
     assert phases["serve"]["status"] == "ok"
     assert phases["summary"]["failed_phases"] == 0 and proc.returncode == 0, proc.stderr[-3000:]
+    check_disk(phases)
+
+
+def check_disk(phases: dict[str, dict]) -> None:
+    """Free disk checked before each phase, its peak reported; the killed run's staging removed."""
+    for name in PHASES[1:-1]:
+        assert phases[name]["disk_free_gb"] > phases[name]["disk_need_gb"] > 0, phases[name]
+    peaks = [phases[n]["peak_disk_gb"] for n in PHASES[1:-1] if "peak_disk_gb" in phases[n]]
+    assert phases["summary"]["peak_disk_gb"] == max(peaks) > 0
+    kill = phases["train_zero2_kill"]
+    # At the kill: checkpoint 1 stored, checkpoint 2 staged or stored (or both, mid-upload).
+    assert kill["disk_at_kill_bytes"] >= 2 * kill["checkpoint_bytes"] > 0, kill
+    assert kill["disk_after_cleanup_bytes"] <= kill["disk_at_kill_bytes"] - kill["checkpoint_bytes"]
+    assert phases["train_zero2_kill"]["peak_disk_gb"] * 1e9 >= kill["disk_at_kill_bytes"]
 
 
 @pytest.mark.slow
@@ -65,6 +79,18 @@ def test_smoke_runs_every_phase_on_cpu(tmp_path):
     assert phases["score_hf"]["rows"] == 100
     assert phases["score_vllm"]["status"].startswith("skipped: ")  # no vLLM engine on CPU
     assert phases["serve"]["status_200"] == phases["serve"]["requests"] == 20
+    assert not (tmp_path / "staging" / "giellm-zero2").exists()  # the killed run's staging
+    assert [p.name for p in (tmp_path / "staging").iterdir()] == []  # every run's staging
+
+
+def test_a_phase_that_would_not_fit_the_disk_is_refused_before_it_starts(tmp_path):
+    proc, phases = run_rehearsal(["--smoke", "--disk-reserve-gb", "1e9"], tmp_path, timeout=300)
+    assert list(phases) == ["device", "setup", "summary"], proc.stdout + proc.stderr[-2000:]
+    setup = phases["setup"]
+    assert setup["status"] == "error" and "not enough disk" in setup["error"], setup
+    assert setup["disk_free_gb"] < 1e9 and setup["disk_need_gb"] > 0
+    assert phases["summary"]["failed_phases"] == 1 and proc.returncode == 1
+    assert not (tmp_path / "base-model").exists()  # nothing was built
 
 
 @pytest.mark.gpu

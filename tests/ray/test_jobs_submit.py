@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from giellm_ray.ray_session import RAYLET_ENV
 from giellm_ray.sample import sample_path
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -54,6 +55,7 @@ def _env() -> dict[str, str]:
         RAY_USAGE_STATS_ENABLED="0", DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
     )
+    env.update(RAYLET_ENV)  # as the README's `ray start`: the raylet reaps dead workers' children
     return env
 
 

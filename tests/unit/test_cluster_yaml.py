@@ -77,6 +77,17 @@ def test_nodes_reach_s3_through_an_instance_profile(cfg):
     assert re.search(r"GIELLM_STORAGE=s3://\S+", env)
 
 
+def test_every_raylet_starts_with_our_ray_environment(cfg):
+    """``ray start`` runs inside the container on every node, so the container's environment is
+    the raylet's: a dead worker's process group (its vLLM engine core) is killed."""
+    from giellm_ray.ray_session import RAYLET_ENV
+
+    options = cfg["docker"]["run_options"]
+    for key, value in RAYLET_ENV.items():
+        assert f"--env {key}={value}" in options
+    assert not any("subreaper" in o for o in options)
+
+
 def test_nodes_pull_the_baked_image_and_install_nothing(cfg):
     installs = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
                 for c in cfg.get(key, []) if "pip install" in c]
