@@ -2,9 +2,9 @@
 
 ``setup`` (this worker's data shard, tokenized into SFT examples; the epoch length every rank
 shares; the DeepSpeed config) -> ``find_checkpoint`` (:mod:`giellm_ray.train.resume`) ->
-``build_engine`` (:mod:`giellm_ray.train.engine`) -> ``restore`` -> ``fit`` (epochs of optimizer
-steps, a log window every ``log_every_steps``, checkpoints at epoch ends, ``evaluate`` after each
-epoch) -> ``finish`` (throughput, the Hugging Face export, the final weights-only report).
+``build_ds_engine`` (:mod:`giellm_ray.train.deepspeed_init`) -> ``restore`` -> ``fit`` (epochs
+of optimizer steps, a log window every ``log_every_steps``, checkpoints at epoch ends, ``evaluate``
+after each epoch) -> ``finish`` (throughput, the Hugging Face export, the final weights-only report).
 Each worker reads its shard of the training Parquet through Ray Data
 (``ray.train.get_dataset_shard("train")``) and batches by length (seeded per epoch, so a resumed
 run skips exactly the batches it did). Rank 0 logs loss, learning rate and tokens/s; every rank
@@ -31,7 +31,11 @@ from giellm_ray.train.checkpoints import staging_root
 from giellm_ray.train.collectives import reduce_values
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.deepspeed_config import build_ds_config, total_optimizer_steps
-from giellm_ray.train.engine import build_engine, select_accelerator
+from giellm_ray.train.deepspeed_init import (
+    build_ds_engine,
+    fused_adam_usable,
+    select_accelerator,
+)
 from giellm_ray.train.evaluation import eval_loss, eval_metrics
 from giellm_ray.train.export import export_hf
 from giellm_ray.train.reporting import Checkpointer, clear_staging
@@ -100,7 +104,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` has ``train_config``, ``model_path``, ``export_dir``."""
     run = setup(config)
     resume = find_checkpoint(config, run.rank)
-    engine, _keep = build_engine(run.cfg, model_path(config["model_path"], resume), run.ds_config)
+    engine, _keep = build_ds_engine(run.cfg, model_path(config["model_path"], resume), run.ds_config)
     state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg.zero_stage,
                     run.staging)
     progress = Progress()
@@ -154,9 +158,15 @@ def setup(config: dict) -> Run:
     if config.get("has_eval"):
         columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
         eval_rows = read_shard("eval", columns)[rank::world]
+    ds_config = build_ds_config(cfg, total_steps, world, _fused_adam(cfg))
     return Run(cfg, config, rank, world, local_rank, device, tokenizer, examples, data_stats,
-               n_batches, total_steps, build_ds_config(cfg, total_steps, world), eval_rows,
-               staging, Checkpointer(cfg, rank, world, staging))
+               n_batches, total_steps, ds_config, eval_rows, staging,
+               Checkpointer(cfg, rank, world, staging))
+
+
+def _fused_adam(cfg: TrainConfig) -> bool:
+    """FusedAdam only matters where DeepSpeed builds a GPU optimizer (see deepspeed_config)."""
+    return cfg.use_gpu and not cfg.cpu_offload and fused_adam_usable()
 
 
 def _base(run: Run, p: Progress) -> dict:
