@@ -30,22 +30,37 @@ def _padded_batches(n: int, batch_size: int, num_batches: int) -> list[tuple[lis
     return [(b, True) for b in real] + [(filler, False)] * (num_batches - len(real))
 
 
+def _dummy_example(tokenizer):
+    """A two-token stand-in row for a rank with no eval rows: it runs the forward (ZeRO-3's
+    parameter gathers are collective) and its loss is never counted."""
+    from giellm_ray.model.sft import SftExample
+
+    tok = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    return SftExample(input_ids=[tok, tok], labels=[IGNORE_INDEX, IGNORE_INDEX])
+
+
 def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[float, int]:
-    """Summed target-token loss and target-token count on this worker's rows (all ranks sum)."""
+    """Summed target-token loss and target-token count on this worker's rows (all ranks sum).
+
+    Every rank runs the same number of forwards: a rank with fewer batches repeats its last one,
+    and a rank with no rows at all (fewer eval rows than workers, or all of its rows dropped)
+    runs a dummy row, uncounted. At ZeRO-3 a rank that skipped its forwards would leave the
+    others waiting in their parameter all-gathers until the collective timeout (30 min, NCCL).
+    """
     import torch
 
     examples, _ = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
                                  cfg.data.max_length, cfg.data.overlong)
     bs = cfg.eval.batch_size
     num = int(reduce_values([math.ceil(len(examples) / bs)], "max", device)[0])
+    pool = examples or [_dummy_example(tokenizer)]
     total = [0.0, 0.0]  # summed target-token loss, target tokens
     engine.eval()
     with torch.no_grad():
         for idx, real in _padded_batches(len(examples), bs, num):
-            if not idx:
-                continue
+            batch_examples = [pool[i] for i in idx] or pool[:1]
             batch = {k: v.to(device) for k, v in
-                     collate([examples[i] for i in idx], tokenizer.pad_token_id).items()}
+                     collate(batch_examples, tokenizer.pad_token_id).items()}
             logits = engine(input_ids=batch["input_ids"],
                             attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"][:, 1:]

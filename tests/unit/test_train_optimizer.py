@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.deepspeed_config import build_ds_config
 
@@ -81,6 +83,7 @@ def test_gpu_recipe_asks_fused_adam_only_when_it_can_be_had():
         "optimizer"]["params"]
 
 
+@pytest.mark.slow
 def test_incompatible_fused_adam_builder_gives_torch_adamw_under_zero2(tiny_model_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu", "RANK": "0",
            "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
