@@ -30,7 +30,6 @@ from giellm_ray.configs import config_path
 from giellm_ray.mre import plan as P
 from giellm_ray.mre.inputs import (
     Job,
-    absolute,
     resolve_jobs,
     sample_mix,
     share_tiny_base,
@@ -53,7 +52,7 @@ def trained_export(tcfg) -> str | None:
     """The export dir when this run was already trained with this recipe, else ``None``."""
     from giellm_ray.train.config import TrainConfig
 
-    export = io.join(absolute(tcfg.run_dir()), "export")
+    export = io.join(io.absolute(tcfg.run_dir()), "export")
     marker = io.join(export, "train_config.yaml")
     # The driver writes train_config.yaml after the workers wrote the model (config.json).
     if not (io.exists(marker) and io.exists(io.join(export, "config.json"))):
@@ -229,8 +228,8 @@ def run_mre(cfg: P.MreConfig) -> dict:
 
     start = time.monotonic()
     train_config_path(cfg)  # a missing --config fails before any work
-    output = absolute(cfg.output)
-    mix = absolute(cfg.data) if cfg.data else sample_mix(cfg, output)
+    output = io.absolute(cfg.output)
+    mix = io.absolute(cfg.data) if cfg.data else sample_mix(cfg, output)
     manifest_path = io.join(mix, "manifest.json")
     if not io.exists(manifest_path):
         raise FileNotFoundError(f"{manifest_path} not found: --data takes a directory written "

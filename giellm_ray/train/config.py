@@ -11,9 +11,9 @@ Parquet (e.g. ``single/TCREE/train.parquet``) and another ``run_name``.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from giellm_ray.config import StrictModel
 from giellm_ray.model.loader import ModelConfig
@@ -95,6 +95,10 @@ class TrainConfig(StrictModel):
     """Shape of the tiny model when ``model.name_or_path`` is ``tiny``."""
     data: DataConfig = DataConfig()
     """Training / eval data and tokenization policy."""
+    tasks: str | None = None
+    """A ``tasks.json`` (the task inventory, e.g. TCREE's labels learned from the data by
+    ``giellm data mix`` / ``giellm data authors``) that end-of-epoch evaluation prompts, constrains
+    and counts with, as ``giellm score`` does; ``None``: the default registry."""
     eval: EvalConfig = EvalConfig()
     """End-of-epoch evaluation."""
     run_name: str = "giellm-sft"
@@ -185,3 +189,36 @@ class TrainConfig(StrictModel):
     def run_dir(self) -> str:
         """``storage_path/run_name``."""
         return self.storage_path.rstrip("/") + "/" + self.run_name
+
+
+class WorkerConfig(StrictModel):
+    """What the driver hands every training worker (``train_loop_config["worker"]``): the run's
+    config plus what the driver resolved for it. One typed object, pickled by Ray as it is."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
+                              arbitrary_types_allowed=True)
+
+    train: TrainConfig
+    """The run's config."""
+    model_path: str
+    """The base model the workers load (``tiny`` already built into the run directory)."""
+    export_dir: str
+    """Where rank 0 writes the final Hugging Face export (``<run>/export``)."""
+    resume_from: Any = None
+    """``TrainConfig.resume_from`` as one ``ray.train.Checkpoint`` the driver built and checked
+    (``None``: none); the same object goes to every worker."""
+    has_eval: bool = False
+    """Whether ``data.eval`` has rows (an ``eval`` dataset shard exists)."""
+    eval_metrics: bool = False
+    """Whether end-of-epoch evaluation generates (``TrainConfig.generation_eval``)."""
+    eval_max_rows_per_rank: int = 0
+    """Rows each worker generates for at most (``eval.max_rows`` split over the workers)."""
+    tasks: dict | None = None
+    """The task registry of ``TrainConfig.tasks`` (``TaskRegistry.to_dict``; ``None``: the
+    default registry), read once by the driver."""
+
+    def registry(self):
+        """The :class:`~giellm_ray.formats.TaskRegistry` evaluation uses."""
+        from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry
+
+        return TaskRegistry.from_dict(self.tasks) if self.tasks else DEFAULT_REGISTRY

@@ -29,7 +29,7 @@ from giellm_ray.model.sft import build_examples, collate, length_grouped_batches
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 from giellm_ray.train.checkpoints import staging_root
 from giellm_ray.train.collectives import reduce_values
-from giellm_ray.train.config import TrainConfig
+from giellm_ray.train.config import TrainConfig, WorkerConfig
 from giellm_ray.train.deepspeed_config import build_ds_config, total_optimizer_steps
 from giellm_ray.train.deepspeed_init import (
     build_ds_engine,
@@ -49,7 +49,7 @@ class Run:
     """What ``setup`` prepared for this worker."""
 
     cfg: TrainConfig
-    config: dict  # the driver's train_loop_config
+    config: WorkerConfig  # what the driver resolved for the workers
     rank: int
     world: int
     local_rank: int
@@ -100,11 +100,12 @@ def read_shard(name: str, columns: list[str]) -> list[dict]:
     return rows
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; ``config`` has ``train_config``, ``model_path``, ``export_dir``."""
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point; ``loop_config["worker"]`` is the driver's :class:`WorkerConfig`."""
+    config: WorkerConfig = loop_config["worker"]
     run = setup(config)
-    resume = find_checkpoint(config, run.rank)
-    engine, _keep = build_ds_engine(run.cfg, model_path(config["model_path"], resume), run.ds_config)
+    resume = find_checkpoint(config.resume_from, run.rank)
+    engine, _keep = build_ds_engine(run.cfg, model_path(config.model_path, resume), run.ds_config)
     state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg.zero_stage,
                     run.staging)
     progress = Progress()
@@ -118,10 +119,10 @@ def train_loop_per_worker(config: dict) -> None:
     finish(engine, run, progress)
 
 
-def setup(config: dict) -> Run:
+def setup(config: WorkerConfig) -> Run:
     """Logging, accelerator, this worker's place in the group, its data and the schedule."""
     setup_logging(handler=False)  # a Ray worker: the level from GIELLM_LOG_LEVEL, Ray prints
-    cfg = TrainConfig.model_validate(config["train_config"])
+    cfg = config.train
     select_accelerator(cfg)  # before deepspeed is imported
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray.train
@@ -135,7 +136,7 @@ def setup(config: dict) -> Run:
     staging = os.path.join(staging_root(cfg.checkpoint_staging_dir), f"giellm-{cfg.run_name}")
     if local_rank == 0:  # before the first collective: no rank of this group has staged yet
         clear_staging(staging)
-    tokenizer = load_tokenizer(cfg.model.model_copy(update={"name_or_path": config["model_path"]}))
+    tokenizer = load_tokenizer(cfg.model.model_copy(update={"name_or_path": config.model_path}))
 
     rows = read_shard("train", [PROMPT, TARGET])
     examples, stats = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
@@ -155,7 +156,7 @@ def setup(config: dict) -> Run:
         log.info("[train] data %s; %d batches/epoch/worker, %d optimizer steps", data_stats,
                  n_batches, total_steps)
     eval_rows: list[dict] = []
-    if config.get("has_eval"):
+    if config.has_eval:
         columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
         eval_rows = read_shard("eval", columns)[rank::world]
     ds_config = build_ds_config(cfg, total_steps, world, _fused_adam(cfg))
@@ -250,15 +251,16 @@ def evaluate(engine, run: Run, p: Progress, epoch: int) -> dict:
     cfg = run.cfg
     metrics = {**_base(run, p), **{f"data_{k}": v for k, v in run.data_stats.items()},
                "epoch": epoch, "step": p.step, "epoch_done": epoch + 1}
-    if not run.config.get("has_eval"):
+    if not run.config.has_eval:
         return metrics
     loss_e, n_tok = eval_loss(engine, run.eval_rows, run.tokenizer, cfg, run.device)
     metrics.update(eval_loss=loss_e, eval_target_tokens=n_tok)
-    if run.config.get("eval_metrics"):
+    if run.config.eval_metrics:
         from giellm_ray.metrics import ratios
 
-        counts = eval_metrics(engine, run.eval_rows[: run.config.get("eval_max_rows_per_rank")],
-                              run.tokenizer, cfg, run.device, synced=cfg.zero_stage == 3)
+        counts = eval_metrics(engine, run.eval_rows[: run.config.eval_max_rows_per_rank],
+                              run.tokenizer, cfg, run.device, synced=cfg.zero_stage == 3,
+                              registry=run.config.registry())
         if counts is not None:
             metrics["eval_counts"] = json.dumps(counts, ensure_ascii=False)
             for ds, c in counts.items():
@@ -287,7 +289,7 @@ def finish(engine, run: Run, p: Progress) -> None:
         final["peak_gpu_mb_rank0"] = torch.cuda.max_memory_allocated(run.device) / 2**20
     export_dir = None
     if cfg.export:
-        export_dir = config["export_dir"]
+        export_dir = config.export_dir
         dest = export_hf(engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank, run.staging)
         final["export_dir"] = dest or export_dir
     # A run's Result carries its last checkpoint's metrics, so the final metrics go with one.

@@ -71,12 +71,12 @@ def _choose(ray_ckpt, explicit, storage) -> tuple[str, str, dict] | None:
     return "resume_from", explicit.path, state
 
 
-def find_checkpoint(config: dict, rank: int) -> Resume | None:
-    """The checkpoint this worker group starts from, the same on every rank (``None``: none)."""
+def find_checkpoint(explicit, rank: int) -> Resume | None:
+    """The checkpoint this worker group starts from, the same on every rank (``None``: none);
+    ``explicit``: ``WorkerConfig.resume_from``."""
     import ray.train
     from ray.train.collective import broadcast_from_rank_zero
 
-    explicit = config.get("resume_from")
     storage = ray.train.get_context().get_storage()
     choice = None
     if rank == 0:
