@@ -65,12 +65,12 @@ def test_tiny_from_corpus_is_reused_only_with_the_same_settings(tmp_path):
     dest = str(tmp_path / "base")
     assert build_tiny_from_corpus(dest, [str(corpus)], small) == dest
     marker = os.path.join(dest, TINY_MARKER)
-    assert json.loads(open(marker).read())["hidden_size"] == 32
+    assert json.loads(io.read_text(marker))["hidden_size"] == 32
     t0 = os.path.getmtime(os.path.join(dest, "config.json"))
     build_tiny_from_corpus(dest, [str(corpus)], small, reuse=True)
     assert os.path.getmtime(os.path.join(dest, "config.json")) == t0  # reused
     build_tiny_from_corpus(dest, [str(corpus)], small.model_copy(update={"seed": 1}), reuse=True)
-    assert json.loads(open(marker).read())["seed"] == 1  # other settings: rebuilt
+    assert json.loads(io.read_text(marker))["seed"] == 1  # other settings: rebuilt
 
 
 def test_training_eval_generates_through_the_extractor_with_the_runs_tasks(tiny_model_dir):
