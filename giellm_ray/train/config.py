@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from giellm_ray.config import StrictModel
 from giellm_ray.model.loader import ModelConfig
@@ -70,6 +70,43 @@ class EvalConfig(StrictModel):
     def _yaml_on_off(cls, value):
         # YAML reads a bare on/off (``--set eval.metrics=on``) as a boolean.
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class LoraConfig(StrictModel):
+    """LoRA (or QLoRA) adapters instead of full fine-tuning: the base is frozen, only low-rank
+    ``B @ A`` updates of ``target_modules`` train, under the same Ray Train + DeepSpeed loop.
+
+    Memory at 13B (llm-jp-13b: 40 layers, width 5120), r 16 on the attention projections: the
+    adapter is 40 x 2 x 16 x (5120 + 15360) = 26 M params (c_attn) + 40 x 2 x 16 x 10240 = 13 M
+    (c_proj), ~39 M: its fp32 master + Adam m, v are 16 B x 39 M = 0.6 GB, against 208 GB for
+    full fine-tuning. What remains is the frozen bf16 base (26 GB; 4-bit: ~7 GB) plus activations,
+    so one GPU holds the run (see ``configs/train/giellm-13b-jp-lora.yaml``)."""
+
+    r: int = Field(16, ge=1)
+    """Adapter rank."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator: updates are scaled by ``alpha / r``."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapter's input."""
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    """Module names to adapt (e.g. ``[q_proj, v_proj]``; ``all-linear``: every linear layer but
+    the output head); ``None``: PEFT's default for the architecture (Llama ``q_proj, v_proj``,
+    GPT-2 ``c_attn``)."""
+    quantize: Literal["none", "4bit"] = "none"
+    """``4bit``: QLoRA, the frozen base loaded in 4-bit NF4 with bitsandbytes (CUDA only; ZeRO-2;
+    the ``gpu`` extra installs bitsandbytes)."""
+
+
+class ExportConfig(StrictModel):
+    """The final export (``export: true|false`` is still accepted and means ``enabled``)."""
+
+    enabled: bool = True
+    """Write the final model (full fine-tuning: a Hugging Face model in ``<run>/export``; LoRA:
+    the adapter in ``<run>/export/adapter``)."""
+    merge: bool = False
+    """LoRA only: also write the base with the adapter merged in, a plain Hugging Face model in
+    ``<run>/export/merged`` (built on rank 0 from the gathered adapter and the base on disk:
+    PEFT cannot merge under DeepSpeed)."""
 
 
 class FaultInjection(StrictModel):
@@ -167,10 +204,33 @@ class TrainConfig(StrictModel):
     (``torch.load(weights_only=False)``), which runs any code it carries."""
     log_every_steps: int = Field(10, ge=1)
     """Log loss, learning rate and tokens/s on rank 0 every N optimizer steps."""
-    export: bool = True
-    """Write the final model in Hugging Face format (safetensors) with tokenizer and config."""
+    lora: LoraConfig | None = None
+    """LoRA / QLoRA adapters (``None``: full fine-tuning). Checkpoints then hold the adapter and
+    its optimizer state only."""
+    export: ExportConfig = ExportConfig()
+    """The final export: a Hugging Face model (safetensors, tokenizer, config) or, with LoRA, a
+    PEFT adapter directory (plus the merged model with ``export.merge``)."""
     fault_injection: FaultInjection | None = None
     """Tests only: make one worker fail once mid-training."""
+
+    @field_validator("export", mode="before")
+    @classmethod
+    def _export_bool(cls, value):
+        # ``export: true|false`` (the older spelling) is ``export.enabled``.
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _qlora_needs_cuda(self):
+        if self.lora is not None and self.lora.quantize == "4bit":
+            if not self.use_gpu:
+                raise ValueError("lora.quantize: 4bit (QLoRA) needs CUDA: set use_gpu: true "
+                                 "(bitsandbytes has no 4-bit training on CPU)")
+            if self.zero_stage == 3:
+                raise ValueError("lora.quantize: 4bit runs at zero_stage 2 (a 4-bit base is not "
+                                 "partitioned by ZeRO-3 here)")
+        if self.export.merge and self.lora is None:
+            raise ValueError("export.merge merges a LoRA adapter: it needs lora")
+        return self
 
     def resolved_precision(self) -> str:
         """``bf16`` or ``fp32`` after resolving ``auto``."""

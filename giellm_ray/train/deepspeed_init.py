@@ -79,11 +79,20 @@ def load_model(cfg: TrainConfig, path: str, ds_config: dict):
                     "revision": cfg.model.revision}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
+    from giellm_ray.train.lora import apply_lora, quantization_config
+
+    quant = quantization_config(cfg.lora)
+    if quant is not None:  # QLoRA: the 4-bit base is placed on this worker's GPU as it loads
+        import torch
+
+        kwargs.update(quantization_config=quant, device_map={"": torch.cuda.current_device()})
     hf_progress_bars_off()
     model = AutoModelForCausalLM.from_pretrained(localize(path), **kwargs)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if cfg.lora is not None:
+        model = apply_lora(model, cfg)
     return model, keep
 
 
@@ -96,7 +105,8 @@ def build_ds_engine(cfg: TrainConfig, model_path: str, ds_config: dict):
     model, keep = load_model(cfg, model_path, ds_config)
     optimizer = None
     if not uses_ds_optimizer(cfg):
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=ADAM_BETAS,
+        trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=ADAM_BETAS,
                                       eps=ADAM_EPS, weight_decay=cfg.weight_decay)
     params = None if optimizer else [p for p in model.parameters() if p.requires_grad]
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,

@@ -154,7 +154,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         log.info("removed checkpoint %s: not in Ray's record (a worker died before reporting "
                  "it) or superseded", path)
     export_dir = None
-    if cfg.export:
+    if cfg.export.enabled:
         export_dir = io.join(io.absolute(cfg.run_dir()), "export")
         resolved = cfg.model_copy(deep=True)
         resolved.model.name_or_path = model_path

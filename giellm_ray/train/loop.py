@@ -37,7 +37,7 @@ from giellm_ray.train.deepspeed_init import (
     select_accelerator,
 )
 from giellm_ray.train.evaluation import eval_loss, eval_metrics
-from giellm_ray.train.export import export_hf
+from giellm_ray.train.export import export_hf, export_lora
 from giellm_ray.train.reporting import Checkpointer, clear_staging
 from giellm_ray.train.resume import find_checkpoint, model_path, restore
 
@@ -105,9 +105,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     config: WorkerConfig = loop_config["worker"]
     run = setup(config)
     resume = find_checkpoint(config.resume_from, run.rank)
-    engine, _keep = build_ds_engine(run.cfg, model_path(config.model_path, resume), run.ds_config)
-    state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg.zero_stage,
-                    run.staging)
+    base = model_path(config.model_path, resume, lora=run.cfg.lora is not None)
+    engine, _keep = build_ds_engine(run.cfg, base, run.ds_config)
+    state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg, run.staging)
     progress = Progress()
     if state:
         progress.epoch, progress.batch, progress.step = state["epoch"], state["batch"], state["step"]
@@ -287,10 +287,19 @@ def finish(engine, run: Run, p: Progress) -> None:
         import torch
 
         final["peak_gpu_mb_rank0"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    if cfg.lora is not None:
+        from giellm_ray.train.lora import parameter_counts
+
+        final["trainable_params"], final["total_params"] = parameter_counts(engine.module)
     export_dir = None
-    if cfg.export:
+    if cfg.export.enabled:
         export_dir = config.export_dir
-        dest = export_hf(engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank, run.staging)
+        if cfg.lora is not None:
+            dest = export_lora(engine, run.tokenizer, export_dir, cfg, config.model_path,
+                               run.rank, run.staging)
+        else:
+            dest = export_hf(engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank,
+                             run.staging)
         final["export_dir"] = dest or export_dir
     # A run's Result carries its last checkpoint's metrics, so the final metrics go with one.
     run.ckpt.save_final(engine, run.tokenizer, final, p.state(cfg.epochs, 0), export_dir)
