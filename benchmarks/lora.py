@@ -40,7 +40,7 @@ def emit(**record) -> None:
 
 def _checkpoint_bytes(run_dir: str) -> int | None:
     """Bytes of the run's full (resumable) checkpoint, the epoch-1 one."""
-    for d in sorted(glob.glob(f"{run_dir}/checkpoint_*")):
+    for d in sorted(glob.glob(f"{run_dir}/checkpoint_*/")):
         with open(f"{d}/train_state.json") as f:
             if not json.load(f).get("weights_only"):
                 return sum(os.path.getsize(p) for p in glob.glob(f"{d}/**", recursive=True)
