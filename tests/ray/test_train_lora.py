@@ -64,7 +64,7 @@ def test_lora_two_steps_resume_and_export(ray_cluster, tiny_model_dir, tmp_path)
     assert m["trainable_params"] == _implied(base, 4, ["q_proj", "v_proj"]) > 0
     # The step-1 checkpoint holds the adapter and its optimizer state, not the base.
     base_bytes = os.path.getsize(os.path.join(tiny_model_dir, "model.safetensors"))
-    full = [d for d in glob.glob(str(tmp_path / "runs" / "lora" / "checkpoint_*/"))
+    full = [d for d in glob.glob(str(tmp_path / "runs" / "lora") + "/checkpoint_*/")
             if not _state(d)["weights_only"]]
     assert full, "no adapter checkpoint was kept"
     for d in full:
