@@ -1,4 +1,5 @@
-"""LoRA under Ray Train + DeepSpeed on 2 CPU workers with the tiny model: 2 optimizer steps, a
+"""LoRA under Ray Train + DeepSpeed on 2 CPU workers with the tiny model: 3 optimizer steps (the
+warmup schedule runs the first two at lr 0 in DeepSpeed, so the third is the one that moves), a
 worker failing after the step-1 adapter checkpoint and the group resuming from it, the
 trainable-parameter count the config implies, checkpoints without the base, and the export: an
 adapter directory PEFT loads (naming its base) and, with ``export.merge``, a merged model whose
@@ -54,12 +55,12 @@ def test_lora_two_steps_resume_and_export(ray_cluster, tiny_model_dir, tmp_path)
         f"model.name_or_path={tiny_model_dir}", f"storage_path={tmp_path / 'runs'}",
         f"data.train={_corpus(tmp_path, 8)}", "num_workers=2", "per_device_batch_size=2",
         "resources_per_worker={CPU: 0.75}", "data.max_length=256", "lr=1e-2",
-        "max_steps=2", "epochs=1", "log_every_steps=1", "checkpoint_every_steps=1",
+        "max_steps=3", "epochs=1", "log_every_steps=1", "checkpoint_every_steps=1",
         "max_failures=1", "run_name=lora", "keep_checkpoints=3", LORA, "export.merge=true",
         f"fault_injection={{fail_at_step: 1, marker: {marker}, rank: 1}}"])
     result = run_training(cfg)
     m = result.metrics
-    assert marker.exists() and m["resumed_from_step"] == 1 and m["step"] == 2
+    assert marker.exists() and m["resumed_from_step"] == 1 and m["step"] == 3
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert m["trainable_params"] == _implied(base, 4, ["q_proj", "v_proj"]) > 0
     # The step-1 checkpoint holds the adapter and its optimizer state, not the base.
