@@ -69,6 +69,12 @@ def resolve_native(path: str, endpoint_url: str | None = None) -> tuple[pafs.Fil
     return pafs.S3FileSystem(**kwargs), path[len("s3://"):]
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (``~`` expanded); an ``s3://`` URI without a trailing slash.
+    Runs, exports and scores are read back by other processes, from other working directories."""
+    return path.rstrip("/") if is_s3(path) else os.path.abspath(os.path.expanduser(path))
+
+
 def exists(path: str) -> bool:
     fs, p = resolve(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound

@@ -87,3 +87,36 @@ def build_tiny(output_dir: str, texts: Iterable[str], config: TinyConfig | None 
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
+
+
+TINY_MARKER = "tiny.json"
+
+
+def build_tiny_from_corpus(dest: str, corpora: list[str], config: TinyConfig | None = None,
+                           reuse: bool = False) -> str:
+    """The tiny model built from the ``prompt`` and ``target`` texts of ``corpora`` (Parquet
+    files or directories, local or ``s3://``) into ``dest`` (local or ``s3://``); returns ``dest``.
+
+    ``tiny.json`` (the shape and seed) is written last and marks a complete build; ``reuse``
+    keeps a complete build with the same settings (the MRE runs share one per seed).
+    """
+    import json
+    import tempfile
+
+    from giellm_ray import io
+    from giellm_ray.schema import PROMPT, TARGET
+
+    cfg = config or TinyConfig()
+    spec = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    marker = io.join(dest, TINY_MARKER)
+    if reuse and io.exists(marker) and io.read_text(marker) == spec:
+        return dest
+    texts = [t for path in corpora
+             for batch in io.iter_parquet_batches(path, columns=[PROMPT, TARGET])
+             for c in (PROMPT, TARGET) for t in batch.column(c).to_pylist() if t]
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny(tmp, texts, cfg)
+        with open(os.path.join(tmp, TINY_MARKER), "w") as f:
+            f.write(spec)
+        io.copy_dir(tmp, dest)
+    return dest

@@ -12,14 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 from giellm_ray import io
 from giellm_ray.config import load_config
 from giellm_ray.configs import config_path
 from giellm_ray.mre import plan as P
-from giellm_ray.schema import TARGET
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +60,7 @@ def share_tiny_base(train_configs: list, mix: str, output: str) -> None:
     ``OUTPUT/base/``, the two sides start from the same weights and tokenizer, as they do from a
     pretrained base.
     """
-    import tempfile
-
-    from giellm_ray.model.tiny import build_tiny
-    from giellm_ray.schema import PROMPT
+    from giellm_ray.model.tiny import TINY_MARKER, build_tiny_from_corpus
 
     for t in train_configs:
         if t.model.name_or_path != "tiny":
@@ -73,15 +68,8 @@ def share_tiny_base(train_configs: list, mix: str, output: str) -> None:
         # Named by its settings (seed included): another shape or seed is another directory.
         spec = json.dumps(t.tiny.model_dump(mode="json"), sort_keys=True)
         dest = io.join(output, "base", f"tiny-{hashlib.sha1(spec.encode()).hexdigest()[:10]}")
-        if not io.exists(io.join(dest, "tiny.json")):
-            texts = [x for b in io.iter_parquet_batches(io.join(mix, "train.parquet"),
-                                                        columns=[PROMPT, TARGET])
-                     for c in (0, 1) for x in b.column(c).to_pylist() if x]
-            with tempfile.TemporaryDirectory() as tmp:
-                build_tiny(tmp, texts, t.tiny)
-                with open(f"{tmp}/tiny.json", "w") as f:  # written last: marks it complete
-                    f.write(spec)
-                io.copy_dir(tmp, dest)
+        if not io.exists(io.join(dest, TINY_MARKER)):
+            build_tiny_from_corpus(dest, [io.join(mix, "train.parquet")], t.tiny, reuse=True)
             log.info("mre: built the shared tiny base model (%s) -> %s", spec, dest)
         t.model.name_or_path = dest
 
@@ -93,11 +81,6 @@ class Job:
     run: P.Run
     train: object  # TrainConfig
     score: object  # ScoreConfig
-
-
-def absolute(path: str) -> str:
-    """A local path made absolute (runs and scores are read back from other processes)."""
-    return path.rstrip("/") if io.is_s3(path) else os.path.abspath(os.path.expanduser(path))
 
 
 def train_config_path(cfg: P.MreConfig) -> str:
@@ -121,6 +104,8 @@ def resolve_jobs(cfg: P.MreConfig, output: str, mix: str, runs: list[P.Run]) -> 
     base_train = [f"storage_path={json.dumps(io.join(output, 'runs'))}", "data.eval=null",
                   *(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides]
     tasks = io.join(mix, "tasks.json")
+    if io.exists(tasks):  # training's own evaluation uses the mix's task inventory too
+        base_train.insert(0, f"tasks={json.dumps(tasks)}")
     base_score = [*([f"tasks={json.dumps(tasks)}"] if io.exists(tasks) else []),
                   *(P.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]
     jobs = []
@@ -128,7 +113,7 @@ def resolve_jobs(cfg: P.MreConfig, output: str, mix: str, runs: list[P.Run]) -> 
         tcfg = load_config(TrainConfig, train_path, [*base_train, *run.train_overrides()])
         score_path = cfg.score_config or config_path(
             "score", "gpu.yaml" if tcfg.use_gpu else "cpu.yaml")
-        export = io.join(absolute(tcfg.run_dir()), "export")
+        export = io.join(io.absolute(tcfg.run_dir()), "export")
         scfg = load_config(ScoreConfig, score_path, [
             *base_score, f"input={json.dumps(list(run.test))}",
             f"output={json.dumps(run.scored)}", f"model.name_or_path={json.dumps(export)}"])

@@ -28,9 +28,9 @@ from giellm_ray import io
 from giellm_ray.config import load_config
 from giellm_ray.configs import config_path
 from giellm_ray.mre import plan as P
+from giellm_ray.mre.adapters import groups_by_base, is_lora, score_group
 from giellm_ray.mre.inputs import (
     Job,
-    absolute,
     resolve_jobs,
     sample_mix,
     share_tiny_base,
@@ -53,10 +53,13 @@ def trained_export(tcfg) -> str | None:
     """The export dir when this run was already trained with this recipe, else ``None``."""
     from giellm_ray.train.config import TrainConfig
 
-    export = io.join(absolute(tcfg.run_dir()), "export")
+    export = io.join(io.absolute(tcfg.run_dir()), "export")
     marker = io.join(export, "train_config.yaml")
-    # The driver writes train_config.yaml after the workers wrote the model (config.json).
-    if not (io.exists(marker) and io.exists(io.join(export, "config.json"))):
+    # The driver writes train_config.yaml after the workers wrote the model (config.json; a
+    # LoRA run: adapter/adapter_config.json).
+    model_file = ("adapter/adapter_config.json" if getattr(tcfg, "lora", None) is not None
+                  else "config.json")
+    if not (io.exists(marker) and io.exists(io.join(export, model_file))):
         return None
     stored = _flat(load_config(TrainConfig, marker).model_dump(mode="json"))
     wanted = _flat(tcfg.model_dump(mode="json"))
@@ -165,6 +168,8 @@ def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]
     then the error is raised.
     """
     labels = {j.run.name: f"[{i}/{len(jobs)}] {j.run.name}" for i, j in enumerate(jobs, 1)}
+    if is_lora(jobs[0]):
+        return run_all_adapters(jobs, output, registry, parallel, labels)
     if parallel == 1:
         return [finish(j, output, registry, labels[j.run.name],
                        *_train(j, output, labels[j.run.name])) for j in jobs]
@@ -194,6 +199,23 @@ def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]
     finally:  # Ctrl-C: return at once; Ray's shutdown ends the runs still going
         trainers.shutdown(wait=False, cancel_futures=True)
         scorer.shutdown(wait=False, cancel_futures=True)
+
+
+def run_all_adapters(jobs: list[Job], output: str, registry, parallel: int,
+                     labels: dict[str, str]) -> list[dict]:
+    """LoRA: train every run's adapter (``parallel`` at a time), then score each base's adapters
+    in one job (:mod:`giellm_ray.mre.adapters`); records in plan order."""
+    exports, trained = {}, {}
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mre-train") as pool:
+        futures = {j.run.name: pool.submit(_train, j, output, labels[j.run.name]) for j in jobs}
+        for name, fut in futures.items():
+            export, status, seconds = fut.result()
+            exports[name], trained[name] = export, (status, seconds)
+    records = {}
+    for group in groups_by_base(jobs).values():
+        for rec in score_group(group, output, exports, registry, trained):
+            records[rec["name"]] = rec
+    return [records[j.run.name] for j in jobs]
 
 
 def _check_fit(jobs: list[Job], parallel: int) -> None:
@@ -229,8 +251,8 @@ def run_mre(cfg: P.MreConfig) -> dict:
 
     start = time.monotonic()
     train_config_path(cfg)  # a missing --config fails before any work
-    output = absolute(cfg.output)
-    mix = absolute(cfg.data) if cfg.data else sample_mix(cfg, output)
+    output = io.absolute(cfg.output)
+    mix = io.absolute(cfg.data) if cfg.data else sample_mix(cfg, output)
     manifest_path = io.join(mix, "manifest.json")
     if not io.exists(manifest_path):
         raise FileNotFoundError(f"{manifest_path} not found: --data takes a directory written "

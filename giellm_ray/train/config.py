@@ -11,9 +11,9 @@ Parquet (e.g. ``single/TCREE/train.parquet``) and another ``run_name``.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from giellm_ray.config import StrictModel
 from giellm_ray.model.loader import ModelConfig
@@ -72,6 +72,43 @@ class EvalConfig(StrictModel):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+class LoraConfig(StrictModel):
+    """LoRA (or QLoRA) adapters instead of full fine-tuning: the base is frozen, only low-rank
+    ``B @ A`` updates of ``target_modules`` train, under the same Ray Train + DeepSpeed loop.
+
+    Memory at 13B (llm-jp-13b: 40 layers, width 5120), r 16 on the attention projections: the
+    adapter is 40 x 2 x 16 x (5120 + 15360) = 26 M params (c_attn) + 40 x 2 x 16 x 10240 = 13 M
+    (c_proj), ~39 M: its fp32 master + Adam m, v are 16 B x 39 M = 0.6 GB, against 208 GB for
+    full fine-tuning. What remains is the frozen bf16 base (26 GB; 4-bit: ~7 GB) plus activations,
+    so one GPU holds the run (see ``configs/train/giellm-13b-jp-lora.yaml``)."""
+
+    r: int = Field(16, ge=1)
+    """Adapter rank."""
+    alpha: float = Field(32.0, gt=0)
+    """LoRA scaling numerator: updates are scaled by ``alpha / r``."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapter's input."""
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    """Module names to adapt (e.g. ``[q_proj, v_proj]``; ``all-linear``: every linear layer but
+    the output head); ``None``: PEFT's default for the architecture (Llama ``q_proj, v_proj``,
+    GPT-2 ``c_attn``)."""
+    quantize: Literal["none", "4bit"] = "none"
+    """``4bit``: QLoRA, the frozen base loaded in 4-bit NF4 with bitsandbytes (CUDA only; ZeRO-2;
+    the ``gpu`` extra installs bitsandbytes)."""
+
+
+class ExportConfig(StrictModel):
+    """The final export (``export: true|false`` is still accepted and means ``enabled``)."""
+
+    enabled: bool = True
+    """Write the final model (full fine-tuning: a Hugging Face model in ``<run>/export``; LoRA:
+    the adapter in ``<run>/export/adapter``)."""
+    merge: bool = False
+    """LoRA only: also write the base with the adapter merged in, a plain Hugging Face model in
+    ``<run>/export/merged`` (built on rank 0 from the gathered adapter and the base on disk:
+    PEFT cannot merge under DeepSpeed)."""
+
+
 class FaultInjection(StrictModel):
     """Test hook: one worker fails once at a given step so recovery can be tested."""
 
@@ -95,6 +132,10 @@ class TrainConfig(StrictModel):
     """Shape of the tiny model when ``model.name_or_path`` is ``tiny``."""
     data: DataConfig = DataConfig()
     """Training / eval data and tokenization policy."""
+    tasks: str | None = None
+    """A ``tasks.json`` (the task inventory, e.g. TCREE's labels learned from the data by
+    ``giellm data mix`` / ``giellm data authors``) that end-of-epoch evaluation prompts, constrains
+    and counts with, as ``giellm score`` does; ``None``: the default registry."""
     eval: EvalConfig = EvalConfig()
     """End-of-epoch evaluation."""
     run_name: str = "giellm-sft"
@@ -163,10 +204,33 @@ class TrainConfig(StrictModel):
     (``torch.load(weights_only=False)``), which runs any code it carries."""
     log_every_steps: int = Field(10, ge=1)
     """Log loss, learning rate and tokens/s on rank 0 every N optimizer steps."""
-    export: bool = True
-    """Write the final model in Hugging Face format (safetensors) with tokenizer and config."""
+    lora: LoraConfig | None = None
+    """LoRA / QLoRA adapters (``None``: full fine-tuning). Checkpoints then hold the adapter and
+    its optimizer state only."""
+    export: ExportConfig = ExportConfig()
+    """The final export: a Hugging Face model (safetensors, tokenizer, config) or, with LoRA, a
+    PEFT adapter directory (plus the merged model with ``export.merge``)."""
     fault_injection: FaultInjection | None = None
     """Tests only: make one worker fail once mid-training."""
+
+    @field_validator("export", mode="before")
+    @classmethod
+    def _export_bool(cls, value):
+        # ``export: true|false`` (the older spelling) is ``export.enabled``.
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _qlora_needs_cuda(self):
+        if self.lora is not None and self.lora.quantize == "4bit":
+            if not self.use_gpu:
+                raise ValueError("lora.quantize: 4bit (QLoRA) needs CUDA: set use_gpu: true "
+                                 "(bitsandbytes has no 4-bit training on CPU)")
+            if self.zero_stage == 3:
+                raise ValueError("lora.quantize: 4bit runs at zero_stage 2 (a 4-bit base is not "
+                                 "partitioned by ZeRO-3 here)")
+        if self.export.merge and self.lora is None:
+            raise ValueError("export.merge merges a LoRA adapter: it needs lora")
+        return self
 
     def resolved_precision(self) -> str:
         """``bf16`` or ``fp32`` after resolving ``auto``."""
@@ -185,3 +249,36 @@ class TrainConfig(StrictModel):
     def run_dir(self) -> str:
         """``storage_path/run_name``."""
         return self.storage_path.rstrip("/") + "/" + self.run_name
+
+
+class WorkerConfig(StrictModel):
+    """What the driver hands every training worker (``train_loop_config["worker"]``): the run's
+    config plus what the driver resolved for it. One typed object, pickled by Ray as it is."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
+                              arbitrary_types_allowed=True)
+
+    train: TrainConfig
+    """The run's config."""
+    model_path: str
+    """The base model the workers load (``tiny`` already built into the run directory)."""
+    export_dir: str
+    """Where rank 0 writes the final Hugging Face export (``<run>/export``)."""
+    resume_from: Any = None
+    """``TrainConfig.resume_from`` as one ``ray.train.Checkpoint`` the driver built and checked
+    (``None``: none); the same object goes to every worker."""
+    has_eval: bool = False
+    """Whether ``data.eval`` has rows (an ``eval`` dataset shard exists)."""
+    eval_metrics: bool = False
+    """Whether end-of-epoch evaluation generates (``TrainConfig.generation_eval``)."""
+    eval_max_rows_per_rank: int = 0
+    """Rows each worker generates for at most (``eval.max_rows`` split over the workers)."""
+    tasks: dict | None = None
+    """The task registry of ``TrainConfig.tasks`` (``TaskRegistry.to_dict``; ``None``: the
+    default registry), read once by the driver."""
+
+    def registry(self):
+        """The :class:`~giellm_ray.formats.TaskRegistry` evaluation uses."""
+        from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry
+
+        return TaskRegistry.from_dict(self.tasks) if self.tasks else DEFAULT_REGISTRY

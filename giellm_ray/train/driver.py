@@ -9,7 +9,7 @@ FailureConfig(max_failures))``; checkpoints go to storage through pyarrow's nati
 ``storage_path`` (or ``trust_checkpoint``: loading a checkpoint runs its pickled code), and goes
 to every worker in the loop config: the same object, so nothing is fetched per rank by accident
 (each rank then reads only its own shard, see :mod:`giellm_ray.train.resume`). Ray Train V2
-rejects ``TorchTrainer(resume_from_checkpoint=...)``, hence the loop config. Workers run
+rejects ``TorchTrainer(resume_from_checkpoint=...)``, hence the worker config. Workers run
 :func:`giellm_ray.train.loop.train_loop_per_worker` and write the final Hugging Face export to
 ``<run>/export``; after the run the driver removes checkpoint directories Ray's record does not
 keep (orphans of workers killed between upload and report), writes the resolved config beside the
@@ -22,16 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 
 from giellm_ray import io
 from giellm_ray.config import dump_config
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 from giellm_ray.train.checkpoints import check_trusted, read_state, remove_orphans, uri
-from giellm_ray.train.config import TrainConfig
+from giellm_ray.train.config import TrainConfig, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +41,6 @@ class TrainResult:
     export_dir: str | None
     checkpoint: str | None
     metrics: dict
-
-
-def _absolute(path: str) -> str:
-    return path if io.is_s3(path) else os.path.abspath(os.path.expanduser(path))
 
 
 def read_dataset(path: str, columns: list[str]):
@@ -74,24 +68,17 @@ def prepare_base_model(cfg: TrainConfig) -> str:
     """The base model path; for ``tiny``, build it from the corpus into ``<run>/base-model``."""
     if cfg.model.name_or_path != "tiny":
         return cfg.model.name_or_path
-    from giellm_ray.model.tiny import build_tiny
+    from giellm_ray.model.tiny import build_tiny_from_corpus
 
-    texts: list[str] = []
-    for path in filter(None, [cfg.data.train, cfg.data.eval]):
-        for batch in io.iter_parquet_batches(path, columns=[PROMPT, TARGET]):
-            texts += [t for c in (PROMPT, TARGET) for t in batch.column(c).to_pylist() if t]
-    dest = io.join(_absolute(cfg.run_dir()), "base-model")
-    if not io.is_s3(dest):
-        return build_tiny(dest, texts, cfg.tiny)
-    with tempfile.TemporaryDirectory() as tmp:
-        io.copy_dir(build_tiny(tmp, texts, cfg.tiny), dest)
-    return dest
+    dest = io.join(io.absolute(cfg.run_dir()), "base-model")
+    return build_tiny_from_corpus(dest, list(filter(None, [cfg.data.train, cfg.data.eval])),
+                                  cfg.tiny)
 
 
 def storage_filesystem(path: str):
     """``(filesystem, path)`` Ray Train writes checkpoints through: pyarrow's native S3 client
     for ``s3://`` (multipart uploads in C++, picklable to the workers), else local."""
-    return io.resolve_native(_absolute(path))
+    return io.resolve_native(io.absolute(path))
 
 
 def resume_checkpoint(cfg: TrainConfig):
@@ -101,7 +88,7 @@ def resume_checkpoint(cfg: TrainConfig):
         return None
     import ray.train
 
-    check_trusted(_absolute(cfg.resume_from), _absolute(cfg.storage_path), cfg.trust_checkpoint)
+    check_trusted(io.absolute(cfg.resume_from), io.absolute(cfg.storage_path), cfg.trust_checkpoint)
     fs, path = storage_filesystem(cfg.resume_from)
     if read_state(fs, path) is None:
         raise ValueError(f"resume_from {cfg.resume_from} is not a training checkpoint "
@@ -128,18 +115,17 @@ def build_trainer(cfg: TrainConfig, model_path: str, resume=None):
                  "for the metrics run `giellm score` on the export")
     max_rows = cfg.eval.max_rows or eval_rows
     storage_fs, storage = storage_filesystem(cfg.storage_path)
-    loop_config = {
-        "train_config": cfg.model_dump(mode="json"),
-        "model_path": model_path,
-        "export_dir": io.join(_absolute(cfg.run_dir()), "export"),
-        "resume_from": resume,
-        "has_eval": bool(eval_rows),
-        "eval_metrics": metrics_on,
-        "eval_max_rows_per_rank": math.ceil(max_rows / cfg.num_workers) if eval_rows else 0,
-    }
+    from giellm_ray.formats import TaskRegistry
+
+    worker = WorkerConfig(
+        train=cfg, model_path=model_path,
+        export_dir=io.join(io.absolute(cfg.run_dir()), "export"), resume_from=resume,
+        has_eval=bool(eval_rows), eval_metrics=metrics_on,
+        eval_max_rows_per_rank=math.ceil(max_rows / cfg.num_workers) if eval_rows else 0,
+        tasks=TaskRegistry.load(cfg.tasks).to_dict() if cfg.tasks else None)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"worker": worker},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
             resources_per_worker=dict(cfg.resources_per_worker) or None),
@@ -168,8 +154,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         log.info("removed checkpoint %s: not in Ray's record (a worker died before reporting "
                  "it) or superseded", path)
     export_dir = None
-    if cfg.export:
-        export_dir = io.join(_absolute(cfg.run_dir()), "export")
+    if cfg.export.enabled:
+        export_dir = io.join(io.absolute(cfg.run_dir()), "export")
         resolved = cfg.model_copy(deep=True)
         resolved.model.name_or_path = model_path
         dump_config(resolved, io.join(export_dir, "train_config.yaml"))

@@ -7,7 +7,8 @@ the weights keep their training dtype), at ZeRO-2 rank 0 already holds every wei
 node-local NVMe when there is one) and uploads it to ``dest`` (local or ``s3://``, through pyarrow's
 native S3 client), which ``AutoModelForCausalLM.from_pretrained`` loads. 13B in bf16: 26 GB
 written once and uploaded once (~20 s at ~1.5 GB/s). :func:`save_hf` is the same write into a
-given directory (the final weights-only checkpoint when ``export`` is off).
+given directory (the final weights-only checkpoint when ``export`` is off); :func:`export_lora`
+is a LoRA run's export (the adapter, optionally the merged model).
 """
 
 from __future__ import annotations
@@ -61,5 +62,32 @@ def export_hf(engine, tokenizer, dest: str, zero_stage: int, rank: int,
         return None
     with tempfile.TemporaryDirectory(dir=staging) as tmp:
         save_hf(engine, state, tokenizer, tmp)
+        upload_dir(tmp, dest)
+    return dest
+
+
+def export_lora(engine, tokenizer, dest: str, cfg, base_path: str, rank: int,
+                staging: str | None = None) -> str | None:
+    """A LoRA run's export (every rank calls it; rank 0 writes): ``dest/adapter`` and, with
+    ``export.merge``, ``dest/merged`` (see :mod:`giellm_ray.train.lora`); returns ``dest`` on
+    rank 0."""
+    from giellm_ray.model.loader import resolve_dtype
+    from giellm_ray.train.lora import (
+        ADAPTER_DIR,
+        MERGED_DIR,
+        gather_trainable,
+        merge_adapter,
+        save_adapter,
+    )
+
+    state = gather_trainable(engine, cfg.zero_stage, rank)
+    if rank != 0:
+        return None
+    with tempfile.TemporaryDirectory(dir=staging) as tmp:
+        adapter = f"{tmp}/{ADAPTER_DIR}"
+        save_adapter(engine.module, state, tokenizer, adapter)
+        if cfg.export.merge:
+            dtype = resolve_dtype("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
+            merge_adapter(base_path, adapter, tokenizer, f"{tmp}/{MERGED_DIR}", dtype)
         upload_dir(tmp, dest)
     return dest

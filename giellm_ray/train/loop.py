@@ -2,9 +2,9 @@
 
 ``setup`` (this worker's data shard, tokenized into SFT examples; the epoch length every rank
 shares; the DeepSpeed config) -> ``find_checkpoint`` (:mod:`giellm_ray.train.resume`) ->
-``build_engine`` (:mod:`giellm_ray.train.engine`) -> ``restore`` -> ``fit`` (epochs of optimizer
-steps, a log window every ``log_every_steps``, checkpoints at epoch ends, ``evaluate`` after each
-epoch) -> ``finish`` (throughput, the Hugging Face export, the final weights-only report).
+``build_ds_engine`` (:mod:`giellm_ray.train.deepspeed_init`) -> ``restore`` -> ``fit`` (epochs
+of optimizer steps, a log window every ``log_every_steps``, checkpoints at epoch ends, ``evaluate``
+after each epoch) -> ``finish`` (throughput, the Hugging Face export, the final weights-only report).
 Each worker reads its shard of the training Parquet through Ray Data
 (``ray.train.get_dataset_shard("train")``) and batches by length (seeded per epoch, so a resumed
 run skips exactly the batches it did). Rank 0 logs loss, learning rate and tokens/s; every rank
@@ -29,11 +29,15 @@ from giellm_ray.model.sft import build_examples, collate, length_grouped_batches
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 from giellm_ray.train.checkpoints import staging_root
 from giellm_ray.train.collectives import reduce_values
-from giellm_ray.train.config import TrainConfig
+from giellm_ray.train.config import TrainConfig, WorkerConfig
 from giellm_ray.train.deepspeed_config import build_ds_config, total_optimizer_steps
-from giellm_ray.train.engine import build_engine, select_accelerator
+from giellm_ray.train.deepspeed_init import (
+    build_ds_engine,
+    fused_adam_usable,
+    select_accelerator,
+)
 from giellm_ray.train.evaluation import eval_loss, eval_metrics
-from giellm_ray.train.export import export_hf
+from giellm_ray.train.export import export_hf, export_lora
 from giellm_ray.train.reporting import Checkpointer, clear_staging
 from giellm_ray.train.resume import find_checkpoint, model_path, restore
 
@@ -45,7 +49,7 @@ class Run:
     """What ``setup`` prepared for this worker."""
 
     cfg: TrainConfig
-    config: dict  # the driver's train_loop_config
+    config: WorkerConfig  # what the driver resolved for the workers
     rank: int
     world: int
     local_rank: int
@@ -96,13 +100,14 @@ def read_shard(name: str, columns: list[str]) -> list[dict]:
     return rows
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point; ``config`` has ``train_config``, ``model_path``, ``export_dir``."""
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point; ``loop_config["worker"]`` is the driver's :class:`WorkerConfig`."""
+    config: WorkerConfig = loop_config["worker"]
     run = setup(config)
-    resume = find_checkpoint(config, run.rank)
-    engine, _keep = build_engine(run.cfg, model_path(config["model_path"], resume), run.ds_config)
-    state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg.zero_stage,
-                    run.staging)
+    resume = find_checkpoint(config.resume_from, run.rank)
+    base = model_path(config.model_path, resume, lora=run.cfg.lora is not None)
+    engine, _keep = build_ds_engine(run.cfg, base, run.ds_config)
+    state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg, run.staging)
     progress = Progress()
     if state:
         progress.epoch, progress.batch, progress.step = state["epoch"], state["batch"], state["step"]
@@ -114,10 +119,10 @@ def train_loop_per_worker(config: dict) -> None:
     finish(engine, run, progress)
 
 
-def setup(config: dict) -> Run:
+def setup(config: WorkerConfig) -> Run:
     """Logging, accelerator, this worker's place in the group, its data and the schedule."""
     setup_logging(handler=False)  # a Ray worker: the level from GIELLM_LOG_LEVEL, Ray prints
-    cfg = TrainConfig.model_validate(config["train_config"])
+    cfg = config.train
     select_accelerator(cfg)  # before deepspeed is imported
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray.train
@@ -131,7 +136,7 @@ def setup(config: dict) -> Run:
     staging = os.path.join(staging_root(cfg.checkpoint_staging_dir), f"giellm-{cfg.run_name}")
     if local_rank == 0:  # before the first collective: no rank of this group has staged yet
         clear_staging(staging)
-    tokenizer = load_tokenizer(cfg.model.model_copy(update={"name_or_path": config["model_path"]}))
+    tokenizer = load_tokenizer(cfg.model.model_copy(update={"name_or_path": config.model_path}))
 
     rows = read_shard("train", [PROMPT, TARGET])
     examples, stats = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
@@ -151,12 +156,18 @@ def setup(config: dict) -> Run:
         log.info("[train] data %s; %d batches/epoch/worker, %d optimizer steps", data_stats,
                  n_batches, total_steps)
     eval_rows: list[dict] = []
-    if config.get("has_eval"):
+    if config.has_eval:
         columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
         eval_rows = read_shard("eval", columns)[rank::world]
+    ds_config = build_ds_config(cfg, total_steps, world, _fused_adam(cfg))
     return Run(cfg, config, rank, world, local_rank, device, tokenizer, examples, data_stats,
-               n_batches, total_steps, build_ds_config(cfg, total_steps, world), eval_rows,
-               staging, Checkpointer(cfg, rank, world, staging))
+               n_batches, total_steps, ds_config, eval_rows, staging,
+               Checkpointer(cfg, rank, world, staging))
+
+
+def _fused_adam(cfg: TrainConfig) -> bool:
+    """FusedAdam only matters where DeepSpeed builds a GPU optimizer (see deepspeed_config)."""
+    return cfg.use_gpu and not cfg.cpu_offload and fused_adam_usable()
 
 
 def _base(run: Run, p: Progress) -> dict:
@@ -240,15 +251,16 @@ def evaluate(engine, run: Run, p: Progress, epoch: int) -> dict:
     cfg = run.cfg
     metrics = {**_base(run, p), **{f"data_{k}": v for k, v in run.data_stats.items()},
                "epoch": epoch, "step": p.step, "epoch_done": epoch + 1}
-    if not run.config.get("has_eval"):
+    if not run.config.has_eval:
         return metrics
     loss_e, n_tok = eval_loss(engine, run.eval_rows, run.tokenizer, cfg, run.device)
     metrics.update(eval_loss=loss_e, eval_target_tokens=n_tok)
-    if run.config.get("eval_metrics"):
+    if run.config.eval_metrics:
         from giellm_ray.metrics import ratios
 
-        counts = eval_metrics(engine, run.eval_rows[: run.config.get("eval_max_rows_per_rank")],
-                              run.tokenizer, cfg, run.device, synced=cfg.zero_stage == 3)
+        counts = eval_metrics(engine, run.eval_rows[: run.config.eval_max_rows_per_rank],
+                              run.tokenizer, cfg, run.device, synced=cfg.zero_stage == 3,
+                              registry=run.config.registry())
         if counts is not None:
             metrics["eval_counts"] = json.dumps(counts, ensure_ascii=False)
             for ds, c in counts.items():
@@ -275,10 +287,19 @@ def finish(engine, run: Run, p: Progress) -> None:
         import torch
 
         final["peak_gpu_mb_rank0"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    if cfg.lora is not None:
+        from giellm_ray.train.lora import parameter_counts
+
+        final["trainable_params"], final["total_params"] = parameter_counts(engine.module)
     export_dir = None
-    if cfg.export:
-        export_dir = config["export_dir"]
-        dest = export_hf(engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank, run.staging)
+    if cfg.export.enabled:
+        export_dir = config.export_dir
+        if cfg.lora is not None:
+            dest = export_lora(engine, run.tokenizer, export_dir, cfg, config.model_path,
+                               run.rank, run.staging)
+        else:
+            dest = export_hf(engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank,
+                             run.staging)
         final["export_dir"] = dest or export_dir
     # A run's Result carries its last checkpoint's metrics, so the final metrics go with one.
     run.ckpt.save_final(engine, run.tokenizer, final, p.state(cfg.epochs, 0), export_dir)

@@ -18,6 +18,8 @@ in the background (assume ~1.5 GB/s per node to S3: ~2 min, overlapping training
 end of epochs 1 and 2: ~3 min of stalls per 3-epoch run. The final report is weights-only
 (:meth:`Checkpointer.save_final`): a pointer to the export (a few hundred bytes) or, with
 ``export: false``, the 16-bit weights (26 GB) instead of 182 GB of optimizer state nobody resumes.
+With LoRA a full checkpoint is the adapter and its optimizer state only (13B, r 16: ~0.7 GB, a
+few seconds) and the final one without an export holds the adapter directory.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ from dataclasses import dataclass
 from giellm_ray.train.checkpoints import CKPT_TAG, DONE_DIR, STATE_FILE, is_complete
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.export import gather_state, save_hf
+from giellm_ray.train.lora import (
+    ADAPTER_DIR,
+    drop_frozen_aliases,
+    gather_trainable,
+    save_adapter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +63,14 @@ class Checkpointer:
     def save(self, engine, metrics: dict, state: dict) -> None:
         """A full DeepSpeed checkpoint (model + optimizer shards) from every rank."""
         local = tempfile.mkdtemp(prefix=f"rank{self.rank}-", dir=self.root)
-        engine.save_checkpoint(local, tag=CKPT_TAG)
+        # LoRA: the adapter and its optimizer state only (the frozen base is the base model).
+        engine.save_checkpoint(local, tag=CKPT_TAG,
+                               exclude_frozen_parameters=self.cfg.lora is not None)
+        if self.cfg.lora is not None and self.rank == 0:
+            drop_frozen_aliases(local, CKPT_TAG, engine.module)
         full = {**state, "world_size": self.world, "writers": self.world,
-                "zero_stage": self.cfg.zero_stage, "weights_only": False}
+                "zero_stage": self.cfg.zero_stage, "weights_only": False,
+                "lora": self.cfg.lora is not None}
         self._report(metrics, local, full)
 
     def save_final(self, engine, tokenizer, metrics: dict, state: dict,
@@ -67,18 +80,24 @@ class Checkpointer:
         With an export, the checkpoint only points at it (``export_dir`` in its state); without,
         it holds the 16-bit weights in Hugging Face format (gathered collectively at ZeRO-3).
         """
-        hf_state = None if export_dir else gather_state(engine, self.cfg.zero_stage, self.rank)
+        lora = self.cfg.lora is not None
+        hf_state = None
+        if not export_dir:
+            gather = gather_trainable if lora else gather_state
+            hf_state = gather(engine, self.cfg.zero_stage, self.rank)
         if self.rank != 0:
             import ray.train
 
             ray.train.report(metrics)  # every rank reports (a barrier); only rank 0 writes
             return
         local = tempfile.mkdtemp(prefix="final-", dir=self.root)
-        if export_dir is None:
+        if export_dir is None and lora:
+            save_adapter(engine.module, hf_state, tokenizer, os.path.join(local, ADAPTER_DIR))
+        elif export_dir is None:
             save_hf(engine, hf_state, tokenizer, local)
         final = {**state, "world_size": self.world, "writers": 1,
                  "zero_stage": self.cfg.zero_stage, "weights_only": True,
-                 "export_dir": export_dir}
+                 "export_dir": export_dir, "lora": lora}
         self._report(metrics, local, final)
 
     def _report(self, metrics: dict, local: str, state: dict) -> None:

@@ -71,12 +71,12 @@ def _choose(ray_ckpt, explicit, storage) -> tuple[str, str, dict] | None:
     return "resume_from", explicit.path, state
 
 
-def find_checkpoint(config: dict, rank: int) -> Resume | None:
-    """The checkpoint this worker group starts from, the same on every rank (``None``: none)."""
+def find_checkpoint(explicit, rank: int) -> Resume | None:
+    """The checkpoint this worker group starts from, the same on every rank (``None``: none);
+    ``explicit``: ``WorkerConfig.resume_from``."""
     import ray.train
     from ray.train.collective import broadcast_from_rank_zero
 
-    explicit = config.get("resume_from")
     storage = ray.train.get_context().get_storage()
     choice = None
     if rank == 0:
@@ -89,9 +89,10 @@ def find_checkpoint(config: dict, rank: int) -> Resume | None:
     return Resume(ray.train.Checkpoint(path, filesystem=fs), state, source)
 
 
-def model_path(base: str, resume: Resume | None) -> str:
-    """The weights to build the model from: the base model, or a weights-only checkpoint's."""
-    if resume is None or not resume.state.get("weights_only"):
+def model_path(base: str, resume: Resume | None, lora: bool = False) -> str:
+    """The weights to build the model from: the base model, or a weights-only checkpoint's
+    (a LoRA run always builds from the base; :func:`restore` loads the adapter)."""
+    if lora or resume is None or not resume.state.get("weights_only"):
         return base
     ckpt = resume.checkpoint
     return resume.state.get("export_dir") or uri(ckpt.filesystem, ckpt.path)
@@ -109,7 +110,17 @@ def _check_compatible(state: dict, world: int, zero_stage: int) -> None:
             "final (weights-only) checkpoint.")
 
 
-def _load_full(engine, resume: Resume, rank: int, local_rank: int, staging: str) -> None:
+def _adapter_dir(resume: Resume) -> str:
+    """Where a LoRA run's weights-only checkpoint keeps its adapter."""
+    from giellm_ray.train.lora import ADAPTER_DIR
+
+    root = resume.state.get("export_dir") or uri(resume.checkpoint.filesystem,
+                                                 resume.checkpoint.path)
+    return root.rstrip("/") + "/" + ADAPTER_DIR
+
+
+def _load_full(engine, resume: Resume, rank: int, local_rank: int, staging: str,
+               lora: bool = False) -> None:
     from ray.train.collective import barrier
 
     fs, path = resume.checkpoint.filesystem, resume.checkpoint.path
@@ -117,7 +128,8 @@ def _load_full(engine, resume: Resume, rank: int, local_rank: int, staging: str)
     if not isinstance(fs, pafs.LocalFileSystem):  # local storage is read where it lies
         key = hashlib.sha1(uri(fs, path).encode()).hexdigest()[:12]
         staged = stage_for_rank(fs, path, os.path.join(staging, f"restore-{key}"), rank)
-    loaded, _ = engine.load_checkpoint(staged or path, tag=CKPT_TAG)
+    # A LoRA checkpoint holds the adapter only: the frozen base keys are absent by design.
+    loaded, _ = engine.load_checkpoint(staged or path, tag=CKPT_TAG, load_module_strict=not lora)
     if loaded is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint at {uri(fs, path)}")
     if staged is not None:
@@ -127,20 +139,27 @@ def _load_full(engine, resume: Resume, rank: int, local_rank: int, staging: str)
 
 
 def restore(engine, resume: Resume | None, rank: int, world: int, local_rank: int,
-            zero_stage: int, staging: str) -> dict:
+            cfg, staging: str) -> dict:
     """Load ``resume`` into ``engine``; returns its ``train_state`` (``{}`` for a fresh start)."""
     if resume is None:
         return {}
-    state = resume.state
+    state, zero_stage, lora = resume.state, cfg.zero_stage, cfg.lora is not None
+    if bool(state.get("lora")) != lora:
+        raise ValueError("the checkpoint is from a " + ("LoRA" if state.get("lora") else "full")
+                         + " fine-tuning run and this run is not: set lora to match")
     _check_compatible(state, world, zero_stage)
     if state.get("weights_only"):
         step = int(state["step"])
         if step and engine.lr_scheduler is not None:
             engine.lr_scheduler.step(step - 1)  # where `step` optimizer steps leave the schedule
         engine.global_steps = step
+        if lora:
+            from giellm_ray.train.lora import load_adapter_weights
+
+            load_adapter_weights(engine.module, _adapter_dir(resume))
         if rank == 0:
             log.warning("[train] resuming from weights only (%s): the optimizer state starts "
                         "fresh", model_path("", resume))
     else:
-        _load_full(engine, resume, rank, local_rank, staging)
+        _load_full(engine, resume, rank, local_rank, staging, lora)
     return state

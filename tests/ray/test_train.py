@@ -17,7 +17,7 @@ import pytest
 
 from giellm_ray.config import load_config
 from giellm_ray.sample import sample_path
-from giellm_ray.train.config import TrainConfig
+from giellm_ray.train.config import ExportConfig, TrainConfig
 from giellm_ray.train.driver import run_training
 
 pytestmark = pytest.mark.ray
@@ -105,7 +105,7 @@ def test_zero2_loss_falls_on_memorisable_corpus(zero2_run):
 def test_explicit_resume_continues_earlier_run(zero2_run, tmp_path):
     cfg, result, _ = zero2_run
     more = cfg.model_copy(update={"epochs": 4, "run_name": "z2-more", "resume_from":
-                                  result.checkpoint, "fault_injection": None, "export": False})
+                                  result.checkpoint, "fault_injection": None, "export": ExportConfig(enabled=False)})
     again = run_training(more)
     assert again.metrics["resumed_from_step"] == 24
     assert again.metrics["step"] == 32
@@ -251,7 +251,8 @@ def test_resume_from_s3_fetches_each_checkpoint_file_once(zero2_run, counting_s3
     served.clear()
     more = cfg.model_copy(update={"run_name": "z2-s3", "resume_from": dest, "max_steps": step + 1,
                                   "trust_checkpoint": True, "fault_injection": None,
-                                  "export": False, "checkpoint_every_steps": None})
+                                  "export": ExportConfig(enabled=False),
+                                  "checkpoint_every_steps": None})
     again = run_training(more)
     assert again.metrics["resumed_from_step"] == step and again.metrics["step"] == step + 1
     sizes = {f"/giellm-test/resume-count/ckpt/{os.path.relpath(os.path.join(d, f), full)}":

@@ -154,3 +154,25 @@ def test_fault_injection_modes():
         load_config(TrainConfig, None, ["fault_injection={fail_at_step: 8, marker: m, mode: x}"])
     with pytest.raises(ConfigError, match="checkpoint_upload_mode"):
         load_config(TrainConfig, None, ["checkpoint_upload_mode=later"])
+
+
+@pytest.mark.parametrize("name,quantize", [("giellm-13b-jp-lora", "none"),
+                                           ("giellm-13b-jp-qlora", "4bit")])
+def test_lora_configs_run_on_one_gpu(name, quantize):
+    cfg = load_config(TrainConfig, str(CONFIG_DIR / f"{name}.yaml"))
+    assert cfg.lora is not None and cfg.lora.quantize == quantize and cfg.lora.r == 16
+    assert cfg.num_workers == 1 and cfg.use_gpu and cfg.zero_stage == 2
+    assert cfg.export.enabled and not cfg.export.merge
+
+
+def test_lora_and_export_settings():
+    cfg = load_config(TrainConfig, None, ["lora.r=8", "export=false"])
+    assert cfg.lora.r == 8 and cfg.lora.target_modules is None and not cfg.export.enabled
+    merged = load_config(TrainConfig, None, ["lora.r=8", "export.merge=true"])
+    assert merged.export.enabled and merged.export.merge
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        load_config(TrainConfig, None, ["lora.quantize=4bit"])
+    with pytest.raises(ConfigError, match="needs lora"):
+        load_config(TrainConfig, None, ["export.merge=true"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(TrainConfig, None, ["lora.rank=8"])
