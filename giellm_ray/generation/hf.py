@@ -8,6 +8,15 @@ Rows are sorted by prompt length and prefilled in groups of similar length (litt
 rows are prefilled and merged in (left-padded, with a 2-D attention mask and explicit position ids),
 so decode steps are not spent on finished rows.
 
+Admission by KV bytes, not rows alone: the cache is one rectangle, every row padded to the
+longest, growing one column per step. A group of rows is admitted only while ``rows x (widest
+prompt or running row + longest remaining token budget) x KV bytes per token`` (layers x KV heads
+x head_dim x 2 x dtype bytes, from the model config) stays within the budget
+(``GenerationConfig.kv_budget_bytes``, or a share of the free CUDA memory; the 13B arithmetic is
+in ``GenerationConfig``), so the cache never outgrows it; ``batch_size`` stays the row cap. The
+first row of an empty batch is always admitted (if it alone does not fit, the OOM retry below
+still ends it).
+
 Why our own loop rather than transformers' ``generate_batch`` (continuous batching, option A):
 constrained decoding needs a per-row logits mask and a per-row stop signal before every pick, which
 ``generate_batch`` (paged attention, a manager thread) offers no hook for; this loop gives both,
@@ -47,6 +56,30 @@ class _Batch:
     last: object = None  # [B] last token id
 
 
+def kv_bytes_per_token(model) -> int | None:
+    """KV-cache bytes one token takes in every layer (K and V), from the model config; ``None``
+    where the config does not say (the engine then bounds rows only)."""
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    def first(*names):
+        for name in names:
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    layers = first("num_hidden_layers", "n_layer", "num_layers")
+    heads = first("num_attention_heads", "n_head")
+    kv_heads = first("num_key_value_heads", "multi_query_group_num") or heads
+    hidden = first("hidden_size", "n_embd", "d_model")
+    head_dim = first("head_dim") or (hidden // heads if hidden and heads else None)
+    if not (layers and kv_heads and head_dim):
+        return None
+    itemsize = next(model.parameters()).element_size()
+    return layers * kv_heads * head_dim * 2 * itemsize
+
+
 def model_max_positions(model, tokenizer) -> int:
     """The longest sequence (prompt + output) the model accepts, in tokens."""
     cfg = model.config
@@ -74,6 +107,8 @@ class HFEngine:
         self.stats = EngineStats()
         self.masks = MaskCache(fallback_id=min(self.eos_ids, default=0))
         self.max_positions = model_max_positions(model, tokenizer)  # prompt + output, tokens
+        self.kv_per_token = kv_bytes_per_token(model)
+        self.kv_budget: int | None = None  # bytes, set per generate call (see kv_budget_bytes)
 
     def reset_stats(self) -> None:
         self.stats = EngineStats()
@@ -82,6 +117,7 @@ class HFEngine:
         """Complete every request; never raises (a failing row gets ``error``)."""
         results: list[GenerationResult | None] = [None] * len(requests)
         touched: set[int] = set()
+        self.kv_budget = self._kv_budget()
         try:
             self._run(list(range(len(requests))), requests, results, touched)
         except Exception as exc:  # one bad batch must not fail the job: retry row by row
@@ -97,6 +133,46 @@ class HFEngine:
                 except Exception as row_exc:
                     results[i] = self._failed(f"engine error: {type(row_exc).__name__}: {row_exc}")
         return results  # type: ignore[return-value]
+
+    def _kv_budget(self) -> int | None:
+        """The KV-cache byte budget of this call: the configured one, else a share of the free
+        CUDA memory (memory PyTorch caches but does not use counts as free); ``None``: rows only."""
+        if self.kv_per_token is None:
+            return None
+        if self.config.kv_budget_bytes is not None:
+            return self.config.kv_budget_bytes
+        import torch
+
+        device = torch.device(self.device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return None
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + cached) * self.config.kv_memory_fraction)
+
+    def _kv_fit(self, b: _Batch, pending: deque, prompt_ids, limits, room: int) -> int:
+        """How many of the next pending rows (at most ``room``) may join the batch's running rows
+        with the cache's peak (rows x (width + longest remaining budget)) within the budget."""
+        room = min(room, len(pending))
+        if self.kv_budget is None:
+            return room
+        cells = self.kv_budget // self.kv_per_token  # cache positions (row x column) allowed
+        alive = width = rest = 0
+        for s, row in enumerate(b.rows):
+            if not b.done[s]:
+                alive += 1
+                width = max(width, len(prompt_ids[row]) + len(b.out[s]))
+                rest = max(rest, limits[row] - len(b.out[s]))
+        k = 0
+        for i in pending:
+            if k == room:
+                break
+            width = max(width, len(prompt_ids[i]))
+            rest = max(rest, limits[i])
+            if (alive + k + 1) * (width + rest) > cells:
+                break
+            k += 1
+        return k if k or alive else 1  # an empty batch always takes one row
 
     def _failed(self, message: str) -> GenerationResult:
         self.stats.errors += 1
@@ -126,16 +202,29 @@ class HFEngine:
         b = _Batch()
         size = self.config.batch_size
         threshold = max(1, math.ceil(self.config.refill_threshold * size))
+        blocked = None  # the batch state at which the KV budget last admitted nothing
         with torch.inference_mode():
             while True:
                 n_done = sum(b.done)
                 alive = len(b.rows) - n_done
-                if (pending and (alive == 0 or size - alive >= threshold)) or (
-                    not pending and n_done >= threshold and alive > 0
-                ):
-                    self._evict(b)
-                    if pending:
-                        self._admit(b, pending, prompt_ids, limits, requests, results, touched)
+                if pending and (alive == 0 or size - alive >= threshold):
+                    state = (len(b.rows), n_done)
+                    fit = 0 if state == blocked else self._kv_fit(
+                        b, pending, prompt_ids, limits, size - alive)
+                    # A refill waits until a useful group fits: ``refill_threshold`` of the
+                    # batch it makes (the budget may hold fewer rows than ``batch_size``).
+                    need = min(threshold, len(pending),
+                               math.ceil(self.config.refill_threshold * (alive + fit)))
+                    if alive == 0 or (fit > 0 and fit >= need):
+                        blocked = None
+                        self._evict(b)
+                        self._admit(b, pending, fit, prompt_ids, limits, requests, results,
+                                    touched)
+                        continue
+                    blocked = state
+                if n_done >= threshold and alive > 0 and (not pending or blocked is not None):
+                    self._evict(b)  # finished rows leave; a refill waits for the budget
+                    blocked = None
                     continue
                 if alive == 0:
                     break
@@ -221,13 +310,12 @@ class HFEngine:
             layer.keys = layer.keys[sel, :, lead:]
             layer.values = layer.values[sel, :, lead:]
 
-    def _admit(self, b: _Batch, pending: deque, prompt_ids, limits, requests, results,
+    def _admit(self, b: _Batch, pending: deque, free: int, prompt_ids, limits, requests, results,
                touched) -> None:
-        """Prefill the next rows (shortest prompts first) and merge them into the batch."""
+        """Prefill the next rows (shortest prompts first, at most ``free``) and merge them in."""
         import torch
         from transformers import DynamicCache
 
-        free = self.config.batch_size - len(b.rows)
         take: list[int] = []
         real = 0
         while pending and len(take) < free:
