@@ -52,6 +52,10 @@ class GenerationConfig(StrictModel):
     """Most padding share in one prefill group; a longer prompt starts the next group."""
     device: str | None = None
     """Device for inputs; ``None``: the model's device."""
+    scores: bool = True
+    """Confidence scores: each item's ``score`` and the row's ``tl_score`` (the probability of
+    their tokens under the constraint, their product: ``giellm_ray.generation.confidence``);
+    ``False`` leaves them null and skips the engines' per-token log-probabilities."""
     kv_budget_bytes: int | None = Field(None, ge=1)
     """Most bytes the batch's KV cache may reach; rows past it wait in the queue (``batch_size``
     stays the row cap). ``None``: ``kv_memory_fraction`` of the device's free memory, read at the

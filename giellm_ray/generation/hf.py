@@ -30,6 +30,11 @@ EOS it would write next is counted (``generation.base``: the token-count contrac
 without a constraint take a vectorised ``argmax`` with no per-row Python work. An exception inside
 a batch never escapes: the rows are retried one at a time and a row that still fails gets
 ``error``. ``engine.stats`` holds prompt-padding and finished-slot counters.
+
+A request with ``scores=True`` also gets ``token_ids`` and ``token_logprobs``: the log-softmax of
+the masked logits at each chosen token (the probability under the constraint), computed as that
+logit minus the row's logsumexp in the same step, one reduction over ``[rows, vocab]`` and no extra
+host sync beyond the pick's.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class _Batch:
 
     rows: list[int] = field(default_factory=list)
     out: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)  # per out token, rows with scores
     done: list[bool] = field(default_factory=list)
     cache: object = None
     mask: object = None  # [B, L] long, 1 = real token
@@ -238,21 +244,39 @@ class HFEngine:
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         n = len(b.out[slot]) + forced_eos  # the EOS a done constraint forces counts (base.py)
         results[i] = GenerationResult(text, n, finished)
+        if requests[i].scores:
+            results[i].token_ids = toks
+            results[i].token_logprobs = [lp for t, lp in zip(b.out[slot], b.logprobs[slot],
+                                                             strict=True) if t not in self.eos_ids]
         self.stats.rows += 1
         self.stats.generated_tokens += n
 
-    def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]) -> list[int]:
-        """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied."""
+    def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]
+              ) -> tuple[list[int], list[float] | None]:
+        """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied, and
+        its log-probability under the masked logits where a row asked for scores (else None)."""
+        import torch
+
         allowed: list = [None] * len(slots)
         for k, s in enumerate(slots):
             c = requests[b.rows[s]].constraint
             if c is not None and not b.done[s]:
                 allowed[k] = c.allowed_tokens()
                 touched.add(b.rows[s])
-        return self.masks.apply(logits, allowed).argmax(-1).tolist()
+        masked = self.masks.apply(logits, allowed)
+        best = masked.argmax(-1)
+        if not any(requests[b.rows[s]].scores for s in slots):
+            return best.tolist(), None
+        # log_softmax of the chosen token only: its logit minus the masked row's logsumexp.
+        masked = masked.float()
+        lp = masked.gather(-1, best[:, None])[:, 0] - torch.logsumexp(masked, dim=-1)
+        return best.tolist(), lp.tolist()
 
-    def _record(self, b: _Batch, slot: int, tok: int, limits, requests, results) -> None:
+    def _record(self, b: _Batch, slot: int, tok: int, lp: float | None, limits, requests,
+                results) -> None:
         b.out[slot].append(tok)
+        if lp is not None:
+            b.logprobs[slot].append(lp)
         c = requests[b.rows[slot]].constraint
         is_eos = tok in self.eos_ids
         if c is not None and not is_eos:
@@ -278,13 +302,13 @@ class HFEngine:
         )
         b.cache = out.cache
         slots = list(range(len(b.rows)))
-        toks = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
+        toks, lps = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
         self.stats.decode_steps += 1
         self.stats.decode_slot_steps += len(slots)
         self.stats.finished_slot_steps += sum(b.done)
         for s, tok in zip(slots, toks, strict=True):
             if not b.done[s]:
-                self._record(b, s, tok, limits, requests, results)
+                self._record(b, s, tok, lps[s] if lps else None, limits, requests, results)
         b.last = torch.as_tensor(toks, dtype=torch.long, device=b.last.device)
         b.pos = b.pos + 1
 
@@ -298,6 +322,7 @@ class HFEngine:
         self.stats.refills += 1
         b.rows = [b.rows[s] for s in keep]
         b.out = [b.out[s] for s in keep]
+        b.logprobs = [b.logprobs[s] for s in keep]
         b.done = [False] * len(keep)
         if not keep:
             b.cache = b.mask = b.pos = b.last = None
@@ -346,9 +371,9 @@ class HFEngine:
         self._merge(b, take, out.cache, mask, new_last)
         first = len(b.rows) - len(take)
         slots = list(range(first, len(b.rows)))
-        toks = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
-        for s, tok in zip(slots, toks, strict=True):
-            self._record(b, s, tok, limits, requests, results)
+        toks, lps = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
+        for k, (s, tok) in enumerate(zip(slots, toks, strict=True)):
+            self._record(b, s, tok, lps[k] if lps else None, limits, requests, results)
         b.last[first:] = torch.as_tensor(toks, dtype=torch.long, device=b.last.device)
 
     def _merge(self, b: _Batch, take: list[int], cache, mask, pos) -> None:
@@ -358,6 +383,7 @@ class HFEngine:
         last = torch.full((n,), self.pad_id, dtype=torch.long, device=mask.device)
         if not b.rows:
             b.rows, b.out, b.done = list(take), [[] for _ in take], [False] * n
+            b.logprobs = [[] for _ in take]
             b.cache, b.mask, b.pos, b.last = cache, mask, pos, last
             return
         old_len, new_len = b.mask.shape[1], mask.shape[1]
@@ -381,4 +407,5 @@ class HFEngine:
         b.last = torch.cat([b.last, last])
         b.rows += take
         b.out += [[] for _ in take]
+        b.logprobs += [[] for _ in take]
         b.done += [False] * n
