@@ -26,6 +26,7 @@ Pure pyarrow.
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 ID = "id"
 DATASET = "dataset"
@@ -144,12 +145,15 @@ def with_score_columns(table: pa.Table) -> pa.Table:
     new_type = pa.list_(pa.struct([*item_type, pa.field(SCORE, pa.float64())]))
     chunks = []
     for chunk in col.chunks:
-        items = chunk.values  # the struct array behind the lists (offsets kept)
+        offsets = chunk.offsets  # into the whole child array, also for a sliced chunk
+        first, last = offsets[0].as_py(), offsets[-1].as_py()
+        offsets = pc.subtract(offsets, pa.scalar(first, offsets.type))
+        items = chunk.values.slice(first, last - first)
         fields = [items.field(i) for i in range(items.type.num_fields)]
         scored = pa.StructArray.from_arrays(
             [*fields, pa.nulls(len(items), pa.float64())],
             fields=list(new_type.value_type), mask=items.is_null())
-        chunks.append(pa.ListArray.from_arrays(chunk.offsets, scored, type=new_type,
+        chunks.append(pa.ListArray.from_arrays(offsets, scored, type=new_type,
                                                mask=chunk.is_null()))
     index = table.column_names.index(PRED_ITEMS)
     return table.set_column(index, pa.field(PRED_ITEMS, new_type),
