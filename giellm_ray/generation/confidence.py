@@ -108,31 +108,32 @@ class TokenPieces:
         self.added = {i: t.content for i, t in added.items() if not getattr(t, "special", False)}
         self.special |= {i for i, t in added.items() if getattr(t, "special", False)}
         self.mode: str | None = None  # the fast mode that last reproduced a text
-        self._pieces: dict[tuple[str, int], bytes] = {}
+        self._pieces: dict[str, dict[int, bytes]] = {}  # mode -> token id -> its bytes
 
     def _piece(self, mode: str, tid: int) -> bytes:
-        key = (mode, tid)
-        got = self._pieces.get(key)
-        if got is None:
-            if tid in self.special:
-                got = b""
-            elif tid in self.added:
-                got = self.added[tid].encode("utf-8")
-            else:
-                piece = self.tokenizer.convert_ids_to_tokens(tid)
-                if mode == "bytelevel":
-                    got = bytes(self.alphabet[c] for c in piece)  # KeyError: not byte-level
-                else:
-                    m = _HEX_BYTE.fullmatch(piece)
-                    got = bytes([int(m.group(1), 16)]) if m else piece.replace("▁", " ").encode()
-            self._pieces[key] = got
-        return got
+        """The bytes token ``tid`` writes in ``mode`` (raises KeyError where it cannot be one)."""
+        if tid in self.special:
+            return b""
+        if tid in self.added:
+            return self.added[tid].encode("utf-8")
+        piece = self.tokenizer.convert_ids_to_tokens(tid)
+        if mode == "bytelevel":
+            return bytes(self.alphabet[c] for c in piece)  # KeyError: not a byte-level piece
+        m = _HEX_BYTE.fullmatch(piece)
+        return bytes([int(m.group(1), 16)]) if m else piece.replace("▁", " ").encode("utf-8")
 
     def _fast(self, mode: str, token_ids: Sequence[int], text: str):
+        table = self._pieces.setdefault(mode, {})
         try:
-            pieces = [self._piece(mode, t) for t in token_ids]
-        except (KeyError, TypeError):
-            return None
+            pieces = [table[t] for t in token_ids]
+        except KeyError:
+            try:
+                for t in token_ids:
+                    if t not in table:
+                        table[t] = self._piece(mode, t)
+            except (KeyError, TypeError):
+                return None
+            pieces = [table[t] for t in token_ids]
         data = b"".join(pieces)
         target = text.encode("utf-8")
         if data == target:
@@ -141,7 +142,7 @@ class TokenPieces:
             shift = 1
         else:
             return None
-        ends = list(accumulate(len(p) for p in pieces))
+        ends = list(accumulate(map(len, pieces)))
         starts = [e - len(p) for e, p in zip(ends, pieces, strict=True)]
         return starts, ends, lambda c: len(text[:c].encode("utf-8")) + shift
 
