@@ -56,6 +56,7 @@ class _Batch:
     out: list[list[int]] = field(default_factory=list)
     logprobs: list[list[float]] = field(default_factory=list)  # per out token, rows with scores
     done: list[bool] = field(default_factory=list)
+    scored: bool = False  # a row of the batch asked for scores
     cache: object = None
     mask: object = None  # [B, L] long, 1 = real token
     pos: object = None  # [B] next position id
@@ -223,13 +224,13 @@ class HFEngine:
                                math.ceil(self.config.refill_threshold * (alive + fit)))
                     if alive == 0 or (fit > 0 and fit >= need):
                         blocked = None
-                        self._evict(b)
+                        self._evict(b, requests)
                         self._admit(b, pending, fit, prompt_ids, limits, requests, results,
                                     touched)
                         continue
                     blocked = state
                 if n_done >= threshold and alive > 0 and (not pending or blocked is not None):
-                    self._evict(b)  # finished rows leave; a refill waits for the budget
+                    self._evict(b, requests)  # finished rows leave; a refill waits for the budget
                     blocked = None
                     continue
                 if alive == 0:
@@ -264,12 +265,11 @@ class HFEngine:
                 allowed[k] = c.allowed_tokens()
                 touched.add(b.rows[s])
         masked = self.masks.apply(logits, allowed)
-        best = masked.argmax(-1)
-        if not any(requests[b.rows[s]].scores for s in slots):
+        top, best = masked.max(dim=-1)  # the greedy pick and its logit, one reduction
+        if not b.scored:
             return best.tolist(), None
-        # log_softmax of the chosen token only: its logit minus the masked row's logsumexp.
-        masked = masked.float()
-        lp = masked.gather(-1, best[:, None])[:, 0] - torch.logsumexp(masked, dim=-1)
+        # log_softmax at the chosen token only: its logit minus the masked row's logsumexp.
+        lp = top.float() - torch.logsumexp(masked.float(), dim=-1)
         return best.tolist(), lp.tolist()
 
     def _record(self, b: _Batch, slot: int, tok: int, lp: float | None, limits, requests,
@@ -312,7 +312,7 @@ class HFEngine:
         b.last = torch.as_tensor(toks, dtype=torch.long, device=b.last.device)
         b.pos = b.pos + 1
 
-    def _evict(self, b: _Batch) -> None:
+    def _evict(self, b: _Batch, requests) -> None:
         """Drop finished rows from the batch and cache; trim all-padding leading columns."""
         import torch
 
@@ -323,6 +323,7 @@ class HFEngine:
         b.rows = [b.rows[s] for s in keep]
         b.out = [b.out[s] for s in keep]
         b.logprobs = [b.logprobs[s] for s in keep]
+        b.scored = any(requests[i].scores for i in b.rows)
         b.done = [False] * len(keep)
         if not keep:
             b.cache = b.mask = b.pos = b.last = None
@@ -369,6 +370,7 @@ class HFEngine:
                          cache=DynamicCache(), use_cache=True, logits_to_keep=1)
         new_last = pos[:, -1] + 1
         self._merge(b, take, out.cache, mask, new_last)
+        b.scored = b.scored or any(requests[i].scores for i in take)
         first = len(b.rows) - len(take)
         slots = list(range(first, len(b.rows)))
         toks, lps = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
