@@ -59,6 +59,7 @@ class GenerationRequest:
     max_new_tokens: int
     constraint: RowConstraint | ConstraintSpec | None = None
     prompt_ids: list[int] | None = None
+    scores: bool = False  # also return the generated tokens' log-probabilities
 
 
 @dataclass
@@ -69,6 +70,8 @@ class GenerationResult:
     num_generated_tokens: int
     finished: bool
     error: str | None = None
+    token_ids: list[int] | None = None  # generated tokens, EOS excluded (when scores were asked)
+    token_logprobs: list[float] | None = None  # ln p of each of token_ids, under the constraint
 
 
 @dataclass

@@ -15,7 +15,28 @@ from giellm_ray.config import StrictModel
 
 
 class GenerationConfig(StrictModel):
-    """How the engine batches and bounds generation."""
+    """How the engine batches and bounds generation.
+
+    The HF engine admits a row while ``rows x (padded prompt length + longest remaining token
+    budget) x KV bytes per token`` stays within a byte budget (the cache is one rectangle padded
+    to its longest row, ``giellm_ray.generation.hf``), with ``batch_size`` as the row cap. At 13B
+    (Llama-2-13B / llm-jp-13b: 40 layers x 40 KV heads x head_dim 128 x 2 (K, V) x 2 B bf16 =
+    0.78 MiB per token) on one 80 GB GPU (79.2 GiB):
+
+    - scoring (``score/gpu.yaml``, ``engine: hf``, ``batch_size: 128``): 79.2 - 24.2 GiB weights -
+      ~1 GiB CUDA context = ~54 GiB free; x 0.8 = ~43 GiB = ~56k tokens: all 128 rows while
+      prompt + budget stays under ~440 tokens, ~100 rows at 550, ~24 at 2,304 (a 2,048-token
+      prompt + 256). Row count alone put 128 x 550 x 0.78 MiB = 54 GiB of KV beside the weights:
+      an OOM, then every row re-decoded alone. The 0.2 left (~11 GiB) holds a 32,768-token
+      prefill's activations (~2.6 GiB of MLP intermediates) and the per-layer copies of a merge.
+    - end-of-epoch eval at ZeRO-2 (13B training configs, ``eval.batch_size: 16``): ~50 GB of
+      training state (bf16 params 26 + Adam shards 19.5 + grad shards 3.3) + ~3 GB CUDA/NCCL
+      leave ~30 GB (~28 GiB) free; x 0.8 = ~22 GiB = ~29k tokens: 16 rows of up to ~1,800 tokens,
+      ~12 rows at 2,304; before, 16 x 2,304 x 0.78 MiB = 28 GiB of KV went on top of the state.
+
+    The free memory is read when the call starts (the batch is empty then), so the same default
+    fits a scoring actor and a training worker.
+    """
 
     batch_size: int = 32
     """Most rows decoding together (the KV cache holds this many rows)."""
@@ -31,6 +52,17 @@ class GenerationConfig(StrictModel):
     """Most padding share in one prefill group; a longer prompt starts the next group."""
     device: str | None = None
     """Device for inputs; ``None``: the model's device."""
+    scores: bool = True
+    """Confidence scores: each item's ``score`` and the row's ``tl_score`` (the probability of
+    their tokens under the constraint, their product: ``giellm_ray.generation.confidence``);
+    ``False`` leaves them null and skips the engines' per-token log-probabilities."""
+    kv_budget_bytes: int | None = Field(None, ge=1)
+    """Most bytes the batch's KV cache may reach; rows past it wait in the queue (``batch_size``
+    stays the row cap). ``None``: ``kv_memory_fraction`` of the device's free memory, read at the
+    start of each ``generate`` call on CUDA; no byte bound on other devices (rows only)."""
+    kv_memory_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    """Share of the free device memory (CUDA) the KV cache may take when ``kv_budget_bytes`` is
+    unset; the rest is the margin for prefill activations, logits and the cache's copies."""
 
 
 class VLLMConfig(StrictModel):

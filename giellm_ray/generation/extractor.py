@@ -9,7 +9,9 @@ picks ``hf`` or ``vllm`` from a config). A row that cannot be scored (null/empty
 dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model cannot hold,
 an engine error, an exception in one row's step) gets its reason in ``error``; nothing raises
 for a bad row and no row's failure lands on another. ``constrained=True`` (the default) decodes
-each row under its task's format constraint. ``extract(rows)`` is synchronous with either engine;
+each row under its task's format constraint. With ``GenerationConfig.scores`` (the default) each
+item gets a ``score`` and the row a ``tl_score`` (``giellm_ray.generation.confidence``).
+``extract(rows)`` is synchronous with either engine;
 ``await extract_async(rows)`` hands a server's rows to vLLM as they come (continuous batching).
 """
 
@@ -23,6 +25,7 @@ from collections.abc import Callable, Mapping
 from giellm_ray import schema as S
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, ground_items, parse
 from giellm_ray.generation.base import GenerationRequest, GenerationResult
+from giellm_ray.generation.confidence import score_output
 from giellm_ray.generation.config import GenerationConfig
 from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
@@ -65,20 +68,32 @@ def prepare_row(row: Mapping, registry: TaskRegistry, cap_all: int | None
     return build_prompt(text, task), task, text, budget
 
 
-def finish_row(res: GenerationResult, task, text: str) -> dict:
-    """The scored columns of a generated row."""
+def finish_row(res: GenerationResult, task, text: str, tokenizer=None) -> dict:
+    """The scored columns of a generated row; with the engine's token log-probabilities (and
+    the ``tokenizer`` that spells them), each item's ``score`` and the row's ``tl_score``."""
     if res.error:
         return empty_output(res.error)
     parsed = parse(res.text, task)
     error = None if parsed.ok else f"parse: {parsed.error}"
     if parsed.ok and not res.finished:
         error = "output truncated at max_new_tokens"
+    items = ground_items(text, parsed.items)
+    tl_score, item_scores = None, [None] * len(items)
+    if tokenizer is not None and res.token_logprobs is not None:
+        try:
+            tl_score, item_scores = score_output(tokenizer, res.token_ids, res.token_logprobs,
+                                                 res.text, parsed.tl_label, parsed.items, task)
+        except Exception:  # a score is an extra: its failure leaves it null, never the row
+            log.warning("could not score a row's output", exc_info=True)
+    for it, score in zip(items, item_scores, strict=True):
+        it[S.SCORE] = score
     return {
         S.PREDICTION: res.text,
         S.PRED_TL_LABEL: parsed.tl_label,
-        S.PRED_ITEMS: ground_items(text, parsed.items),
+        S.PRED_ITEMS: items,
         S.ERROR: error,
         S.NUM_GENERATED_TOKENS: res.num_generated_tokens,
+        S.TL_SCORE: tl_score,
     }
 
 
@@ -179,7 +194,7 @@ class Extractor:
     def _request(self, prompt: str, task, text: str, budget: int, ids) -> GenerationRequest:
         # The constraint closes the output in time when it knows the engine's token budget.
         constraint = self._constrain(text, task, budget) if self._constrain else None
-        return GenerationRequest(prompt, budget, constraint, ids)
+        return GenerationRequest(prompt, budget, constraint, ids, scores=self.gen_cfg.scores)
 
     def _requests(self, ready: list[tuple]) -> tuple[list, dict[int, GenerationRequest]]:
         results: list[GenerationResult | None] = [None] * len(ready)
@@ -192,11 +207,11 @@ class Extractor:
                                               _internal(r[0], "building its constraint", exc))
         return results, requests
 
-    @staticmethod
-    def _finish(outputs: list, ready: list[tuple], results: list[GenerationResult]) -> list[dict]:
+    def _finish(self, outputs: list, ready: list[tuple], results: list[GenerationResult]
+                ) -> list[dict]:
         for (i, _, task, text, _, _), res in zip(ready, results, strict=True):
             try:
-                outputs[i] = finish_row(res, task, text)
+                outputs[i] = finish_row(res, task, text, self.tokenizer)
             except Exception as exc:
                 outputs[i] = empty_output(_internal(i, "parsing the output", exc))
         return outputs

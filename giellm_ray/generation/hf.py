@@ -8,6 +8,15 @@ Rows are sorted by prompt length and prefilled in groups of similar length (litt
 rows are prefilled and merged in (left-padded, with a 2-D attention mask and explicit position ids),
 so decode steps are not spent on finished rows.
 
+Admission by KV bytes, not rows alone: the cache is one rectangle, every row padded to the
+longest, growing one column per step. A group of rows is admitted only while ``rows x (widest
+prompt or running row + longest remaining token budget) x KV bytes per token`` (layers x KV heads
+x head_dim x 2 x dtype bytes, from the model config) stays within the budget
+(``GenerationConfig.kv_budget_bytes``, or a share of the free CUDA memory; the 13B arithmetic is
+in ``GenerationConfig``), so the cache never outgrows it; ``batch_size`` stays the row cap. The
+first row of an empty batch is always admitted (if it alone does not fit, the OOM retry below
+still ends it).
+
 Why our own loop rather than transformers' ``generate_batch`` (continuous batching, option A):
 constrained decoding needs a per-row logits mask and a per-row stop signal before every pick, which
 ``generate_batch`` (paged attention, a manager thread) offers no hook for; this loop gives both,
@@ -21,6 +30,11 @@ EOS it would write next is counted (``generation.base``: the token-count contrac
 without a constraint take a vectorised ``argmax`` with no per-row Python work. An exception inside
 a batch never escapes: the rows are retried one at a time and a row that still fails gets
 ``error``. ``engine.stats`` holds prompt-padding and finished-slot counters.
+
+A request with ``scores=True`` also gets ``token_ids`` and ``token_logprobs``: the log-softmax of
+the masked logits at each chosen token (the probability under the constraint), computed as that
+logit minus the row's logsumexp in the same step, one reduction over ``[rows, vocab]`` and no extra
+host sync beyond the pick's.
 """
 
 from __future__ import annotations
@@ -40,11 +54,37 @@ class _Batch:
 
     rows: list[int] = field(default_factory=list)
     out: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[float]] = field(default_factory=list)  # per out token, rows with scores
     done: list[bool] = field(default_factory=list)
+    scored: bool = False  # a row of the batch asked for scores
     cache: object = None
     mask: object = None  # [B, L] long, 1 = real token
     pos: object = None  # [B] next position id
     last: object = None  # [B] last token id
+
+
+def kv_bytes_per_token(model) -> int | None:
+    """KV-cache bytes one token takes in every layer (K and V), from the model config; ``None``
+    where the config does not say (the engine then bounds rows only)."""
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    def first(*names):
+        for name in names:
+            value = getattr(cfg, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    layers = first("num_hidden_layers", "n_layer", "num_layers")
+    heads = first("num_attention_heads", "n_head")
+    kv_heads = first("num_key_value_heads", "multi_query_group_num") or heads
+    hidden = first("hidden_size", "n_embd", "d_model")
+    head_dim = first("head_dim") or (hidden // heads if hidden and heads else None)
+    if not (layers and kv_heads and head_dim):
+        return None
+    itemsize = next(model.parameters()).element_size()
+    return layers * kv_heads * head_dim * 2 * itemsize
 
 
 def model_max_positions(model, tokenizer) -> int:
@@ -74,6 +114,8 @@ class HFEngine:
         self.stats = EngineStats()
         self.masks = MaskCache(fallback_id=min(self.eos_ids, default=0))
         self.max_positions = model_max_positions(model, tokenizer)  # prompt + output, tokens
+        self.kv_per_token = kv_bytes_per_token(model)
+        self.kv_budget: int | None = None  # bytes, set per generate call (see kv_budget_bytes)
 
     def reset_stats(self) -> None:
         self.stats = EngineStats()
@@ -82,6 +124,7 @@ class HFEngine:
         """Complete every request; never raises (a failing row gets ``error``)."""
         results: list[GenerationResult | None] = [None] * len(requests)
         touched: set[int] = set()
+        self.kv_budget = self._kv_budget()
         try:
             self._run(list(range(len(requests))), requests, results, touched)
         except Exception as exc:  # one bad batch must not fail the job: retry row by row
@@ -97,6 +140,46 @@ class HFEngine:
                 except Exception as row_exc:
                     results[i] = self._failed(f"engine error: {type(row_exc).__name__}: {row_exc}")
         return results  # type: ignore[return-value]
+
+    def _kv_budget(self) -> int | None:
+        """The KV-cache byte budget of this call: the configured one, else a share of the free
+        CUDA memory (memory PyTorch caches but does not use counts as free); ``None``: rows only."""
+        if self.kv_per_token is None:
+            return None
+        if self.config.kv_budget_bytes is not None:
+            return self.config.kv_budget_bytes
+        import torch
+
+        device = torch.device(self.device)
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return None
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int((free + cached) * self.config.kv_memory_fraction)
+
+    def _kv_fit(self, b: _Batch, pending: deque, prompt_ids, limits, room: int) -> int:
+        """How many of the next pending rows (at most ``room``) may join the batch's running rows
+        with the cache's peak (rows x (width + longest remaining budget)) within the budget."""
+        room = min(room, len(pending))
+        if self.kv_budget is None:
+            return room
+        cells = self.kv_budget // self.kv_per_token  # cache positions (row x column) allowed
+        alive = width = rest = 0
+        for s, row in enumerate(b.rows):
+            if not b.done[s]:
+                alive += 1
+                width = max(width, len(prompt_ids[row]) + len(b.out[s]))
+                rest = max(rest, limits[row] - len(b.out[s]))
+        k = 0
+        for i in pending:
+            if k == room:
+                break
+            width = max(width, len(prompt_ids[i]))
+            rest = max(rest, limits[i])
+            if (alive + k + 1) * (width + rest) > cells:
+                break
+            k += 1
+        return k if k or alive else 1  # an empty batch always takes one row
 
     def _failed(self, message: str) -> GenerationResult:
         self.stats.errors += 1
@@ -126,16 +209,29 @@ class HFEngine:
         b = _Batch()
         size = self.config.batch_size
         threshold = max(1, math.ceil(self.config.refill_threshold * size))
+        blocked = None  # the batch state at which the KV budget last admitted nothing
         with torch.inference_mode():
             while True:
                 n_done = sum(b.done)
                 alive = len(b.rows) - n_done
-                if (pending and (alive == 0 or size - alive >= threshold)) or (
-                    not pending and n_done >= threshold and alive > 0
-                ):
-                    self._evict(b)
-                    if pending:
-                        self._admit(b, pending, prompt_ids, limits, requests, results, touched)
+                if pending and (alive == 0 or size - alive >= threshold):
+                    state = (len(b.rows), n_done)
+                    fit = 0 if state == blocked else self._kv_fit(
+                        b, pending, prompt_ids, limits, size - alive)
+                    # A refill waits until a useful group fits: ``refill_threshold`` of the
+                    # batch it makes (the budget may hold fewer rows than ``batch_size``).
+                    need = min(threshold, len(pending),
+                               math.ceil(self.config.refill_threshold * (alive + fit)))
+                    if alive == 0 or (fit > 0 and fit >= need):
+                        blocked = None
+                        self._evict(b, requests)
+                        self._admit(b, pending, fit, prompt_ids, limits, requests, results,
+                                    touched)
+                        continue
+                    blocked = state
+                if n_done >= threshold and alive > 0 and (not pending or blocked is not None):
+                    self._evict(b, requests)  # finished rows leave; a refill waits for the budget
+                    blocked = None
                     continue
                 if alive == 0:
                     break
@@ -149,21 +245,38 @@ class HFEngine:
         text = self.tokenizer.decode(toks, skip_special_tokens=True)
         n = len(b.out[slot]) + forced_eos  # the EOS a done constraint forces counts (base.py)
         results[i] = GenerationResult(text, n, finished)
+        if requests[i].scores:
+            results[i].token_ids = toks
+            results[i].token_logprobs = [lp for t, lp in zip(b.out[slot], b.logprobs[slot],
+                                                             strict=True) if t not in self.eos_ids]
         self.stats.rows += 1
         self.stats.generated_tokens += n
 
-    def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]) -> list[int]:
-        """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied."""
+    def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]
+              ) -> tuple[list[int], list[float] | None]:
+        """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied, and
+        its log-probability under the masked logits where a row asked for scores (else None)."""
+        import torch
+
         allowed: list = [None] * len(slots)
         for k, s in enumerate(slots):
             c = requests[b.rows[s]].constraint
             if c is not None and not b.done[s]:
                 allowed[k] = c.allowed_tokens()
                 touched.add(b.rows[s])
-        return self.masks.apply(logits, allowed).argmax(-1).tolist()
+        masked = self.masks.apply(logits, allowed)
+        top, best = masked.max(dim=-1)  # the greedy pick and its logit, one reduction
+        if not b.scored:
+            return best.tolist(), None
+        # log_softmax at the chosen token only: its logit minus the masked row's logsumexp.
+        lp = top.float() - torch.logsumexp(masked.float(), dim=-1)
+        return best.tolist(), lp.tolist()
 
-    def _record(self, b: _Batch, slot: int, tok: int, limits, requests, results) -> None:
+    def _record(self, b: _Batch, slot: int, tok: int, lp: float | None, limits, requests,
+                results) -> None:
         b.out[slot].append(tok)
+        if lp is not None:
+            b.logprobs[slot].append(lp)
         c = requests[b.rows[slot]].constraint
         is_eos = tok in self.eos_ids
         if c is not None and not is_eos:
@@ -189,17 +302,17 @@ class HFEngine:
         )
         b.cache = out.cache
         slots = list(range(len(b.rows)))
-        toks = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
+        toks, lps = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
         self.stats.decode_steps += 1
         self.stats.decode_slot_steps += len(slots)
         self.stats.finished_slot_steps += sum(b.done)
         for s, tok in zip(slots, toks, strict=True):
             if not b.done[s]:
-                self._record(b, s, tok, limits, requests, results)
+                self._record(b, s, tok, lps[s] if lps else None, limits, requests, results)
         b.last = torch.as_tensor(toks, dtype=torch.long, device=b.last.device)
         b.pos = b.pos + 1
 
-    def _evict(self, b: _Batch) -> None:
+    def _evict(self, b: _Batch, requests) -> None:
         """Drop finished rows from the batch and cache; trim all-padding leading columns."""
         import torch
 
@@ -209,6 +322,8 @@ class HFEngine:
         self.stats.refills += 1
         b.rows = [b.rows[s] for s in keep]
         b.out = [b.out[s] for s in keep]
+        b.logprobs = [b.logprobs[s] for s in keep]
+        b.scored = any(requests[i].scores for i in b.rows)
         b.done = [False] * len(keep)
         if not keep:
             b.cache = b.mask = b.pos = b.last = None
@@ -221,13 +336,12 @@ class HFEngine:
             layer.keys = layer.keys[sel, :, lead:]
             layer.values = layer.values[sel, :, lead:]
 
-    def _admit(self, b: _Batch, pending: deque, prompt_ids, limits, requests, results,
+    def _admit(self, b: _Batch, pending: deque, free: int, prompt_ids, limits, requests, results,
                touched) -> None:
-        """Prefill the next rows (shortest prompts first) and merge them into the batch."""
+        """Prefill the next rows (shortest prompts first, at most ``free``) and merge them in."""
         import torch
         from transformers import DynamicCache
 
-        free = self.config.batch_size - len(b.rows)
         take: list[int] = []
         real = 0
         while pending and len(take) < free:
@@ -256,11 +370,12 @@ class HFEngine:
                          cache=DynamicCache(), use_cache=True, logits_to_keep=1)
         new_last = pos[:, -1] + 1
         self._merge(b, take, out.cache, mask, new_last)
+        b.scored = b.scored or any(requests[i].scores for i in take)
         first = len(b.rows) - len(take)
         slots = list(range(first, len(b.rows)))
-        toks = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
-        for s, tok in zip(slots, toks, strict=True):
-            self._record(b, s, tok, limits, requests, results)
+        toks, lps = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
+        for k, (s, tok) in enumerate(zip(slots, toks, strict=True)):
+            self._record(b, s, tok, lps[k] if lps else None, limits, requests, results)
         b.last[first:] = torch.as_tensor(toks, dtype=torch.long, device=b.last.device)
 
     def _merge(self, b: _Batch, take: list[int], cache, mask, pos) -> None:
@@ -270,6 +385,7 @@ class HFEngine:
         last = torch.full((n,), self.pad_id, dtype=torch.long, device=mask.device)
         if not b.rows:
             b.rows, b.out, b.done = list(take), [[] for _ in take], [False] * n
+            b.logprobs = [[] for _ in take]
             b.cache, b.mask, b.pos, b.last = cache, mask, pos, last
             return
         old_len, new_len = b.mask.shape[1], mask.shape[1]
@@ -293,4 +409,5 @@ class HFEngine:
         b.last = torch.cat([b.last, last])
         b.rows += take
         b.out += [[] for _ in take]
+        b.logprobs += [[] for _ in take]
         b.done += [False] * n

@@ -12,6 +12,11 @@ turn a step's answers into a mask over a ``[rows, vocab]`` logits tensor:
   scatter into a fresh mask, a fixed handful of kernels per step whatever the batch; on a GPU each
   cache miss would cost an allocation and a synchronous copy.
 
+Both give the same mask for the same answers (``tests/unit/test_masks.py``): ids outside
+``[0, vocab)`` are ignored (a tokenizer may hold more ids than the model's head), and a
+constrained row left with no allowed id keeps the fallback (EOS) open, so it ends rather than
+taking whatever token the full mask leaves to ``argmax`` (token 0).
+
 The HF engine uses :class:`MaskCache`; the vLLM logits processor
 (``giellm_ray.generation.vllm_processor``) uses either, per ``vllm.mask_mode``.
 """
@@ -73,8 +78,11 @@ class MaskCache:
         return logits.masked_fill_(forbid, float("-inf"))
 
 
-def scatter_mask(logits, allowed_per_row: Sequence[Sequence[int] | None], pin: bool = False):
-    """Mask ``logits`` in place like :meth:`MaskCache.apply`, building the mask by one scatter."""
+def scatter_mask(logits, allowed_per_row: Sequence[Sequence[int] | None], pin: bool = False,
+                 fallback_id: int = 0):
+    """Mask ``logits`` in place exactly like :meth:`MaskCache.apply`, building the mask by one
+    scatter: ids outside ``[0, vocab)`` are ignored, and a constrained row left with no allowed
+    id keeps ``fallback_id`` (EOS) open, so it ends instead of picking token 0."""
     import torch
 
     n_rows, vocab = logits.shape
@@ -88,14 +96,21 @@ def scatter_mask(logits, allowed_per_row: Sequence[Sequence[int] | None], pin: b
             cols.extend(allowed)
     if not constrained:
         return logits
-    pairs = torch.tensor([rows, cols], dtype=torch.long)
+    device = logits.device
+    pairs = torch.tensor([rows, cols], dtype=torch.long).reshape(2, len(rows))
     if pin:
         pairs = pairs.pin_memory()
-    pairs = pairs.to(logits.device, non_blocking=True)
-    forbid = torch.zeros(n_rows, vocab, dtype=torch.bool, device=logits.device)
+    pairs = pairs.to(device, non_blocking=True)
+    # One spare column takes every out-of-range id (negative or >= vocab), then is dropped.
+    forbid = torch.zeros(n_rows, vocab + 1, dtype=torch.bool, device=device)
     if len(constrained) == n_rows:
         forbid.fill_(True)
     else:
-        forbid[torch.tensor(constrained, dtype=torch.long).to(logits.device)] = True
-    forbid[pairs[0], pairs[1].clamp_(0, vocab - 1)] = False
+        forbid[torch.tensor(constrained, dtype=torch.long).to(device)] = True
+    col = pairs[1]
+    col = col.masked_fill_((col < 0) | (col >= vocab), vocab)
+    forbid[pairs[0], col] = False
+    forbid = forbid[:, :vocab]
+    # A constrained row with nothing allowed (in range): its fallback stays open, as MaskCache.
+    forbid[:, fallback_id] &= ~forbid.all(dim=1)
     return logits.masked_fill_(forbid, float("-inf"))

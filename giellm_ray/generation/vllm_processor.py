@@ -251,7 +251,7 @@ class FormatLogitsProcessor(LogitsProcessor):
             self.steps += 1
             if self.masks is not None:
                 return self.masks.apply(logits, allowed)
-            return scatter_mask(logits, allowed, self.pin)
+            return scatter_mask(logits, allowed, self.pin, fallback_id=self.eos_id)
         except Exception:  # never raise here: that would kill the engine for every row
             log.exception("giellm constraint step failed; stopping the batch's constrained rows")
             return self._fail_all(logits)

@@ -1,7 +1,8 @@
 """Request and response shapes of the HTTP API, and the checks a request must pass.
 
 ``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens]}``) and answers an
-:class:`ExtractResponse` (``{tl_label, items, raw_output, error, model, latency_ms, request_id}``);
+:class:`ExtractResponse` (``{tl_label, tl_score, items, raw_output, error, model, latency_ms,
+request_id}``; each item with its ``score``);
 ``POST /v1/extract/batch`` takes ``{"requests": [...]}`` and answers ``{"results": [...]}``.
 Fields are strictly typed (``"5"`` or ``true`` for ``max_new_tokens``, ``5`` for ``text``: 422,
 never a silent coercion that would hide a client bug). :func:`check_request` raises
@@ -83,6 +84,10 @@ class Item(BaseModel):
     tail: str | None = None
     tail_start: int | None = None
     tail_end: int | None = None
+    score: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="The model's confidence in this item: the probability of its tokens (their "
+                    "product) under the format constraint; null when scores are off.")
 
 
 class ExtractResponse(BaseModel):
@@ -95,6 +100,9 @@ class ExtractResponse(BaseModel):
     request_id: str
     dataset: str
     tl_label: str | None
+    tl_score: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="The model's confidence in tl_label (as an item's score); null when off.")
     items: list[Item]
     raw_output: str
     error: str | None = None
@@ -185,6 +193,7 @@ def to_response(row: Mapping, req: ExtractRequest, *, request_id: str, model: st
         request_id=request_id,
         dataset=req.dataset,
         tl_label=row.get(S.PRED_TL_LABEL),
+        tl_score=row.get(S.TL_SCORE),
         items=items,
         raw_output=row.get(S.PREDICTION) or "",
         error=client_error(row.get(S.ERROR), request_id),
