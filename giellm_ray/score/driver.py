@@ -44,7 +44,7 @@ from giellm_ray.score import commit as C
 from giellm_ray.score import resume as R
 from giellm_ray.score.config import ScoreConfig
 from giellm_ray.score.paths import Location, check_disjoint, locate, probe_writable
-from giellm_ray.score.pipeline import scored_schema
+from giellm_ray.score.udf import scored_schema
 from giellm_ray.score.runlock import RunLock
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,9 @@ def score_missing(cfg: ScoreConfig, plan: Plan, attempt: R.Attempt, registry, lo
              plan.total, len(plan.files), cfg.output, len(done), todo)
     totals: dict = {}
     if todo > 0:
-        from giellm_ray.score.job import run_pipeline
+        from giellm_ray.score.dataflow import run_dataflow
 
-        totals = run_pipeline(cfg, plan, attempt, done, todo, registry, lock)
+        totals = run_dataflow(cfg, plan, attempt, done, todo, registry, lock)
     seconds = time.monotonic() - start
     return summarize(attempt, plan.total, len(done), totals, seconds)
 
@@ -214,7 +214,7 @@ def _count_errors(out: Location, paths: list[str]) -> int:
 def compute_metrics(fs: pafs.FileSystem, files: list[str], registry) -> dict:
     """Per-file counts from the written output (streamed, three columns), merged."""
     from giellm_ray.metrics import count_rows, merge_counts
-    from giellm_ray.score.pipeline import decode_column
+    from giellm_ray.score.udf import decode_column
 
     parts = []
     for f in files:

@@ -18,7 +18,7 @@ input row gives exactly one output row and **a bad row only ever harms itself**:
 The engine-specific part is ``self.extractor`` (``build_extractor``: ``engine: hf | vllm``);
 decoding, isolation, the output shape and the resume/commit machinery downstream are
 engine-agnostic. With vLLM the actor is threaded (``batches_in_flight`` calls at once, see
-:mod:`giellm_ray.score.job`): each thread hands its batch to the actor's one
+:mod:`giellm_ray.score.dataflow`): each thread hands its batch to the actor's one
 :class:`~giellm_ray.generation.vllm_engine.VLLMEngine` and blocks; the engine decodes the rows of
 all of them as one continuous batch. A dead vLLM engine (``EngineDeadError``: it cannot recover)
 makes the actor exit, so Ray restarts it with a fresh engine and retries its batches; raising

@@ -1,6 +1,6 @@
 """The Ray Data half of ``giellm score``: join or start Ray, stream the missing rows, stage them.
 
-:func:`run_pipeline` is step 4 of :mod:`giellm_ray.score.driver` (the only step that needs Ray).
+:func:`run_dataflow` is step 4 of :mod:`giellm_ray.score.driver` (the only step that needs Ray).
 The plan is read -> drop rows already committed (a plain function fused into the read tasks,
 :func:`giellm_ray.score.resume.drop_done`) -> streaming repartition ->
 ``map_batches(ScoreBatch, ActorPoolStrategy)`` -> ``write_parquet`` into
@@ -28,7 +28,7 @@ from giellm_ray.log import is_quiet, quiet_ray_data_console
 from giellm_ray.ray_session import connect_ray
 from giellm_ray.score import resume as R
 from giellm_ray.score.commit import STAGED_DATA, STAGING
-from giellm_ray.score.pipeline import ScoreBatch
+from giellm_ray.score.udf import ScoreBatch
 from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def build_dataset(cfg, plan, attempt: R.Attempt, done: np.ndarray, registry, cou
     )
 
 
-def run_pipeline(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, registry,
+def run_dataflow(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, registry,
                  lock) -> dict:
     """Score the ``todo`` missing rows into the staging directory; the actors' summed counters."""
     import ray
@@ -109,4 +109,4 @@ def run_pipeline(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, reg
             ray.shutdown()
 
 
-__all__ = ["build_dataset", "run_pipeline"]
+__all__ = ["build_dataset", "run_dataflow"]
