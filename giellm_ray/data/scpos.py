@@ -140,7 +140,7 @@ def resolve_tasks(names: Iterable[str], registry: TaskRegistry = DEFAULT_REGISTR
             raise ValueError(f"unknown SCPOS dataset {name!r}; choose from {list(SCPOS_TASKS)}")
         tasks.append(registry[name])
     if not tasks:
-        raise ValueError("no SCPOS dataset asked for (--tasks)")
+        raise ValueError("no SCPOS dataset asked for (--datasets)")
     return tasks
 
 

@@ -1,6 +1,7 @@
-"""The Ray Data half of ``giellm score``: join or start Ray, stream the missing rows, stage them.
+"""The Ray Data half of ``giellm score``: stream the missing rows through the actors, stage them.
 
-:func:`run_dataflow` is step 4 of :mod:`giellm_ray.score.driver` (the only step that needs Ray).
+:func:`run_dataflow` is step 4 of :mod:`giellm_ray.score.driver` (the only step that needs Ray;
+the driver joins or starts it).
 The plan is read -> drop rows already committed (a plain function fused into the read tasks,
 :func:`giellm_ray.score.resume.drop_done`) -> streaming repartition ->
 ``map_batches(ScoreBatch, ActorPoolStrategy)`` -> ``write_parquet`` into
@@ -25,7 +26,6 @@ import logging
 import numpy as np
 
 from giellm_ray.log import is_quiet, quiet_ray_data_console
-from giellm_ray.ray_session import connect_ray
 from giellm_ray.score import resume
 from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
 from giellm_ray.score.udf import ScoreBatch
@@ -70,15 +70,13 @@ def build_dataset(cfg, plan, attempt: resume.Attempt, done: np.ndarray, registry
     )
 
 
-def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int, registry,
-                 lock) -> dict:
-    """Score the ``todo`` missing rows into the staging directory; the actors' summed counters."""
+def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int,
+                 registry) -> dict:
+    """Score the ``todo`` missing rows into the staging directory; the actors' summed counters.
+    Ray is already joined or started (by the driver)."""
     import ray
     import ray.data as rd
 
-    started = connect_ray(cfg.ray_address)
-    if started:
-        lock.record_children()  # what a SIGKILL of this process would leave running
     quiet_ray_data_console()
     ctx = rd.DataContext.get_current()
     saved = ctx.checkpoint_config
@@ -104,8 +102,6 @@ def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int
         if printer is not None:
             printer.stop()
         ctx.checkpoint_config = saved
-        if started:
-            ray.shutdown()
 
 
 __all__ = ["build_dataset", "run_dataflow"]

@@ -169,10 +169,20 @@ def score_missing(cfg: ScoreConfig, plan: Plan, attempt: resume.Attempt, registr
     log.info("score: %d rows in %d file(s) -> %s (%d already staged, %d to score)",
              plan.total, len(plan.files), cfg.output, len(done), todo)
     totals: dict = {}
-    if todo > 0:
+    if todo > 0:  # the only step that needs Ray: joined (or started) here, as the other stages do
+        from giellm_ray.ray_session import connect_ray
         from giellm_ray.score.dataflow import run_dataflow
 
-        totals = run_dataflow(cfg, plan, attempt, done, todo, registry, lock)
+        started = connect_ray(cfg.ray_address)
+        try:
+            if started:
+                lock.record_children()  # what a SIGKILL of this process would leave running
+            totals = run_dataflow(cfg, plan, attempt, done, todo, registry)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
     seconds = time.monotonic() - start
     return summarize(attempt, plan.total, len(done), totals, seconds)
 

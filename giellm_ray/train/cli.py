@@ -9,17 +9,16 @@ log = logging.getLogger(__name__)
 
 
 def run(config_path: str | None, overrides: list[str]) -> int:
-    """Load the config, check dependencies, connect to Ray, train, report the exported model."""
+    """Load the config, check dependencies, train (the driver joins or starts Ray), report the
+    exported model."""
     from giellm_ray.config import load_config
     from giellm_ray.deps import require
-    from giellm_ray.ray_session import connect_ray
     from giellm_ray.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, config_path, overrides)
     require("train")  # before Ray starts: a missing DeepSpeed is one line, not N worker crashes
     from giellm_ray.train.driver import run_training
 
-    connect_ray()
     result = run_training(cfg)
     log.info("last checkpoint: %s", result.checkpoint)
     if result.export_dir:
