@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from giellm_ray import io
+from giellm_ray.errors import UserError
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -27,7 +28,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that cannot be used; the message says what to fix."""
 
 

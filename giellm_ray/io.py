@@ -23,6 +23,8 @@ import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from giellm_ray.errors import UserError
+
 
 def is_s3(path: str) -> bool:
     return str(path).startswith("s3://")
@@ -205,7 +207,7 @@ def read_text(path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(
+        raise UserError(
             f"{path} is not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
             "convert it first, e.g. `iconv -f CP932 -t UTF-8`"
         ) from None
@@ -225,7 +227,7 @@ def open_text_lines(path: str) -> Iterator[str]:
         try:
             yield from text
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path} is not UTF-8: {exc.reason} near byte {exc.start}") from None
+            raise UserError(f"{path} is not UTF-8: {exc.reason} near byte {exc.start}") from None
 
 
 def list_parquet(fs: pafs.FileSystem, path: str) -> list[str]:
@@ -263,7 +265,7 @@ def iter_parquet_batches(path: str, columns: list[str] | None = None,
         pf = pq.ParquetFile(fs.open_input_file(p))
         missing = [c for c in columns or [] if c not in pf.schema_arrow.names]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{f}: missing column(s) {missing}; found {pf.schema_arrow.names}"
             )
         yield from pf.iter_batches(batch_size=batch_size, columns=columns)

@@ -27,6 +27,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from giellm_ray.errors import UserError
 from giellm_ray.formats import render
 
 SEED = 20231112
@@ -210,7 +211,7 @@ def write(output_dir: str | Path, seed: int = SEED) -> dict[str, str]:
 def sample_path(split: str = "train") -> str:
     """Path of the shipped ``train`` or ``test`` Parquet file inside the installed package."""
     if split not in ("train", "test"):
-        raise ValueError(f"unknown sample split {split!r}; use 'train' or 'test'")
+        raise UserError(f"unknown sample split {split!r}; use 'train' or 'test'")
     return str(resources.files("giellm_ray") / "resources" / "sample" / f"{split}.parquet")
 
 

@@ -7,7 +7,7 @@
     giellm data mix --input scnm.parquet scpos/ --output mix/ [--seed 0] [--sizes SCNM=1000 ...]
 
 Every path may be local or ``s3://``. Each handler prints a JSON summary on stdout and logs progress
-(stderr, ``-q`` turns it off); bad inputs raise ``ValueError``/``FileNotFoundError``, which ``giellm`` turns into
+(stderr, ``-q`` turns it off); bad inputs raise ``UserError``/``FileNotFoundError``, which ``giellm`` turns into
 ``giellm: error: ...`` and exit status 2. Heavy imports (fugashi, pyarrow) happen in handlers.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+
+from giellm_ray.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def handle_scpos(args: argparse.Namespace) -> int:
         for part in args.label_map:
             key, sep, value = part.partition("=")
             if not sep:
-                raise ValueError(f"--label-map {part!r} is not VALUE=TL_LABEL (e.g. 5=積極)")
+                raise UserError(f"--label-map {part!r} is not VALUE=TL_LABEL (e.g. 5=積極)")
             label_map[key] = value
     cfg = ScposConfig(tasks=tuple(args.datasets or SCPOS_TASKS), pos=pos,
                       chunk_size=args.chunk_size,

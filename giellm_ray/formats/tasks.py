@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from giellm_ray.errors import UserError
+
 ItemOrder = Literal["source", "cp932"]
 
 SCNM_TL = ("社会", "文芸", "学問", "技術", "自然")
@@ -160,7 +162,7 @@ class TaskRegistry(Mapping[str, TaskSpec]):
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}: not a tasks.json written by giellm "
+            raise UserError(f"{path}: not a tasks.json written by giellm "
                              f"(TaskRegistry.to_dict): {exc}") from None
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from giellm_ray import io, schema
+from giellm_ray.errors import UserError
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, ground_items
 from giellm_ray.metrics.counts import add_row, empty_counts, score_row
 from giellm_ray.metrics.report import write_report
@@ -29,7 +30,7 @@ def _batches(path: str):
     try:
         yield from io.iter_parquet_batches(path, columns=None)
     except pa.ArrowInvalid as exc:
-        raise ValueError(f"{path}: cannot read as Parquet ({exc})") from None
+        raise UserError(f"{path}: cannot read as Parquet ({exc})") from None
 
 
 def evaluate(predictions: str, output: str, registry: TaskRegistry = DEFAULT_REGISTRY,
@@ -44,7 +45,7 @@ def evaluate(predictions: str, output: str, registry: TaskRegistry = DEFAULT_REG
         for batch in _batches(predictions):
             missing = [c for c in REQUIRED if c not in batch.schema.names]
             if missing:
-                raise ValueError(
+                raise UserError(
                     f"{predictions}: missing column(s) {missing}; need {REQUIRED}, "
                     f"found {batch.schema.names}"
                 )
@@ -71,5 +72,5 @@ def evaluate(predictions: str, output: str, registry: TaskRegistry = DEFAULT_REG
                 last = time.monotonic()
                 log.info("eval: %d rows (%.0f rows/s)", done, done / (last - start))
     if not counts:
-        raise ValueError(f"{predictions}: no rows to evaluate")
+        raise UserError(f"{predictions}: no rows to evaluate")
     return write_report(counts, output)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from giellm_ray.errors import UserError
+
 
 def handle(args: argparse.Namespace) -> int:
     from giellm_ray.mre import plan
@@ -21,7 +23,7 @@ def handle(args: argparse.Namespace) -> int:
 
     output = args.output or ("runs/mre-quick" if args.quick else None)
     if output is None:
-        raise ValueError("--output is required (a local directory or s3:// prefix)")
+        raise UserError("--output is required (a local directory or s3:// prefix)")
     cfg = plan.MreConfig(
         output=output, data=args.data, train_config=args.config,
         score_config=args.score_config, datasets=args.datasets,

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from giellm_ray import io
 from giellm_ray.config import load_config
 from giellm_ray.configs import config_path
+from giellm_ray.errors import UserError
 from giellm_ray.mre import plan
 from giellm_ray.mre.inputs import (
     Job,
@@ -62,7 +63,7 @@ def trained_export(tcfg) -> str | None:
     diff = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
     if diff:
         detail = "; ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in diff[:6])
-        raise ValueError(f"{export} was trained with another recipe ({detail}). Use another "
+        raise UserError(f"{export} was trained with another recipe ({detail}). Use another "
                          "--output, or delete that run to retrain it.")
     return export
 
@@ -94,7 +95,7 @@ def _train(job: Job, output: str, label: str) -> tuple[str, str, float]:
             signal.signal(signal.SIGINT, previous)
     seconds = time.monotonic() - start
     if not result.export_dir:
-        raise ValueError(f"{job.run.name}: the train config has export: false; giellm mre "
+        raise UserError(f"{job.run.name}: the train config has export: false; giellm mre "
                          "scores the exported model")
     # A fresh model invalidates any earlier score of this run.
     io.write_text(_state_path(output, job.run), json.dumps(

@@ -47,6 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from giellm_ray import io
+from giellm_ray.errors import UserError
 from giellm_ray.io import fs_exists, read_json, write_json
 from giellm_ray.score.layout import ScoreOutput
 
@@ -90,7 +91,7 @@ def check_output(out: ScoreOutput, state: OutputState) -> None:
     why = ("its _SUCCESS is from an older giellm and names no files" if state.manifest == {}
            else "no giellm _SUCCESS or commit journal names them")
     shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
-    raise ValueError(f"output {out.uri} already holds {len(stray)} Parquet file(s) ({shown}) that "
+    raise UserError(f"output {out.uri} already holds {len(stray)} Parquet file(s) ({shown}) that "
                      f"this job did not provably write ({why}); move them away or choose another "
                      "--output")
 

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from giellm_ray import io
 from giellm_ray import schema as S
 from giellm_ray.config import dump_config
+from giellm_ray.errors import UserError
 from giellm_ray.formats import TaskRegistry
 from giellm_ray.io import fs_exists, read_json
 from giellm_ray.score import commit, resume
@@ -73,14 +74,14 @@ class Plan:
 def _check_schema(f: str, sch: pa.Schema) -> None:
     names = set(sch.names)
     if S.DATASET not in names or not names & {S.TEXT, S.PROMPT}:
-        raise ValueError(f"{f}: need columns '{S.DATASET}' and '{S.TEXT}' (or '{S.PROMPT}'); "
+        raise UserError(f"{f}: need columns '{S.DATASET}' and '{S.TEXT}' (or '{S.PROMPT}'); "
                          f"found {sch.names}")
     for col in (S.DATASET, S.TEXT, S.PROMPT):
         if col in names and not str(sch.field(col).type).startswith(("string", "large_str")):
-            raise ValueError(f"{f}: column '{col}' must be string, is {sch.field(col).type}")
+            raise UserError(f"{f}: column '{col}' must be string, is {sch.field(col).type}")
     cap = sch.field(S.MAX_NEW_TOKENS) if S.MAX_NEW_TOKENS in names else None
     if cap is not None and not pa.types.is_integer(cap.type):
-        raise ValueError(f"{f}: column '{S.MAX_NEW_TOKENS}' (per-row cap) must be an "
+        raise UserError(f"{f}: column '{S.MAX_NEW_TOKENS}' (per-row cap) must be an "
                          f"integer type, is {cap.type}")
 
 
@@ -88,9 +89,9 @@ def check_inputs(cfg: ScoreConfig, inputs: list[Location] | None = None
                  ) -> tuple[pafs.FileSystem, list[str], pa.Schema, int]:
     """``(filesystem, files, schema, total rows)``; fails fast with a message a user can act on."""
     if not cfg.input:
-        raise ValueError("no input: pass --input PATH (Parquet file or directory)")
+        raise UserError("no input: pass --input PATH (Parquet file or directory)")
     if len({io.is_s3(p) for p in cfg.input}) > 1:
-        raise ValueError("inputs must be all local or all s3://")
+        raise UserError("inputs must be all local or all s3://")
     inputs = inputs or [locate(p, cfg.s3_endpoint_url) for p in cfg.input]
     files = sorted({f for loc in inputs for f in io.list_parquet(loc.fs, loc.path)})
     fs, first, total = inputs[0].fs, None, 0
@@ -98,21 +99,21 @@ def check_inputs(cfg: ScoreConfig, inputs: list[Location] | None = None
         try:
             meta = pq.ParquetFile(fs.open_input_file(f)).metadata
         except Exception as exc:
-            raise ValueError(f"{f}: cannot read as Parquet ({exc})") from None
+            raise UserError(f"{f}: cannot read as Parquet ({exc})") from None
         sch = meta.schema.to_arrow_schema()
         total += meta.num_rows
         if first is None:
             _check_schema(f, sch)
             first = sch
         elif not sch.equals(first):
-            raise ValueError(f"{f}: schema differs from {files[0]}:\n{sch}\nvs\n{first}")
+            raise UserError(f"{f}: schema differs from {files[0]}:\n{sch}\nvs\n{first}")
     return fs, files, first, total
 
 
 def prepare(cfg: ScoreConfig) -> Plan:
     """Step 1: every check that needs no Ray, in the order that leaves nothing behind on failure."""
     if not cfg.output:
-        raise ValueError("no output: pass --output PATH")
+        raise UserError("no output: pass --output PATH")
     out = locate_output(cfg.output, cfg.s3_endpoint_url)
     inputs = [locate(p, cfg.s3_endpoint_url) for p in cfg.input]
     check_disjoint(inputs, out)
@@ -270,16 +271,16 @@ def write_meta(cfg: ScoreConfig, plan: Plan, summary: dict, names: list[str],
 def cleanup_output(cfg: ScoreConfig) -> dict:
     """``giellm score --cleanup``: end a killed run's processes, discard its staging; no scoring."""
     if not cfg.output:
-        raise ValueError("no output: pass --output PATH")
+        raise UserError("no output: pass --output PATH")
     out = locate_output(cfg.output, cfg.s3_endpoint_url)
     killed = RunLock(out).clear_dead()
     if read_json(out.fs, out.journal) is not None:
-        raise ValueError(f"a commit into {out.uri} was interrupted half-way; run the same "
+        raise UserError(f"a commit into {out.uri} was interrupted half-way; run the same "
                          "giellm score command again to finish it (cleanup would lose the result)")
     staging = out.staging
     discarded = fs_exists(out.fs, staging)
     if discarded and read_json(out.fs, out.attempt) is None:
-        raise ValueError(f"{staging} holds no giellm attempt record; not ours to delete")
+        raise UserError(f"{staging} holds no giellm attempt record; not ours to delete")
     if discarded:
         out.fs.delete_dir(staging)
     return {"output": out.uri, "ended_processes": killed,

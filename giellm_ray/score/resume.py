@@ -54,6 +54,7 @@ from ray.data.checkpoint import CheckpointConfig
 from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
 
 from giellm_ray import schema as S
+from giellm_ray.errors import UserError
 from giellm_ray.io import fs_exists, read_json, write_json
 from giellm_ray.score.layout import ScoreOutput
 
@@ -127,7 +128,7 @@ def choose_id_column(fs: pafs.FileSystem, files: list[str], schema: pa.Schema) -
         log.info("score: the input's 'id' is not unique and non-null; rows are keyed by %s",
                  ROW_HASH)
     if ROW_HASH in schema.names:
-        raise ValueError(f"the input has a '{ROW_HASH}' column but no unique '{S.ID}': resume "
+        raise UserError(f"the input has a '{ROW_HASH}' column but no unique '{S.ID}': resume "
                          f"keys rows by a derived '{ROW_HASH}'; rename that column or pass "
                          "--set resume=false")
     return ROW_HASH
@@ -142,14 +143,14 @@ def open_attempt(out: ScoreOutput, fp: dict, fresh: bool, committed_run: str | N
             not out.fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
         out.fs.delete_dir(staging)  # killed between creating it and writing the record
     elif rec is None and fs_exists(out.fs, staging):
-        raise ValueError(f"{staging} exists but holds no giellm attempt record; it is not ours "
+        raise UserError(f"{staging} exists but holds no giellm attempt record; it is not ours "
                          "to use or delete: move it away")
     if rec is not None and (fresh or rec.get("run_id") == committed_run):
         # fresh: the user discards it. Same run as _SUCCESS: a committed run's leftover.
         out.fs.delete_dir(staging)
         rec = None
     if rec is not None and rec.get("fingerprint") != fp:
-        raise ValueError(f"{staging} holds an interrupted attempt over other input: "
+        raise UserError(f"{staging} holds an interrupted attempt over other input: "
                          f"{describe_change(rec.get('fingerprint') or {}, fp)}. Re-run with "
                          "--fresh to discard it and start over")
     if rec is not None:

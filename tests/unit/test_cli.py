@@ -46,3 +46,37 @@ def test_missing_extra_is_one_line_before_ray_starts(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("NO_RAY")  # Ray was never imported, let alone started
     assert not any(tmp_path.iterdir())
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    import pytest
+
+    from giellm_ray.cli import main
+    from giellm_ray.data import mix
+
+    mix_args = ["data", "mix", "--input", sample_path("train"), "--output", str(tmp_path / "m")]
+    # the user's fault (a malformed option, a missing file): one line, exit 2, no traceback hint
+    assert main([*mix_args, "--sizes", "SCNM"]) == 2
+    err = capsys.readouterr().err
+    assert "giellm: error: size 'SCNM' is not NAME=COUNT" in err
+    assert "traceback" not in err.lower()
+    assert main(["eval", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "e")]) == 2
+    assert "giellm: error:" in capsys.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal invariant failed")
+
+    monkeypatch.setattr(mix, "build_mix", broken)
+    # a plain ValueError is not marked as the user's: said so, and -v shows the traceback
+    assert main(mix_args) == 2
+    err = capsys.readouterr().err
+    assert "an internal invariant failed (ValueError; if this looks like a bug, giellm -v" in err
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(["-v", *mix_args])
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(mix, "build_mix", crash)
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else: never swallowed
+        main(mix_args)
