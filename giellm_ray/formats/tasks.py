@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from giellm_ray.errors import UserError
 
@@ -59,7 +59,8 @@ class TaskSpec:
 
     def replace(self, **changes: object) -> TaskSpec:
         """A copy with some fields changed (sequences are turned into tuples)."""
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in changes.items()}
         return dataclasses.replace(self, **fixed)
 
     def to_dict(self) -> dict:
