@@ -73,3 +73,21 @@ def test_serve_batch_bound_notice_dropped_other_serve_warnings_kept():
         serve_log.warning(notice)
         serve_log.warning("Replica failed its health check")
         assert seen == [notice, "Replica failed its health check"]
+
+
+def test_verbosity_reaches_the_serve_modules_logger(monkeypatch):
+    """The replica-side Serve modules log to "ray.serve": -q / -v set its level too, here and (as
+    the replicas' logging_config) in the replicas."""
+    from giellm_ray.log import ENV_LEVEL, ROOT, serve_log_level, setup_logging
+
+    serve_log, ours = logging.getLogger("ray.serve"), logging.getLogger(ROOT)
+    old = (serve_log.level, ours.level)
+    monkeypatch.delenv(ENV_LEVEL, raising=False)
+    try:
+        assert serve_log_level() == "INFO"
+        for level in ("WARNING", "DEBUG", "INFO"):
+            setup_logging(level, handler=False)
+            assert logging.getLevelName(serve_log.level) == level == serve_log_level()
+    finally:
+        serve_log.setLevel(old[0])
+        ours.setLevel(old[1])
