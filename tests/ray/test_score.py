@@ -122,6 +122,7 @@ def check_rows(rows_in: list[dict], rows_out: list[dict]) -> None:
     assert isinstance(good[S.PREDICTION], str) and good[S.NUM_GENERATED_TOKENS] >= 1
 
 
+@pytest.mark.slow  # an interrupted run and two re-runs; the S3 test below keeps one fast score
 @pytest.mark.timeout(300)
 def test_score_local_then_rerun_after_interruption(ray_cluster, tiny_model_dir,
                                                    stockmark_records, tmp_path):
