@@ -8,7 +8,7 @@ fewer tokens), the engine alone with and without constraints at the same per-row
 through fresh constraints (``engine_runs.replay_constraint``, as ``engines.py`` does) to time the
 constraint's own Python work per token. Prints JSON lines; not run by pytest::
 
-    .venv/bin/python benchmarks/constraint_cost.py --rows 256 --repeats 2
+    .venv/bin/python -m benchmarks.constraint_cost --rows 256 --repeats 2
 """
 
 from __future__ import annotations
@@ -19,22 +19,8 @@ import resource
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
-
-
-def tiny_model(out_dir: str, records: list[dict]) -> str:
-    from giellm_ray.formats import DEFAULT_TASKS, build_prompt
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
-
-    texts = [r["text"] for r in records]
-    for task in DEFAULT_TASKS.values():
-        texts.append(build_prompt("", task))
-        texts += [f"<{x}>{task.instruction}" for x in task.tl_labels]
-        texts += [f":{x};" for x in task.wl_labels]
-    return build_tiny(out_dir, texts, TinyConfig(vocab_size=1500))
+from benchmarks.common import stockmark_records, tiny_model
 
 
 def run(extractor, rows: list[dict]) -> dict:
@@ -75,17 +61,16 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    from engine_runs import replay_constraint
-
+    from benchmarks.engine_runs import replay_constraint
     from giellm_ray.decoding import build_constraint_factory
     from giellm_ray.formats import DEFAULT_REGISTRY
     from giellm_ray.generation.config import GenerationConfig
     from giellm_ray.generation.extractor import Extractor
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
-    records = json.loads(NER.read_text(encoding="utf-8"))
+    records = stockmark_records()
     rows = [{"text": r["text"], "dataset": "SCNM"} for r in records[: args.rows]]
-    model_dir = args.model or tiny_model(tempfile.mkdtemp(prefix="giellm-cost-"), records)
+    model_dir = args.model or tiny_model(tempfile.mkdtemp(prefix="giellm-cost-"), [r["text"] for r in records])
     mcfg = ModelConfig(name_or_path=model_dir)
     tokenizer, model = load_tokenizer(mcfg), load_model(mcfg, "cpu")
     gcfg = GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)

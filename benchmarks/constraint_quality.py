@@ -9,7 +9,7 @@
 
 Prints JSON lines; not run by pytest::
 
-    .venv/bin/python benchmarks/constraint_quality.py --train-seconds 240 --random-rows 1000
+    .venv/bin/python -m benchmarks.constraint_quality --train-seconds 240 --random-rows 1000
 """
 
 from __future__ import annotations
@@ -20,12 +20,8 @@ import random
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from constraint_cost import NER, tiny_model  # noqa: E402
+from benchmarks.common import stockmark_records, tiny_model
 
 
 def validity(rows: list[dict], outs: list[dict], task) -> dict[str, float]:
@@ -98,10 +94,10 @@ def main() -> int:
     from giellm_ray.generation.extractor import Extractor
     from giellm_ray.metrics import count_rows, ratios
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
+    from giellm_ray.model.tiny import TinyConfig
 
     task = DEFAULT_REGISTRY["SCNM"]
-    records = json.loads(NER.read_text(encoding="utf-8"))
+    records = stockmark_records()
     gen = GenerationConfig(batch_size=args.batch_size)
 
     def extract_both(model_dir: str, model, rows: list[dict]) -> dict[str, list[dict]]:
@@ -113,7 +109,7 @@ def main() -> int:
 
     # 1. Random init, the worst case.
     tmp = tempfile.mkdtemp(prefix="giellm-quality-")
-    rand_dir = tiny_model(f"{tmp}/random", records)
+    rand_dir = tiny_model(f"{tmp}/random", [r["text"] for r in records])
     rows = [{"text": r["text"], "dataset": "SCNM"} for r in records[: args.random_rows]]
     model = load_model(ModelConfig(name_or_path=rand_dir), "cpu")
     for mode, outs in extract_both(rand_dir, model, rows).items():
@@ -122,9 +118,8 @@ def main() -> int:
 
     # 2. Briefly trained: held-out rows are the last --heldout ones.
     train_recs, held = records[: -args.heldout], records[-args.heldout:]
-    texts = [r["text"] for r in records] + [f":{x};" for x in task.wl_labels] + [
-        f"<{x}>{task.instruction}" for x in task.tl_labels] + [f":{task.none_marker};"]
-    trained_dir = build_tiny(f"{tmp}/trained", texts, TinyConfig(
+    texts = [r["text"] for r in records] + [f":{task.none_marker};"]
+    trained_dir = tiny_model(f"{tmp}/trained", texts, TinyConfig(
         vocab_size=1500, hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size))
     mcfg = ModelConfig(name_or_path=trained_dir)
     model = load_model(mcfg, "cpu")

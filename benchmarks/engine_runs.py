@@ -17,20 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
+from benchmarks.common import ROOT
+
 CAPS = (24, 40, 56, 72)
-
-
-def source_texts() -> list[str]:
-    """Stockmark's texts from ../shared, else the sample shipped in the package (a cluster)."""
-    if NER.exists():
-        return [r["text"] for r in json.loads(NER.read_text(encoding="utf-8"))]
-    import pyarrow.parquet as pq
-
-    from giellm_ray.sample import sample_path
-
-    return pq.read_table(sample_path("test"), columns=["text"]).column(0).to_pylist()
 
 
 def make_rows(texts: list[str], n: int) -> list[dict]:

@@ -1,6 +1,6 @@
 """The generation engines side by side on CPU: same rows, same per-row caps, constrained and not.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/engines.py [--rows 512] [--naive-rows 48]
+    .venv/bin/python -m benchmarks.engines [--rows 512] [--naive-rows 48]
         [--repeats 2] [--tiny-repeats 6] [--models tiny compute]
         [--job-rows 20000] [--job-model tiny]
 
@@ -42,14 +42,14 @@ quiet machine: the figures are wall-clock (``load1`` is printed with each line).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, emit, source_texts, tiny_model
+
 MODELS = {"tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
                    "num_attention_heads": 2},
           "compute": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
@@ -58,17 +58,10 @@ VLLM_CPU = {"enforce_eager": True, "gpu_memory_utilization": 0.1, "max_num_seqs"
             "max_num_batched_tokens": 8192}
 
 
-def emit(**kw) -> None:
-    print(json.dumps({**kw, "load1": round(os.getloadavg()[0], 2)}, ensure_ascii=False),
-          flush=True)
-
-
 def build_model(workdir: str, name: str, texts: list[str]) -> str:
-    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
+    from giellm_ray.model.tiny import TinyConfig
 
-    seed = texts + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
-    return build_tiny(f"{workdir}/{name}", seed, TinyConfig(vocab_size=1500, **MODELS[name]))
+    return tiny_model(f"{workdir}/{name}", texts, TinyConfig(vocab_size=1500, **MODELS[name]))
 
 
 def bf16_supported() -> bool:
@@ -135,8 +128,8 @@ def measure_engine(engine: str, runner, rows: list[dict], warm: list[dict], base
 def measure_model(name: str, path: str, dtype: str, args, texts: list[str]) -> list[dict]:
     """Every engine of ``args.engines`` on one model and dtype; the records emitted."""
     import torch
-    from engine_runs import make_rows, replay_constraint, run_engine, run_generate
 
+    from benchmarks.engine_runs import make_rows, replay_constraint, run_engine, run_generate
     from giellm_ray.decoding import build_constraint_factory
     from giellm_ray.formats import DEFAULT_REGISTRY
     from giellm_ray.generation.build import constraint_spec
@@ -210,7 +203,7 @@ def summarize(records: list[dict]) -> None:
 
 
 def main() -> None:
-    from engine_runs import run_whole_job, source_texts
+    from benchmarks.engine_runs import run_whole_job
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=512, help="rows per steady-state run")
@@ -246,5 +239,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     main()

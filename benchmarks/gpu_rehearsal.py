@@ -1,7 +1,7 @@
 """GPU rehearsal: the project's whole GPU path on one GPU, no downloads, JSON lines, < 8 minutes.
 
-    python benchmarks/gpu_rehearsal.py [--workdir DIR] [--keep] [--phases a,b,...] [--disk-reserve-gb N]
-    python benchmarks/gpu_rehearsal.py --smoke     # the same phases on CPU with a tiny model
+    python -m benchmarks.gpu_rehearsal [--workdir DIR] [--keep] [--phases a,b,...] [--disk-reserve-gb N]
+    python -m benchmarks.gpu_rehearsal --smoke     # the same phases on CPU with a tiny model
 
 Builds a random-init Llama of ~1.1B parameters in bf16 (TinyLlama's width: hidden 2048, MLP 5632,
 22 layers, 32 heads, no grouped KV, so its KV cache behaves like 13B's) with a byte-level BPE
@@ -27,7 +27,7 @@ score ... --set k=v``, ``giellm serve ...``), each in its own process group with
 Each phase prints one JSON line: ``status`` (``ok``, ``error``, ``skipped: <reason>``), seconds,
 peak GPU memory (NVML, whole device) and where they apply: training tokens/s (median of the
 loop's logged windows after the first; windows after a checkpoint include its write) and MFU
-(6N + 12·L·h·s FLOPs per token against the device's dense BF16 peak, ``gpu_specs.py``); decode
+(6N + 12·L·h·s FLOPs per token against the device's dense BF16 peak, ``giellm_ray/perf.py``); decode
 tokens/s (score: generated tokens over the whole job, start-up included, as ``_score.json``
 reports; serve: over the load) against the HBM roofline (decode batch x bandwidth / weight bytes,
 KV reads ignored: the engine's mean decode batch for score, the client concurrency for serve).
@@ -89,9 +89,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gpu_specs import decode_roofline_tokens_per_s, lookup, mfu
+from benchmarks.common import ROOT, emit
+from giellm_ray.perf import decode_roofline_tokens_per_s, lookup, mfu
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "giellm_ray" / "resources" / "sample"
 CONFIGS = ROOT / "jobs" / "configs"
 PHASES = ("train_zero3", "train_zero2_kill", "resume_zero2", "export", "score_hf", "score_vllm",
@@ -101,10 +101,6 @@ GPU_SIZES = dict(model=dict(hidden=2048, mlp=5632, layers=22, heads=32, vocab=80
 SMOKE_SIZES = dict(model=dict(hidden=64, mlp=256, layers=2, heads=4, vocab=1000), batch=4,
                    steps=30, rows=100, requests=20, concurrency=4, new_tokens=16, timeout=300)
 ROW_TOKENS = 300  # training rows join sample prompts up to this length, like 13B SFT steps
-
-
-def emit(record: dict) -> None:
-    print(json.dumps(record, ensure_ascii=False), flush=True)
 
 
 class PeakMemory:
@@ -292,7 +288,7 @@ class Rehearsal:
         return held
 
     def setup(self) -> dict:
-        proc, log = self.launch("setup", [sys.executable, __file__, "--_build", str(self.work),
+        proc, log = self.launch("setup", [sys.executable, "-m", "benchmarks.gpu_rehearsal", "--_build", str(self.work),
                                           json.dumps(self.sizes["model"]),
                                           str(self.sizes["batch"] * self.sizes["steps"]),
                                           str(self.sizes["rows"])] + (["--smoke"] * self.smoke))
@@ -397,7 +393,7 @@ class Rehearsal:
     def export(self) -> dict:
         if self.model == self.base:
             raise RuntimeError("no export to check (train_zero3 did not write one)")
-        proc, log = self.launch("export", [sys.executable, __file__, "--_check-export",
+        proc, log = self.launch("export", [sys.executable, "-m", "benchmarks.gpu_rehearsal", "--_check-export",
                                            self.model, self.base] + (["--smoke"] * self.smoke))
         if self.finish(proc, self.sizes["timeout"]) != 0:
             raise RuntimeError(log.read_text(errors="replace")[-2000:])
@@ -572,13 +568,13 @@ def build(work: Path, shape: dict, train_rows: int, score_rows: int, smoke: bool
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from giellm_ray.model.tiny import train_tokenizer
+    from giellm_ray.model.tiny import tokenizer_texts, train_tokenizer
 
     start = time.monotonic()
     train = pq.read_table(SAMPLE / "train.parquet").to_pylist()
     test = pq.read_table(SAMPLE / "test.parquet")
-    tok = train_tokenizer([r[c] for r in train for c in ("prompt", "target")]
-                          + test.column("prompt").to_pylist(), shape["vocab"])
+    tok = train_tokenizer(tokenizer_texts([r[c] for r in train for c in ("prompt", "target")]
+                                          + test.column("prompt").to_pylist()), shape["vocab"])
     tok.model_max_length = 2048
     torch.manual_seed(0)
     conf = LlamaConfig(vocab_size=len(tok), hidden_size=shape["hidden"],

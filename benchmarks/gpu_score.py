@@ -1,6 +1,6 @@
 """Both engines on one GPU: a ~1B random-init Llama in bf16, tok/s and the HBM roofline fraction.
 
-    python benchmarks/gpu_score.py [--rows 2048] [--model DIR] [--job-rows 0]
+    python -m benchmarks.gpu_score [--rows 2048] [--model DIR] [--job-rows 0]
 
 Needs CUDA (exits with a clear message otherwise). Builds a random-init Llama of ~1.03B
 parameters (hidden 2048, MLP 5632, 20 layers, 16 heads of 128, no grouped KV) with a tokenizer
@@ -12,7 +12,7 @@ generated tok/s, rows/s, start-up seconds, the mean decode batch (HF: running sl
 step; vLLM: generated tokens per engine step, from its Prometheus iteration histogram) and the
 HBM roofline: ``batch x bandwidth / weight bytes`` tok/s (each step streams the weights once;
 KV reads ignored, so the fraction is an upper bound of what the weights alone allow), from
-``gpu_specs.py``'s device table. ``--job-rows N`` also times a whole ``giellm score`` per engine
+``giellm_ray/perf.py``'s device table. ``--job-rows N`` also times a whole ``giellm score`` per engine
 (``gpu.yaml``, one actor). About 4-6 minutes on one H100/H200 without ``--job-rows``.
 """
 
@@ -21,49 +21,26 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 20,
-         "num_attention_heads": 16}
+from benchmarks.common import ROOT, source_texts
+from giellm_ray.perf import ONE_B_LLAMA, llama_params, roofline
+
+SHAPE = ONE_B_LLAMA
 NO_CUDA = ("gpu_score.py needs a CUDA GPU (torch.cuda.is_available() is False); on CPU run "
-           "benchmarks/engines.py")
-
-
-def llama_params(hidden: int, mlp: int, layers: int, vocab: int) -> int:
-    """Parameters of a Llama without grouped KV heads and with untied embeddings."""
-    per_layer = 4 * hidden * hidden + 3 * hidden * mlp + 2 * hidden
-    return layers * per_layer + 2 * vocab * hidden + hidden
-
-
-def roofline(tok_s: float, batch: float | None, weight_bytes: int, device: str) -> dict:
-    """The HBM roofline of decode at ``batch`` rows per step and the measured fraction of it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gpu_specs import decode_roofline_tokens_per_s
-
-    if not batch:
-        return {"roofline_note": "engine reported no decode batch"}
-    roof = decode_roofline_tokens_per_s(weight_bytes, batch, device)
-    if roof is None:
-        return {"roofline_note": f"unknown device {device!r} (add it to gpu_specs.py)"}
-    return {"mean_batch": round(batch, 1), "roofline_tok_s": round(roof, 1),
-            "roofline_fraction": round(tok_s / roof, 4)}
+           "python -m benchmarks.engines")
 
 
 def build_model(workdir: str) -> str:
     """The ~1B random-init Llama (on the GPU: seconds) and its tokenizer, saved in bf16."""
     import torch
-    from engine_runs import source_texts
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.model.tiny import train_tokenizer
+    from giellm_ray.model.tiny import tokenizer_texts, train_tokenizer
 
-    texts = source_texts() + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
-    tok = train_tokenizer(texts, 8000)
+    tok = train_tokenizer(tokenizer_texts(source_texts()), 8000)
     tok.model_max_length = 2048
     torch.manual_seed(0)
     conf = LlamaConfig(vocab_size=len(tok), num_key_value_heads=SHAPE["num_attention_heads"],
@@ -82,8 +59,8 @@ def build_model(workdir: str) -> str:
 
 def run_hf(model_dir: str, rows: list[dict], warm: list[dict], device: str) -> list[dict]:
     import torch
-    from engine_runs import run_engine
 
+    from benchmarks.engine_runs import run_engine
     from giellm_ray.decoding import build_constraint_factory
     from giellm_ray.formats import DEFAULT_REGISTRY
     from giellm_ray.generation.config import GenerationConfig
@@ -114,8 +91,7 @@ def run_hf(model_dir: str, rows: list[dict], warm: list[dict], device: str) -> l
 
 def run_vllm(model_dir: str, rows: list[dict], warm: list[dict], device: str,
              weight_bytes: int) -> list[dict]:
-    from engine_runs import run_engine
-
+    from benchmarks.engine_runs import run_engine
     from giellm_ray.config import load_config
     from giellm_ray.configs import config_path
     from giellm_ray.generation.build import constraint_spec
@@ -152,7 +128,7 @@ def record(engine: str, mode: str, r: dict, rows: list[dict], startup: float,
 
 def run_job(model_dir: str, engine: str, n: int, workdir: str, device: str) -> dict:
     """A whole ``giellm score`` process with ``gpu.yaml`` and one actor, timed."""
-    from engine_runs import run_whole_job, source_texts
+    from benchmarks.engine_runs import run_whole_job
 
     res = run_whole_job(model_dir, engine, n, source_texts(), workdir,
                         config=str(ROOT / "jobs/configs/score/gpu.yaml"))
@@ -169,8 +145,7 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit(NO_CUDA)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from engine_runs import make_rows, source_texts
+    from benchmarks.engine_runs import make_rows
 
     device = torch.cuda.get_device_name(0)
     texts = source_texts()

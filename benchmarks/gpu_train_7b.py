@@ -1,6 +1,6 @@
 """Training tokens/s and model FLOPs utilisation (MFU) for a 7B-shaped Llama on one GPU, ZeRO-3.
 
-    python benchmarks/gpu_train_7b.py [--seq 2048] [--steps 6] [--peak-tflops N]
+    python -m benchmarks.gpu_train_7b [--seq 2048] [--steps 6] [--peak-tflops N]
 
 Random-init ``LlamaForCausalLM`` with Llama-2-7B's shape (hidden 4096, 32 layers, 32 heads, MLP
 11008, vocab 32000), built partitioned under ``deepspeed.zero.Init``, trained with the same
@@ -9,7 +9,7 @@ activation checkpointing. Full fine-tuning of 7B needs ~112 GB for weights + Ada
 full-depth run offloads the optimizer to CPU (``cpu_adam`` is JIT-compiled on first use); the
 baseline in the same invocation is the same width with 8 layers and no offload (fits on the GPU).
 MFU = (6·N + 12·L·h·s)·tokens/s ÷ the device's dense BF16 peak, looked up by device name in
-``gpu_specs.py`` (A100/A800 312, H100/H200 989, L40S 362, A10G 125 TFLOP/s, ...); an unknown
+``giellm_ray/perf.py`` (A100/A800 312, H100/H200 989, L40S 362, A10G 125 TFLOP/s, ...); an unknown
 device gets ``"mfu": null`` and ``"peak": "unknown device: NAME"`` unless ``--peak-tflops`` is
 given. One JSON line per run. Without CUDA it says so and exits 2.
 """
@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from gpu_specs import lookup
+from giellm_ray.perf import lookup
 
 
 def run(layers: int, offload: bool, args) -> dict:

@@ -1,6 +1,6 @@
 """``giellm mre --quick``: sequential runs vs runs side by side (``--parallel``), on this machine.
 
-    .venv/bin/python benchmarks/mre_parallel.py [--repeat 1]
+    .venv/bin/python -m benchmarks.mre_parallel [--repeat 1]
 
 Each variant is a fresh ``giellm -q mre --quick`` process in its own output directory (Ray
 start-up included, the same for all): the baseline is the quick recipe as shipped (2 Ray Train
@@ -14,7 +14,6 @@ against the baseline from the same invocation. Not run by pytest.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -25,20 +24,14 @@ import time
 
 import psutil
 
+from benchmarks.common import tree_rss_mib
+
 VARIANTS = {
     "sequential, 2 workers/run (baseline)": [],
     "sequential, 1 worker/run": ["--set", "num_workers=1", "--set", "resources_per_worker.CPU=1"],
     "parallel 2, 1 worker/run": ["--set", "num_workers=1", "--set", "resources_per_worker.CPU=1",
                                  "--parallel", "2"],
 }
-
-
-def tree_rss_mib(proc: psutil.Process) -> float:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):  # a worker that exited meanwhile
-            total += p.memory_info().rss
-    return total / 2**20
 
 
 def run_variant(name: str, extra: list[str], workdir: str) -> dict:

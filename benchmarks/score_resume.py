@@ -1,6 +1,6 @@
 """Resume of ``giellm score``: the done-row filter against Ray's, and kill -> re-run end to end.
 
-    .venv/bin/python benchmarks/score_resume.py [--filter-rows 187028 2000000] [--e2e-rows 2000]
+    .venv/bin/python -m benchmarks.score_resume [--filter-rows 187028 2000000] [--e2e-rows 2000]
 
 Prints JSON lines.
 
@@ -31,10 +31,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from giellm_ray.score.resume import drop_done, id_keys  # noqa: E402
+from benchmarks.common import ROOT, stockmark_records, stockmark_texts, tiny_model
+from giellm_ray.score.resume import drop_done, id_keys
 
 BLOCK = 2048
 
@@ -93,7 +91,7 @@ def _write_input(directory: Path, rows: int) -> None:
 
     from giellm_ray import schema as S
 
-    recs = json.loads((ROOT.parent / "shared/data/stockmark-ner-wikipedia/ner.json").read_text())
+    recs = stockmark_records()
     data = [{S.ID: f"k{i}", S.DATASET: "SCNM", S.TEXT: recs[i % len(recs)]["text"]}
             for i in range(rows)]
     directory.mkdir(parents=True)
@@ -126,12 +124,7 @@ def _committed(out: Path) -> int:
 def bench_e2e(rows: int, work: Path) -> list[dict]:
     import psutil
 
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    import conftest
-
-    model = build_tiny(str(work / "tiny"), conftest._tokenizer_texts(), TinyConfig(vocab_size=1500))
+    model = tiny_model(str(work / "tiny"), stockmark_texts())
     _write_input(work / "in", rows)
     clean_s, clean, _ = _run(_cmd(model, work / "in", work / "clean"))
     proc = subprocess.Popen(_cmd(model, work / "in", work / "out"), stdout=subprocess.DEVNULL,

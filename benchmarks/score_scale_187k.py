@@ -1,6 +1,6 @@
 """Scale check: 187,028 rows of synthetic review-length Japanese text stream with flat memory.
 
-    .venv/bin/python benchmarks/score_scale_187k.py [--rows 187028] [--max-new-tokens 4]
+    .venv/bin/python -m benchmarks.score_scale_187k [--rows 187028] [--max-new-tokens 4]
 
 Writes ``--rows`` synthetic SCPOS-style reviews (80-200 characters each) into Parquet files of
 10,000 rows, runs ``giellm score`` (``jobs/configs/score/cpu.yaml``) as a subprocess while sampling
@@ -21,9 +21,9 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, tree_rss_mib
+
 PIECES = ["この商品は", "値段の割に", "画面が", "とても", "使いやすくて", "すぐに壊れて", "残念です。",
           "満足しています。", "配送が早く", "説明書が分かりにくい。", "デザインは良いが", "音が大きい。",
           "また買いたいです。", "期待外れでした。", "家族にも好評です。", "電池の持ちが悪い。"]
@@ -45,29 +45,6 @@ def write_rows(directory: str, rows: int, seed: int = 0) -> None:
                 text += rng.choice(PIECES)
             part.append({"id": str(i), "dataset": TASKS[i % 4], "text": text})
         pq.write_table(dataset_table(part), f"{directory}/part-{start // 10_000:05d}.parquet")
-
-
-def tree_rss_mib(pid: int) -> float:
-    """RSS of ``pid`` and all descendants (Linux /proc)."""
-    total, todo = 0, [pid]
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-        todo += children.get(p, [])
-    return total / 1024
 
 
 def run(workdir: str, model_dir: str, rows: int, max_new: int) -> dict:
@@ -105,12 +82,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=187_028)
     ap.add_argument("--max-new-tokens", type=int, default=4)
     args = ap.parse_args()
-    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
+    from giellm_ray.model.tiny import TinyConfig, build_tiny, tokenizer_texts
 
     with tempfile.TemporaryDirectory() as workdir:
-        seed = PIECES + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
-        model_dir = build_tiny(f"{workdir}/model", seed * 20, TinyConfig(vocab_size=600))
+        seed = tokenizer_texts(PIECES) * 20  # the pieces and the format strings, weighted alike
+        model_dir = build_tiny(f"{workdir}/model", seed, TinyConfig(vocab_size=600))
         small = run(workdir, model_dir, max(1, args.rows // 10), args.max_new_tokens)
         print(json.dumps({"run": "baseline_tenth", **small}), flush=True)
         full = run(workdir, model_dir, args.rows, args.max_new_tokens)

@@ -1,6 +1,6 @@
 """Throughput of the whole ``giellm score`` process (Ray start-up included) vs a naive loop.
 
-    .venv/bin/python benchmarks/score_throughput.py [--rows 2000] [--workload gold short]
+    .venv/bin/python -m benchmarks.score_throughput [--rows 2000] [--workload gold short]
 
 Two workloads on the same tiny model (built here, tokenizer trained on the Stockmark texts):
 
@@ -42,22 +42,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
+from benchmarks.common import (
+    ROOT,
+    STOCKMARK_NER,
+    emit,
+    stockmark_records,
+    stockmark_texts,
+    tiny_model,
+)
+
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def emit(**kw) -> None:
-    print(json.dumps(kw, ensure_ascii=False), flush=True)
-
-
 def build_model(workdir: str) -> str:
-    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
-
-    texts = [r["text"] for r in json.loads(NER.read_text(encoding="utf-8"))]
-    seed = texts + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
-    return build_tiny(f"{workdir}/model", seed, TinyConfig(vocab_size=1500))
+    return tiny_model(f"{workdir}/model", stockmark_texts())
 
 
 def gold_rows(model_dir: str, rows: int) -> tuple[list[dict], str | None]:
@@ -66,7 +64,7 @@ def gold_rows(model_dir: str, rows: int) -> tuple[list[dict], str | None]:
     from giellm_ray.model.loader import ModelConfig, load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name_or_path=model_dir))
-    records = json.loads(NER.read_text(encoding="utf-8"))
+    records = stockmark_records()
     # Stockmark has no article categories; one TL label for all (it does not change the cost).
     built = [build_row(r, {str(r["curid"]): "社会"}) for r in records]
     built = [r for r in built if r.get("target")]
@@ -83,7 +81,7 @@ def short_rows(workdir: str, rows: int, scale: float) -> tuple[list[dict], str]:
     """The six tasks round-robin; every row runs to its task's scaled bound (no targets)."""
     from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt
 
-    texts = [r["text"] for r in json.loads(NER.read_text(encoding="utf-8"))]
+    texts = stockmark_texts()
     registry = TaskRegistry([t.replace(max_new_tokens=max(4, int(t.max_new_tokens * scale)))
                              for t in DEFAULT_REGISTRY.values()])
     tasks = f"{workdir}/tasks-{scale}.json"
@@ -202,8 +200,9 @@ def main() -> None:
     ap.add_argument("--engine-rows", type=int, default=512)
     ap.add_argument("--bound-scale", type=float, default=0.125)
     args = ap.parse_args()
-    if not NER.exists():
-        raise SystemExit(f"needs the Stockmark data at {NER} (../shared beside the project)")
+    if not STOCKMARK_NER.exists():
+        raise SystemExit(f"needs the Stockmark data at {STOCKMARK_NER} (../shared beside the "
+                         "project)")
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = build_model(workdir)
         gold = None

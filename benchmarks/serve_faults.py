@@ -1,6 +1,6 @@
 """Replica death under load: status counts, latency and the longest gap between good answers.
 
-    .venv/bin/python benchmarks/serve_faults.py [--model PATH] [--replicas 1,2] [--clients 64]
+    .venv/bin/python -m benchmarks.serve_faults [--model PATH] [--replicas 1,2] [--clients 64]
         [--duration-s 60] [--kill-at-s 20] [--kill sigkill|ray_kill] [--no-baseline]
         [--compare-no-retry]
 
@@ -25,14 +25,11 @@ import os
 import resource
 import signal
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import build_model, load_texts, percentile, start_local_serve  # noqa: E402
+from benchmarks.serve_load import build_model, load_texts, percentile, start_local_serve
 
 
 async def closed_loop(url: str, texts: list[str], clients: int, duration_s: float,

@@ -1,6 +1,6 @@
 """Load test of the Serve app on loopback: throughput and p50/p95/p99 latency, batching on vs off.
 
-    .venv/bin/python benchmarks/serve_load.py [--model PATH] [--batch-sizes 1,16,32]
+    .venv/bin/python -m benchmarks.serve_load [--model PATH] [--batch-sizes 1,16,32]
         [--concurrency 1,8,32] [--requests 128] [--level-time-s 25] [--max-new-tokens 32]
 
 For each ``batching.max_batch_size`` (1 = batching off, the baseline) the app is deployed on a
@@ -22,32 +22,19 @@ import socket
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
-SHARED_NER = Path(__file__).resolve().parents[2] / "shared/data/stockmark-ner-wikipedia/ner.json"
-FALLBACK_TEXTS = ["レッドフォックス株式会社は、東京都千代田区に本社を置くITサービス企業である。",
-                  "松友美佐紀は、日本のバドミントン選手。",
-                  "山田太郎は大阪大学を卒業し、トヨタ自動車に入社した。"]
+from benchmarks.common import source_texts, tiny_model
 
 
 def load_texts() -> list[str]:
-    if SHARED_NER.exists():
-        return [r["text"] for r in json.loads(SHARED_NER.read_text(encoding="utf-8"))]
-    return FALLBACK_TEXTS
+    """Stockmark's texts from ../shared, else the shipped sample's."""
+    return source_texts()
 
 
 def build_model(texts: list[str]) -> str:
-    from giellm_ray.formats import DEFAULT_TASKS, build_prompt
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
-
-    corpus = list(texts)
-    for task in DEFAULT_TASKS.values():
-        corpus.append(build_prompt("", task))
-        corpus += [f"<{x}>{task.instruction}" for x in task.tl_labels]
-        corpus += [f":{x};" for x in task.wl_labels]
-    return build_tiny(tempfile.mkdtemp(prefix="serve-load-"), corpus, TinyConfig(vocab_size=1500))
+    return tiny_model(tempfile.mkdtemp(prefix="serve-load-"), texts)
 
 
 def start_local_serve(ray_cpus: int = 2) -> str:

@@ -1,6 +1,6 @@
 """Training throughput on CPU with 1 and 2 Ray Train workers (DeepSpeed ZeRO-2, FP32).
 
-    .venv/bin/python benchmarks/train_throughput.py [--rows 512] [--epochs 1] [--workers 1 2]
+    .venv/bin/python -m benchmarks.train_throughput [--rows 512] [--epochs 1] [--workers 1 2]
 
 Builds a small random-init Llama from the shipped sample corpus, fine-tunes it for one epoch with
 each worker count (the same global batch: per-device batch x workers is kept at 8 rows), and
@@ -21,6 +21,8 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.common import tiny_model
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,7 +39,7 @@ def main() -> None:
     import ray
 
     from giellm_ray.config import load_config
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
+    from giellm_ray.model.tiny import TinyConfig
     from giellm_ray.sample import sample_path
     from giellm_ray.train.config import TrainConfig
     from giellm_ray.train.driver import run_training
@@ -49,7 +51,7 @@ def main() -> None:
     train = os.path.join(tmp, "train.parquet")
     pq.write_table(table, train)
     texts = [t for c in ("prompt", "target") for t in table.column(c).to_pylist()]
-    model = build_tiny(os.path.join(tmp, "model"), texts,
+    model = tiny_model(os.path.join(tmp, "model"), texts,
                        TinyConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                                   num_hidden_layers=args.layers, vocab_size=2000))
     ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)

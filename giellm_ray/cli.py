@@ -4,8 +4,10 @@ Each area registers its subcommands from a light ``cli`` module (argparse only; 
 happen inside the handlers, each named ``handle`` or ``handle_<subcommand>``), so
 ``giellm --help`` is instant and ``jobs/*.py`` reuse the same functions. ``-v``/``-q`` (or
 ``GIELLM_LOG_LEVEL``) set the verbosity of the ``giellm_ray`` loggers (see :mod:`giellm_ray.log`).
-Errors a user can fix (bad config, missing file or dependency, malformed input) print one clear
-``giellm: error: ...`` line and exit 2; anything else is a bug and keeps its traceback.
+Errors a user can fix (:class:`~giellm_ray.errors.UserError`: bad config, bad option, malformed
+input; a missing file or dependency) print one clear ``giellm: error: ...`` line and exit 2;
+anything else is a bug and keeps its traceback. A bare ``ValueError``/``KeyError`` not marked as
+the user's is printed the same way but says so, and ``-v`` shows its traceback.
 
     giellm [-v | -q] data scnm|scpos|authors|mix ...
     giellm eval PREDICTIONS --output DIR
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 
 from giellm_ray.data import cli as data_cli
 from giellm_ray.demo import cli as demo_cli
+from giellm_ray.errors import UserError
 from giellm_ray.metrics import cli as metrics_cli
 from giellm_ray.mre import cli as mre_cli
 from giellm_ray.score import cli as score_cli
@@ -31,10 +34,7 @@ from giellm_ray.serve import cli as serve_cli
 from giellm_ray.train import cli as train_cli
 
 COMMANDS = (data_cli, metrics_cli, train_cli, score_cli, serve_cli, demo_cli, mre_cli)
-
-
-class UserError(Exception):
-    """An error caused by the user's input or environment, reported without a traceback."""
+__all__ = ["UserError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,10 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(level_from_flags(args.verbose, args.quiet))
     try:
         result = args.handler(args)
-    except (UserError, ConfigError, MissingDependency, FileNotFoundError, ValueError,
-            KeyError) as exc:
+    except (UserError, ConfigError, MissingDependency, FileNotFoundError) as exc:
+        print(f"giellm: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError) as exc:  # not marked as the user's: maybe a bug
+        if args.verbose:
+            raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"giellm: error: {msg}", file=sys.stderr)
+        print(f"giellm: error: {msg} ({type(exc).__name__}; if this looks like a bug, "
+              "giellm -v shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("giellm: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from giellm_ray import io
+from giellm_ray.errors import UserError
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -27,8 +28,28 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override that cannot be used; the message says what to fix."""
+
+
+def fold_renamed(data: Any, old: str, new: str) -> Any:
+    """``data`` (a config mapping before validation) with the old key ``old`` read as ``new``.
+
+    Keys are a contract, so a renamed key stays accepted. Both may be present when a file uses
+    one spelling and an override the other: a null one yields to the other; two different values
+    are an error. Used from a ``model_validator(mode="before")``, so ``extra="forbid"`` still
+    refuses every other unknown key.
+    """
+    if not isinstance(data, dict) or old not in data:
+        return data
+    data = dict(data)
+    value = data.pop(old)
+    if data.get(new) is not None and value is not None and data[new] != value:
+        raise ValueError(f"{old!r} is the old name of {new!r}; set one of them, not both "
+                         f"({data[new]!r} vs {value!r})")
+    if data.get(new) is None:
+        data[new] = value
+    return data
 
 
 def apply_override(data: dict, assignment: str) -> None:

@@ -11,14 +11,19 @@ pyarrow's own ``S3FileSystem`` (picklable) with the endpoint and credentials mad
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from giellm_ray.errors import UserError
 
 
 def is_s3(path: str) -> bool:
@@ -80,6 +85,87 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def fs_exists(fs: pafs.FileSystem, path: str) -> bool:
+    """``path`` (within ``fs``) exists, as a file or a directory."""
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
+    """A JSON object file; ``None`` if absent; ``{}`` if present but empty or not JSON."""
+    if not fs_exists(fs, path):
+        return None
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    try:
+        value = json.loads(data) if data.strip() else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _is_local(fs: pafs.FileSystem, local: bool | None) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem) if local is None else local
+
+
+def write_json(fs: pafs.FileSystem, path: str, value: dict, local: bool | None = None) -> None:
+    """Write atomically: a reader sees the old file, the new one, or none, never a torn one
+    (local: tmp + rename; S3 has no rename, but a PUT is visible whole or not at all).
+    ``local`` overrides the guess from ``fs``'s type (a wrapped local filesystem)."""
+    data = json.dumps(value, ensure_ascii=False, indent=1).encode()
+    if not _is_local(fs, local):
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def parallel(fs: pafs.FileSystem, fn: Callable, items: list, threads: int = 16,
+             local: bool | None = None) -> list:
+    """``fn`` over ``items``: remote requests in ``threads`` parallel streams, local in order."""
+    if _is_local(fs, local) or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(fn, items))
+
+
+def _decode_bytes(value: bytes | None, name: str) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    try:
+        return value.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        bad = value[exc.start:exc.start + 4]
+        return None, f"column '{name}' is not valid UTF-8 (byte {exc.start}: {bad!r})"
+
+
+def decode_column(col: pa.Array | pa.ChunkedArray, name: str) -> tuple[list, dict[int, str]]:
+    """Python values of ``col`` and ``{row: error}`` for the values that would not decode
+    (a string column holding invalid UTF-8 reads as ``None`` there, never as a crash)."""
+    try:
+        return col.to_pylist(), {}
+    except Exception:  # noqa: BLE001 - any decode failure: fall back to one value at a time
+        pass
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        values, errors = [], {}
+        for i, raw in enumerate(col.cast(pa.large_binary()).to_pylist()):
+            value, error = _decode_bytes(raw, name)
+            values.append(value)
+            if error:
+                errors[i] = error
+        return values, errors
+    values, errors = [], {}
+    for i in range(len(col)):
+        try:
+            values.append(col[i].as_py())
+        except Exception as exc:  # noqa: BLE001
+            values.append(None)
+            errors[i] = f"column '{name}' cannot be read: {type(exc).__name__}: {exc}"
+    return values, errors
+
+
 def makedirs(path: str) -> None:
     fs, p = resolve(path)
     fs.create_dir(p, recursive=True)
@@ -127,7 +213,7 @@ def read_text(path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ValueError(
+        raise UserError(
             f"{path} is not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
             "convert it first, e.g. `iconv -f CP932 -t UTF-8`"
         ) from None
@@ -147,7 +233,7 @@ def open_text_lines(path: str) -> Iterator[str]:
         try:
             yield from text
         except UnicodeDecodeError as exc:
-            raise ValueError(f"{path} is not UTF-8: {exc.reason} near byte {exc.start}") from None
+            raise UserError(f"{path} is not UTF-8: {exc.reason} near byte {exc.start}") from None
 
 
 def list_parquet(fs: pafs.FileSystem, path: str) -> list[str]:
@@ -185,7 +271,7 @@ def iter_parquet_batches(path: str, columns: list[str] | None = None,
         pf = pq.ParquetFile(fs.open_input_file(p))
         missing = [c for c in columns or [] if c not in pf.schema_arrow.names]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{f}: missing column(s) {missing}; found {pf.schema_arrow.names}"
             )
         yield from pf.iter_batches(batch_size=batch_size, columns=columns)

@@ -1,8 +1,13 @@
 """Logging for the whole package: one ``giellm_ray`` logger hierarchy, one switch for verbosity.
 
-Every module logs to ``logging.getLogger(__name__)``; :func:`setup_logging` gives the
-``giellm_ray`` root one stderr handler and a level from ``-v``/``-q`` or ``GIELLM_LOG_LEVEL``
-(``DEBUG``, ``INFO`` (default), ``WARNING``, ``ERROR``). The ``giellm`` command calls it first and
+Every module logs to ``logging.getLogger(__name__)``, except the three that run inside Serve
+replicas (``serve/http.py``, ``serve/deployment.py``, ``serve/coalescer.py``): they log to Serve's
+own ``"ray.serve"`` logger, so their lines land in Serve's per-replica log files beside Serve's
+with the replica and request ids. :func:`setup_logging` gives the ``giellm_ray`` root one stderr
+handler and a level from ``-v``/``-q`` or ``GIELLM_LOG_LEVEL`` (``DEBUG``, ``INFO`` (default),
+``WARNING``, ``ERROR``), and gives ``"ray.serve"`` the same level; the Serve app passes it to its
+replicas as their ``logging_config`` (:func:`serve_log_level`), so ``-q``/``-v`` reach those lines
+too. The ``giellm`` command calls it first and
 writes the level back to ``GIELLM_LOG_LEVEL`` so Ray workers (Train workers, Data actors, Serve
 replicas), which inherit or are forwarded ``GIELLM_*`` variables, call it the same way and log at
 the same level. ``-q`` also quiets the third-party loggers we start (Ray Data's plan and progress
@@ -19,6 +24,7 @@ ROOT = "giellm_ray"
 ENV_LEVEL = "GIELLM_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 DATEFMT = "%H:%M:%S"
+SERVE_LOGGER = "ray.serve"
 # Libraries whose INFO chatter is not ours: quiet unless the user asks for DEBUG.
 THIRD_PARTY = ("ray.data", "ray.train", "ray.tune", "transformers", "deepspeed", "vllm")
 
@@ -68,7 +74,15 @@ def setup_logging(level: str | None = None, *, handler: bool = True) -> str:
                                                            logging.getLevelName(name))
     for other in THIRD_PARTY:
         logging.getLogger(other).setLevel(quiet_level)
+    logging.getLogger(SERVE_LOGGER).setLevel(name)  # our replica modules log there (see above)
     return name
+
+
+def serve_log_level() -> str:
+    """The level for Serve replicas' ``logging_config``: this process's, as set by
+    :func:`setup_logging` (``GIELLM_LOG_LEVEL``), else INFO."""
+    name = os.environ.get(ENV_LEVEL, "INFO").upper()
+    return name if isinstance(logging.getLevelName(name), int) else "INFO"
 
 
 def quiet_ray_data_console() -> None:
@@ -103,7 +117,7 @@ def quiet_serve_batch_bound_notice() -> None:
     ``max_ongoing_requests``" warning in a model replica. Our coalescer hands ``@serve.batch``
     one-row fragments, so that product is not a row count (``serve.config.BatchingConfig``);
     every replica start printed the warning, suggesting a misconfiguration that is not one."""
-    drop_notice(logging.getLogger("ray.serve"), SERVE_BATCH_BOUND_NOTICE,
+    drop_notice(logging.getLogger(SERVE_LOGGER), SERVE_BATCH_BOUND_NOTICE,
                 contains="max_ongoing_requests")
 
 

@@ -2,8 +2,8 @@
 
 ``giellm demo`` and the CPU configs train on this instead of downloaded data. It is written by
 this project (not the paper's data): regular sentences from a few templates per TL class over
-bounded word lists, so a ~2M-parameter model trained from scratch on CPU for minutes visibly
-learns both the TL decision and the WL items (on real Wikipedia text it only learns the format).
+bounded word lists, so a 1.2M-parameter model (the demo's) trained from scratch on CPU for minutes
+visibly learns both the TL decision and the WL items (on real Wikipedia text it only learns the format).
 
 - SCNM: ``{人名}は{地名}にある{法人名}に勤めている。`` style sentences; the TL topic (社会 文芸 学問
   技術 自然) follows the template family; every entity string belongs to one type; some
@@ -27,6 +27,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from giellm_ray.errors import UserError
 from giellm_ray.formats import render
 
 SEED = 20231112
@@ -210,7 +211,7 @@ def write(output_dir: str | Path, seed: int = SEED) -> dict[str, str]:
 def sample_path(split: str = "train") -> str:
     """Path of the shipped ``train`` or ``test`` Parquet file inside the installed package."""
     if split not in ("train", "test"):
-        raise ValueError(f"unknown sample split {split!r}; use 'train' or 'test'")
+        raise UserError(f"unknown sample split {split!r}; use 'train' or 'test'")
     return str(resources.files("giellm_ray") / "resources" / "sample" / f"{split}.parquet")
 
 

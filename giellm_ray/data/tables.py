@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from giellm_ray import io
+from giellm_ray.errors import UserError
 
 ROW = "_row"
 ROW_ERROR = "_error"
@@ -35,7 +36,7 @@ def detect_format(path: str) -> str:
     fs, p = io.resolve(path)
     if fs.get_file_info(p).type.name == "Directory":
         return "parquet"
-    raise ValueError(
+    raise UserError(
         f"{path}: cannot tell the format; expected a .csv, .tsv, .jsonl, .json or .parquet file "
         "(or a directory of .parquet files)"
     )
@@ -54,7 +55,7 @@ def _as_str(value: object) -> str | None:
 def _missing(path: str, columns: list[str], found: list[str]) -> None:
     missing = [c for c in columns if c not in found]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; the file has columns {found}")
+        raise UserError(f"{path}: missing column(s) {missing}; the file has columns {found}")
 
 
 def _chunked(records: Iterable[dict], size: int) -> Iterator[list[dict]]:
@@ -94,9 +95,9 @@ def _csv_records(path: str, columns: list[str], delimiter: str) -> Iterator[dict
     except pa.ArrowInvalid as exc:
         msg = str(exc)
         if "UTF8" in msg or "UTF-8" in msg:
-            raise ValueError(f"{path} is not UTF-8 ({msg}); convert it first, e.g. "
+            raise UserError(f"{path} is not UTF-8 ({msg}); convert it first, e.g. "
                              "`iconv -f CP932 -t UTF-8`") from None
-        raise ValueError(f"{path}: not a readable CSV file: {msg}") from None
+        raise UserError(f"{path}: not a readable CSV file: {msg}") from None
 
 
 def json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
@@ -114,7 +115,7 @@ def json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
+            raise UserError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
                              f"{exc.msg}") from None
         for rec in data:
             yield (rec, None) if isinstance(rec, dict) else (None, f"not an object: {rec!r:.60}")
@@ -122,7 +123,7 @@ def json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
     try:
         rec = json.loads(first)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: expected JSON Lines (one object per line) or a JSON array; "
+        raise UserError(f"{path}: expected JSON Lines (one object per line) or a JSON array; "
                          f"the first line is not JSON ({exc.msg}): {first[:80]!r}") from None
     yield (rec, None) if isinstance(rec, dict) else (None, f"not an object: {rec!r:.60}")
     for n, line in enumerate(lines, start=2):

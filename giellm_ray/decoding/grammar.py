@@ -6,6 +6,24 @@ task (:class:`TaskGrammar`); the span part is the set of byte positions in the t
 span read so far ends (:class:`RowGrammar`), so checking one more byte costs O(occurrences).
 A state is a frozenset of NFA states (a ``:`` after an item may start a label or a relation head).
 
+Legend of the NFA state tuples (the first field names the kind; tries are :class:`ByteTrie`
+node ids)::
+
+    ("Z",)                  before the prefix: one leading space (SentencePiece), then ("P", 0)
+    ("P", node)             in the prefix trie of ``<TL>IW`` strings (tag "end": prefix done)
+    ("B",)                  prefix done, no item yet: ``:`` starts the first item; EOS if the
+                            task has no none marker
+    ("L", which, node)      in a ``:LABEL;`` trie: which=0 first item (labels + the none
+                            marker), which=1 later items (labels only); tag "wl" -> a W span,
+                            tag "none" -> ("D",)
+    ("S", kind, ends, nb)   in a span of the text: kind "W" (an item's span, or a relation's
+                            tail) or "H" (a relation's head: no ``:``, not a label name); ends =
+                            text byte positions just after where the span read so far may end
+                            (None: no byte yet); nb = bytes read (at most ``max_span_bytes``)
+    ("R", node)             after a head: in the ``;REL;`` trie (tag "rel" -> a W span, the tail)
+    ("A",)                  an item is complete: ``:`` starts the next one, or EOS
+    ("D",)                  after the none marker ``:無い;``: EOS only
+
 Spans are non-empty, start and end on a character boundary, hold at most ``max_span_bytes``, and
 never contain ``;`` (heads also no ``:``, and a head may not equal a label): with those rules
 ``parse`` reads back exactly the items written, since it only splits at ``:LABEL;`` / ``:HEAD;REL;``.

@@ -33,7 +33,7 @@ from giellm_ray.configs import config_path
 from giellm_ray.ray_session import connect_ray
 
 DISCLAIMER = (
-    "This is a demonstration: a ~1M-parameter model trained from scratch for minutes on "
+    "This is a demonstration: a 1.2M-parameter model trained from scratch for minutes on "
     "synthetic, templated sentences. Its scores show the pipeline works end to end, not what "
     "GIELLM achieves: paper-level accuracy needs a pretrained 7B/13B base (Llama-2, llm-jp-13b) "
     "fine-tuned on GPUs (see cluster.yaml and the README)."

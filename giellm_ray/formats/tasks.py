@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from giellm_ray.errors import UserError
 
 ItemOrder = Literal["source", "cp932"]
 
@@ -57,7 +59,8 @@ class TaskSpec:
 
     def replace(self, **changes: object) -> TaskSpec:
         """A copy with some fields changed (sequences are turned into tuples)."""
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
+        fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in changes.items()}
         return dataclasses.replace(self, **fixed)
 
     def to_dict(self) -> dict:
@@ -160,7 +163,7 @@ class TaskRegistry(Mapping[str, TaskSpec]):
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}: not a tasks.json written by giellm "
+            raise UserError(f"{path}: not a tasks.json written by giellm "
                              f"(TaskRegistry.to_dict): {exc}") from None
 
 

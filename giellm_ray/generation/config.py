@@ -87,9 +87,8 @@ class VLLMConfig(StrictModel):
     """
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = None
-    """Weights and activations dtype; ``None``: ``model.dtype`` (whose ``auto`` is bf16 on CUDA,
-    fp32 on CPU, as the HF engine). ``auto`` here is vLLM's own choice (the checkpoint's dtype;
-    on CPU, bf16 for an fp32 checkpoint)."""
+    """Weights and activations dtype; ``None``: ``model.dtype``. ``auto`` means what it means for
+    ``model.dtype`` (and the HF engine): bf16 on CUDA, fp32 on CPU, whatever the checkpoint's."""
     max_model_len: int | None = Field(None, ge=16)
     """Longest prompt + output in tokens; ``None``: the model's own (Llama-2: 4096). Rows whose
     prompt + budget exceed it get ``error = "prompt too long ..."``, as with the HF engine."""
@@ -121,7 +120,7 @@ class VLLMConfig(StrictModel):
     def engine_kwargs(self, model_dtype: str, on_gpu: bool) -> dict[str, Any]:
         """vLLM ``AsyncEngineArgs`` keywords (no model, no logits processor), defaults resolved."""
         dtype = self.dtype or model_dtype
-        if dtype == "auto" and self.dtype is None:  # model.dtype's auto, as the HF loader does
+        if dtype == "auto":  # one meaning of auto for both knobs: the HF loader's
             dtype = "bfloat16" if on_gpu else "float32"
         kw: dict[str, Any] = {
             "dtype": dtype, "max_num_seqs": self.max_num_seqs,

@@ -17,12 +17,9 @@ in ``GenerationConfig``), so the cache never outgrows it; ``batch_size`` stays t
 first row of an empty batch is always admitted (if it alone does not fit, the OOM retry below
 still ends it).
 
-Why our own loop rather than transformers' ``generate_batch`` (continuous batching, option A):
-constrained decoding needs a per-row logits mask and a per-row stop signal before every pick, which
-``generate_batch`` (paged attention, a manager thread) offers no hook for; this loop gives both,
-keeps zero overhead for unconstrained rows, and works with any causal LM that accepts
-``position_ids`` (Llama, GPT-2). Option A was not benchmarked against it on this machine (time);
-``benchmarks/score_throughput.py`` measures this loop against static batches and a naive loop.
+Why our own loop rather than transformers' ``generate_batch`` (its continuous-batching API):
+constrained decoding needs a per-row logits mask and stop signal before every pick, which
+``generate_batch`` has no hook for (``docs/decisions/hf-engine-own-loop.md``).
 
 Per-row constraints (``giellm_ray.decoding.base.RowConstraint``): before each pick the row's logits
 are masked to ``allowed_tokens()``; ``advance(tok)`` follows; ``is_done()`` ends the row, and the

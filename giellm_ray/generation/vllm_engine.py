@@ -56,7 +56,7 @@ class VLLMEngine:
         # its summary there, and Ray forwards actors' stdout to the driver's). Set before vLLM's
         # first import, which configures its logger; its engine-core process inherits it.
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        from giellm_ray.generation import vllm_processor as P
+        from giellm_ray.generation import vllm_processor
 
         cfg = cfg or VLLMConfig()
         if on_gpu is None:
@@ -73,9 +73,9 @@ class VLLMEngine:
         kw.update(model=path, tokenizer=path, revision=model_cfg.revision,
                   trust_remote_code=model_cfg.trust_remote_code, disable_log_stats=not log_stats)
         if constrained:
-            P.prepare_runner_env()
-            kw["logits_processors"] = [processor or P.FormatLogitsProcessor]
-            kw["additional_config"] = {P.EXTRA_KEY: {"mask_mode": cfg.mask_mode,
+            vllm_processor.prepare_runner_env()
+            kw["logits_processors"] = [processor or vllm_processor.FormatLogitsProcessor]
+            kw["additional_config"] = {vllm_processor.EXTRA_KEY: {"mask_mode": cfg.mask_mode,
                                                      "use_fast": model_cfg.use_fast}}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
@@ -85,7 +85,7 @@ class VLLMEngine:
         try:
             self.engine = self.call(self._start(kw))
             if constrained:
-                P.check_runner(self.engine.vllm_config)
+                vllm_processor.check_runner(self.engine.vllm_config)
         except BaseException:
             self.shutdown()
             raise
@@ -94,7 +94,7 @@ class VLLMEngine:
         self.max_positions = int(self.engine.model_config.max_model_len)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
         self.eos_id = self.tokenizer.eos_token_id
-        self.fail_id = P.failure_token_id(self.tokenizer)
+        self.fail_id = vllm_processor.failure_token_id(self.tokenizer)
         self.dead: str | None = None
         self.stats = EngineStats()
         self.in_flight = 0  # rows submitted and not yet finished (read by Serve for metrics)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, parse
 
@@ -43,7 +44,7 @@ def _item_key(item: Mapping) -> tuple:
 def score_row(dataset: str, target: str | None, prediction: str | None,
               registry: TaskRegistry = DEFAULT_REGISTRY) -> dict:
     """Parse one target/prediction pair and say which levels match (never raises)."""
-    row = {
+    row: dict[str, Any] = {
         "dataset": dataset, "target_tl_label": None, "target_items": [],
         "pred_tl_label": None, "pred_items": [], "tl_match": False, "wl_match": False,
         "all_match": False, "item_tp": 0, "item_fp": 0, "item_fn": 0,

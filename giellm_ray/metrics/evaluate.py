@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from giellm_ray import io, schema
+from giellm_ray.errors import UserError
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry
 from giellm_ray.metrics.analysis import DEFAULT_SAMPLE, Analysis
 from giellm_ray.metrics.confidence import confidence_report
@@ -33,15 +34,14 @@ from giellm_ray.metrics.report import synthetic_caveat, write_report
 log = logging.getLogger(__name__)
 
 REQUIRED = [schema.DATASET, schema.TARGET, schema.PREDICTION]
-TL_SCORE = "tl_score"
-OPTIONAL = [schema.ID, schema.TEXT, schema.PRED_ITEMS, TL_SCORE]
+OPTIONAL = [schema.ID, schema.TEXT, schema.PRED_ITEMS, schema.TL_SCORE]
 
 
 def _batches(path: str):
     try:
         yield from io.iter_parquet_batches(path, columns=None)
     except pa.ArrowInvalid as exc:
-        raise ValueError(f"{path}: cannot read as Parquet ({exc})") from None
+        raise UserError(f"{path}: cannot read as Parquet ({exc})") from None
 
 
 def _pylist(col: pa.Array | pa.ChunkedArray) -> list:
@@ -57,7 +57,7 @@ def _columns(batch: pa.RecordBatch, where: str, first_id: int = 0) -> dict[str, 
     """The batch's columns as lists (absent optional ones as nulls; absent ids numbered)."""
     missing = [c for c in REQUIRED if c not in batch.schema.names]
     if missing:
-        raise ValueError(f"{where}: missing column(s) {missing}; need {REQUIRED}, "
+        raise UserError(f"{where}: missing column(s) {missing}; need {REQUIRED}, "
                          f"found {batch.schema.names}")
     n = batch.num_rows
     cols = {c: (_pylist(batch.column(c)) if c in batch.schema.names else [None] * n)
@@ -75,7 +75,7 @@ def add_batch(analysis: Analysis, cols: dict[str, list]) -> list[dict]:
         out.append(analysis.add(str(ds), cols[schema.TARGET][i], cols[schema.PREDICTION][i],
                                 row_id=rid, text=cols[schema.TEXT][i],
                                 scored_items=cols[schema.PRED_ITEMS][i],
-                                tl_score=cols[TL_SCORE][i]))
+                                tl_score=cols[schema.TL_SCORE][i]))
         out[-1][schema.ID] = rid
     return out
 
@@ -110,7 +110,7 @@ def evaluate(predictions: str, output: str, registry: TaskRegistry = DEFAULT_REG
                 last = time.monotonic()
                 log.info("eval: %d rows (%.0f rows/s)", done, done / (last - start))
     if not analysis.counts:
-        raise ValueError(f"{predictions}: no rows to evaluate")
+        raise UserError(f"{predictions}: no rows to evaluate")
     return finish(analysis, output, registry)[0]
 
 

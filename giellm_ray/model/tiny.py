@@ -4,7 +4,8 @@ Used by tests and the demo where no weights can be downloaded. ``build_tiny(outp
 trains a byte-level BPE tokenizer on ``texts`` (0.1 s for a few thousand sentences; byte-level
 never yields ``<unk>`` and round-trips Japanese exactly), builds ``LlamaForCausalLM`` from a
 config, and saves both in the normal Hugging Face layout so every later stage loads it with
-``AutoTokenizer`` / ``AutoModelForCausalLM`` exactly like a real model.
+``AutoTokenizer`` / ``AutoModelForCausalLM`` exactly like a real model. :func:`tokenizer_texts`
+is the one recipe for what that tokenizer is trained on (tests, benchmarks, the demo's corpus).
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ class TinyConfig(StrictModel):
     """Longest sequence (prompt + target) in tokens."""
     seed: int = 0
     """Seed for the random initialisation."""
+
+
+def tokenizer_texts(texts: Iterable[str] = (), registry=None) -> list[str]:
+    """``texts`` plus every format string of the registry's tasks (a prompt's frame, each
+    ``<TL label>`` + instruction word, each ``:WL label;``), so a tokenizer trained on them has
+    merges for the whole output format; ``registry`` defaults to the built-in tasks."""
+    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
+
+    out = list(texts)
+    for task in (registry or DEFAULT_REGISTRY).values():
+        out.append(build_prompt("", task))
+        out += [f"<{x}>{task.instruction}" for x in task.tl_labels]
+        out += [f":{x};" for x in task.wl_labels]
+    return out
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):

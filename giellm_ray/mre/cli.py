@@ -13,23 +13,25 @@ from __future__ import annotations
 
 import argparse
 
+from giellm_ray.errors import UserError
+
 
 def handle(args: argparse.Namespace) -> int:
-    from giellm_ray.mre import plan as P
+    from giellm_ray.mre import plan
     from giellm_ray.mre.report import markdown
     from giellm_ray.mre.runner import run_mre
 
     output = args.output or ("runs/mre-quick" if args.quick else None)
     if output is None:
-        raise ValueError("--output is required (a local directory or s3:// prefix)")
-    cfg = P.MreConfig(
+        raise UserError("--output is required (a local directory or s3:// prefix)")
+    cfg = plan.MreConfig(
         output=output, data=args.data, train_config=args.config,
         score_config=args.score_config, datasets=args.datasets,
         train_overrides=args.overrides or [], score_overrides=args.score_overrides or [],
         repeats=args.repeats, parallel=args.parallel, quick=args.quick,
         sample_train_rows=args.sample_train_rows, sample_test_rows=args.sample_test_rows)
     if cfg.quick:
-        print(P.QUICK_DISCLAIMER, flush=True)
+        print(plan.QUICK_DISCLAIMER, flush=True)
     mre = run_mre(cfg)
     print(markdown(mre))
     print(f"wrote {cfg.output.rstrip('/')}/mre.json, mre.md, mre.png in {mre['seconds']:.0f} s")

@@ -17,22 +17,22 @@ from dataclasses import dataclass
 from giellm_ray import io
 from giellm_ray.config import load_config
 from giellm_ray.configs import config_path
-from giellm_ray.mre import plan as P
+from giellm_ray.mre import plan
 
 log = logging.getLogger(__name__)
 
 
-def sample_mix(cfg: P.MreConfig, output: str) -> str:
+def sample_mix(cfg: plan.MreConfig, output: str) -> str:
     """Build (or reuse) a mix of the shipped sample in ``OUTPUT/data``; return its directory."""
     from giellm_ray.data.mix import build_mix
     from giellm_ray.sample import SIZES, sample_path
 
-    wanted = cfg.datasets or (list(P.QUICK_DATASETS) if cfg.quick else list(SIZES))
+    wanted = cfg.datasets or (list(plan.QUICK_DATASETS) if cfg.quick else list(SIZES))
     unknown = [d for d in wanted if d not in SIZES]
     if unknown:
         raise ValueError(f"the shipped sample has no {unknown}; it has {list(SIZES)}")
-    train_rows = cfg.sample_train_rows or (P.QUICK_TRAIN_ROWS if cfg.quick else None)
-    test_rows = cfg.sample_test_rows or (P.QUICK_TEST_ROWS if cfg.quick else None)
+    train_rows = cfg.sample_train_rows or (plan.QUICK_TRAIN_ROWS if cfg.quick else None)
+    test_rows = cfg.sample_test_rows or (plan.QUICK_TEST_ROWS if cfg.quick else None)
     sizes = {d: (train_rows or SIZES[d][0]) if d in wanted else 0 for d in SIZES}
     test_sizes = {d: (test_rows or SIZES[d][1]) if d in wanted else 0 for d in SIZES}
     mix = io.join(output, "data")
@@ -78,12 +78,12 @@ def share_tiny_base(train_configs: list, mix: str, output: str) -> None:
 class Job:
     """A planned run with its resolved configs."""
 
-    run: P.Run
+    run: plan.Run
     train: object  # TrainConfig
     score: object  # ScoreConfig
 
 
-def train_config_path(cfg: P.MreConfig) -> str:
+def train_config_path(cfg: plan.MreConfig) -> str:
     """The TrainConfig YAML every run uses; required unless ``--quick``."""
     if cfg.train_config:
         return cfg.train_config
@@ -93,21 +93,21 @@ def train_config_path(cfg: P.MreConfig) -> str:
                      "jobs/configs/train/giellm-13b-jp.yaml (--quick uses tiny-cpu.yaml)")
 
 
-def resolve_jobs(cfg: P.MreConfig, output: str, mix: str, runs: list[P.Run]) -> list[Job]:
+def resolve_jobs(cfg: plan.MreConfig, output: str, mix: str, runs: list[plan.Run]) -> list[Job]:
     """Every run's TrainConfig and ScoreConfig, validated up front (a typo fails before Ray)."""
     from giellm_ray.score.config import ScoreConfig
     from giellm_ray.train.config import TrainConfig
 
-    P.check_overrides(cfg.train_overrides, P.RESERVED_TRAIN, "--set")
-    P.check_overrides(cfg.score_overrides, P.RESERVED_SCORE, "--score-set")
+    plan.check_overrides(cfg.train_overrides, plan.RESERVED_TRAIN, "--set")
+    plan.check_overrides(cfg.score_overrides, plan.RESERVED_SCORE, "--score-set")
     train_path = train_config_path(cfg)
     base_train = [f"storage_path={json.dumps(io.join(output, 'runs'))}", "data.eval=null",
-                  *(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides]
+                  *(plan.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides]
     tasks = io.join(mix, "tasks.json")
     if io.exists(tasks):  # training's own evaluation uses the mix's task inventory too
         base_train.insert(0, f"tasks={json.dumps(tasks)}")
     base_score = [*([f"tasks={json.dumps(tasks)}"] if io.exists(tasks) else []),
-                  *(P.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]
+                  *(plan.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]
     jobs = []
     for run in runs:
         tcfg = load_config(TrainConfig, train_path, [*base_train, *run.train_overrides()])

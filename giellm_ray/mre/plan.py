@@ -39,6 +39,7 @@ from pydantic import Field
 
 from giellm_ray.config import StrictModel
 from giellm_ray.data.sink import safe_name
+from giellm_ray.errors import UserError
 from giellm_ray.metrics.report import DATASET_ORDER
 
 # Keys the plan sets per run; a user --set of one of them would break the comparison.
@@ -129,7 +130,7 @@ def check_overrides(overrides: list[str], reserved: tuple[str, ...], flag: str) 
     """Refuse user overrides of keys the plan sets per run (they would break the pairing)."""
     for assignment in overrides:
         if _key(assignment) in reserved:
-            raise ValueError(f"{flag} {assignment}: giellm mre sets {_key(assignment)} for each "
+            raise UserError(f"{flag} {assignment}: giellm mre sets {_key(assignment)} for each "
                              f"run itself (reserved: {', '.join(reserved)})")
 
 
@@ -140,17 +141,17 @@ def select_datasets(manifest: dict, requested: list[str] | None, mix_dir: str) -
     if requested:
         for name in requested:
             if name not in entries:
-                raise ValueError(f"dataset {name!r} is not in {mix_dir}/manifest.json; "
+                raise UserError(f"dataset {name!r} is not in {mix_dir}/manifest.json; "
                                  f"it has {sorted(entries)}")
             if name not in usable:
                 e = entries[name]
-                raise ValueError(f"dataset {name!r} has {e.get('train', 0)} training and "
+                raise UserError(f"dataset {name!r} has {e.get('train', 0)} training and "
                                  f"{e.get('test', 0)} test rows in {mix_dir}; both are needed")
         chosen = list(dict.fromkeys(requested))
     else:
         chosen = usable
     if not chosen:
-        raise ValueError(f"{mix_dir}: no dataset has both training and test rows "
+        raise UserError(f"{mix_dir}: no dataset has both training and test rows "
                          f"(manifest: {json.dumps(entries, ensure_ascii=False)})")
     order = {d: i for i, d in enumerate(DATASET_ORDER)}
     return sorted(chosen, key=lambda d: (order.get(d, len(order)), d))

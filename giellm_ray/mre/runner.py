@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from giellm_ray import io
 from giellm_ray.config import load_config
 from giellm_ray.configs import config_path
-from giellm_ray.mre import plan as P
+from giellm_ray.errors import UserError
+from giellm_ray.mre import plan
 from giellm_ray.mre.adapters import groups_by_base, is_lora, score_group
 from giellm_ray.mre.inputs import (
     Job,
@@ -37,7 +38,6 @@ from giellm_ray.mre.inputs import (
     train_config_path,
 )
 from giellm_ray.mre.report import build_mre, write_mre
-from giellm_ray.schema import DATASET, PREDICTION, TARGET
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,12 @@ def trained_export(tcfg) -> str | None:
     diff = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
     if diff:
         detail = "; ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in diff[:6])
-        raise ValueError(f"{export} was trained with another recipe ({detail}). Use another "
+        raise UserError(f"{export} was trained with another recipe ({detail}). Use another "
                          "--output, or delete that run to retrain it.")
     return export
 
 
-def _state_path(output: str, run: P.Run) -> str:
+def _state_path(output: str, run: plan.Run) -> str:
     return io.join(output, "state", f"{run.name}.json")
 
 
@@ -98,7 +98,7 @@ def _train(job: Job, output: str, label: str) -> tuple[str, str, float]:
             signal.signal(signal.SIGINT, previous)
     seconds = time.monotonic() - start
     if not result.export_dir:
-        raise ValueError(f"{job.run.name}: the train config has export: false; giellm mre "
+        raise UserError(f"{job.run.name}: the train config has export: false; giellm mre "
                          "scores the exported model")
     # A fresh model invalidates any earlier score of this run.
     io.write_text(_state_path(output, job.run), json.dumps(
@@ -133,16 +133,10 @@ def _score(job: Job, output: str, export: str, retrained: bool, label: str) -> t
 
 def scored_counts(scored: str, registry) -> tuple[list[str], dict]:
     """The scored Parquet files and their per-dataset counts (streamed, three columns)."""
-    from giellm_ray.metrics import count_rows, merge_counts
+    from giellm_ray.metrics import count_scored
 
     files = io.parquet_files(scored)
-    parts = []
-    for f in files:
-        for batch in io.iter_parquet_batches(f, columns=[DATASET, TARGET, PREDICTION]):
-            parts.append(count_rows([str(x) for x in batch.column(0).to_pylist()],
-                                    batch.column(1).to_pylist(), batch.column(2).to_pylist(),
-                                    registry))
-    return files, merge_counts(parts)
+    return files, count_scored(files, registry)
 
 
 def finish(job: Job, output: str, registry, label: str, export: str, train_status: str,
@@ -222,8 +216,8 @@ def _check_fit(jobs: list[Job], parallel: int) -> None:
     import ray
 
     t = jobs[0].train
-    need = P.training_footprint(t.num_workers, t.use_gpu, t.resources_per_worker)
-    fit = P.runs_that_fit(ray.cluster_resources(), need)
+    need = plan.training_footprint(t.num_workers, t.use_gpu, t.resources_per_worker)
+    fit = plan.runs_that_fit(ray.cluster_resources(), need)
     log.info("mre: %d runs, %d at a time; one training run reserves %s, the cluster has room "
              "for %d now", len(jobs), parallel, need, fit)
     if parallel > max(fit, 1):
@@ -231,19 +225,19 @@ def _check_fit(jobs: list[Job], parallel: int) -> None:
                     "for resources (an autoscaling cluster may add nodes)", parallel, fit)
 
 
-def _meta(cfg: P.MreConfig, mix: str, manifest: dict, datasets: list[str], gpu: bool) -> dict:
+def _meta(cfg: plan.MreConfig, mix: str, manifest: dict, datasets: list[str], gpu: bool) -> dict:
     """What ran, for the head of mre.json (configs by path plus the overrides applied)."""
     return {"title": "Mixed vs single-task training (MRE)", "quick": cfg.quick,
-            "disclaimer": P.QUICK_DISCLAIMER if cfg.quick else None, "mix": mix,
+            "disclaimer": plan.QUICK_DISCLAIMER if cfg.quick else None, "mix": mix,
             "mix_seed": manifest.get("seed"), "datasets_compared": datasets,
             "repeats": cfg.repeats, "train_config": train_config_path(cfg),
-            "train_overrides": [*(P.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides],
+            "train_overrides": [*(plan.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides],
             "score_config": cfg.score_config or config_path(
                 "score", "gpu.yaml" if gpu else "cpu.yaml"),
-            "score_overrides": [*(P.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]}
+            "score_overrides": [*(plan.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]}
 
 
-def run_mre(cfg: P.MreConfig) -> dict:
+def run_mre(cfg: plan.MreConfig) -> dict:
     """Run the comparison; return the ``mre.json`` object (also written to OUTPUT)."""
     from giellm_ray.deps import require
     from giellm_ray.formats import TaskRegistry
@@ -258,8 +252,8 @@ def run_mre(cfg: P.MreConfig) -> dict:
         raise FileNotFoundError(f"{manifest_path} not found: --data takes a directory written "
                                 "by `giellm data mix` (train.parquet, single/<dataset>/...)")
     manifest = json.loads(io.read_text(manifest_path))
-    datasets = P.select_datasets(manifest, cfg.datasets, mix)
-    runs = P.make_plan(mix, output, manifest, datasets, cfg.repeats)
+    datasets = plan.select_datasets(manifest, cfg.datasets, mix)
+    runs = plan.make_plan(mix, output, manifest, datasets, cfg.repeats)
     missing = [p for r in runs for p in (r.train, *r.test) if not io.exists(p)]
     if missing:
         raise FileNotFoundError(f"{mix} lacks {sorted(set(missing))}")

@@ -1,13 +1,7 @@
 """The OUTPUT layout of ``giellm score`` and the commit that swaps a new result in safely.
 
-Layout (documented in the README; ``_staging`` is the extension that makes resume possible)::
-
-    OUTPUT/*.parquet       the result (input columns + scored columns)
-    OUTPUT/_SUCCESS        JSON, written last: run_id, rows and the exact files of the result
-    OUTPUT/_score.json     summary (rows/s, engine statistics, resumed_rows, run_id)
-    OUTPUT/_config.yaml    the resolved ScoreConfig
-    OUTPUT/_metrics/       report, when the input has gold targets
-    OUTPUT/_staging/       only while a run is in progress or was interrupted (see resume.py)
+The layout (file names, staging) is :mod:`giellm_ray.score.layout`; this module swaps a new
+result in.
 
 **Reader contract.** OUTPUT holds a complete result exactly when ``_SUCCESS`` exists, and then
 ``OUTPUT/*.parquet`` is exactly the file list in ``_SUCCESS`` (it names them, so a reader may also
@@ -44,60 +38,23 @@ server-side: at an assumed ~100 MB/s per copy stream x 16 that is ~0.1 s of byte
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from giellm_ray.score.paths import Location
+from giellm_ray import io
+from giellm_ray.errors import UserError
+from giellm_ray.io import fs_exists, read_json, write_json
+from giellm_ray.score.layout import ScoreOutput
 
 log = logging.getLogger(__name__)
 
-SUCCESS = "_SUCCESS"
-STAGING = "_staging"
-JOURNAL = "commit.json"
-STAGED_DATA = "data"
-SCORE_JSON = "_score.json"
-CONFIG_YAML = "_config.yaml"
-METRICS_DIR = "_metrics"
 MANIFEST_FORMAT = "giellm-score/1"
 COPY_THREADS = 16
-
-
-def exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def read_json(fs: pafs.FileSystem, path: str) -> dict | None:
-    """A JSON object file; ``None`` if absent; ``{}`` if present but empty or not JSON."""
-    if not exists(fs, path):
-        return None
-    with fs.open_input_stream(path) as f:
-        data = f.read()
-    try:
-        value = json.loads(data) if data.strip() else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def write_json(out: Location, path: str, value: dict) -> None:
-    """Write atomically: a reader sees the old file, the new one, or none, never a torn one."""
-    data = json.dumps(value, ensure_ascii=False, indent=1).encode()
-    if not out.is_local:  # an S3 PUT is visible whole or not at all
-        with out.fs.open_output_stream(path) as f:
-            f.write(data)
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with out.fs.open_output_stream(tmp) as f:
-        f.write(data)
-    out.fs.move(tmp, path)
 
 
 @dataclass
@@ -119,15 +76,14 @@ class OutputState:
         return sorted(set(self.parquet) - self.owned())
 
 
-def inspect_output(out: Location) -> OutputState:
+def inspect_output(out: ScoreOutput) -> OutputState:
     fs = out.fs
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True))
              if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
-    return OutputState(read_json(fs, out.child(SUCCESS)),
-                       read_json(fs, out.child(STAGING, JOURNAL)), names)
+    return OutputState(read_json(fs, out.success), read_json(fs, out.journal), names)
 
 
-def check_output(out: Location, state: OutputState) -> None:
+def check_output(out: ScoreOutput, state: OutputState) -> None:
     """Refuse an OUTPUT holding Parquet files that no giellm manifest names (not ours to delete)."""
     stray = state.unowned()
     if not stray:
@@ -135,14 +91,14 @@ def check_output(out: Location, state: OutputState) -> None:
     why = ("its _SUCCESS is from an older giellm and names no files" if state.manifest == {}
            else "no giellm _SUCCESS or commit journal names them")
     shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
-    raise ValueError(f"output {out.uri} already holds {len(stray)} Parquet file(s) ({shown}) that "
+    raise UserError(f"output {out.uri} already holds {len(stray)} Parquet file(s) ({shown}) that "
                      f"this job did not provably write ({why}); move them away or choose another "
                      "--output")
 
 
-def staged_files(out: Location) -> list[dict]:
+def staged_files(out: ScoreOutput) -> list[dict]:
     """``{name, rows, bytes}`` of every staged part file (row counts from the footers)."""
-    base = out.child(STAGING, STAGED_DATA)
+    base = out.staged()
     infos = [i for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
              if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
 
@@ -153,69 +109,66 @@ def staged_files(out: Location) -> list[dict]:
     return sorted(parallel(out, describe, infos), key=lambda f: f["name"])
 
 
-def begin_commit(out: Location, run_id: str, files: list[dict], summary: dict,
+def begin_commit(out: ScoreOutput, run_id: str, files: list[dict], summary: dict,
                  old: dict | None) -> dict:
     """Write the journal (step 1); the staged result must already be complete."""
     journal = {"run_id": run_id, "new": files, "summary": summary,
                "old_files": [f["name"] for f in (old or {}).get("files", [])],
                "old_meta": list((old or {}).get("meta", []))}
-    write_json(out, out.child(STAGING, JOURNAL), journal)
+    write_json(out.fs, out.journal, journal, out.is_local)
     return journal
 
 
-def _place(out: Location, name: str) -> None:
-    src, dst = out.child(STAGING, STAGED_DATA, name), out.child(name)
+def _place(out: ScoreOutput, name: str) -> None:
+    src, dst = out.staged(name), out.result(name)
     if not out.is_local:
-        if exists(out.fs, src):  # S3 has no rename: server-side copy; the staging copy goes last
+        if fs_exists(out.fs, src):  # S3 has no rename: server-side copy; the staging copy goes last
             out.fs.copy_file(src, dst)
-        elif not exists(out.fs, dst):
+        elif not fs_exists(out.fs, dst):
             raise FileNotFoundError(f"staged file {src} is gone and {dst} was never written")
         return
-    if exists(out.fs, src):
+    if fs_exists(out.fs, src):
         out.fs.move(src, dst)
-    elif not exists(out.fs, dst):  # moved by an earlier, interrupted commit otherwise
+    elif not fs_exists(out.fs, dst):  # moved by an earlier, interrupted commit otherwise
         raise FileNotFoundError(f"staged file {src} is gone and {dst} was never written")
 
 
-def parallel(out: Location, fn, items: list) -> list:
+def parallel(out: ScoreOutput, fn, items: list) -> list:
     """``fn`` over ``items``: S3 requests in ``COPY_THREADS`` parallel streams, local in order."""
-    if out.is_local or len(items) < 2:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(COPY_THREADS) as pool:
-        return list(pool.map(fn, items))
+    return io.parallel(out.fs, fn, items, COPY_THREADS, out.is_local)
 
 
-def _delete_files(out: Location, names: list[str]) -> None:
+def _delete_files(out: ScoreOutput, names: list[str]) -> None:
     def delete(name: str) -> None:
-        if exists(out.fs, out.child(name)):
-            out.fs.delete_file(out.child(name))
+        if fs_exists(out.fs, out.result(name)):
+            out.fs.delete_file(out.result(name))
 
     parallel(out, delete, names)
 
 
-def _drop_empty_dir(out: Location, name: str) -> None:
+def _drop_empty_dir(out: ScoreOutput, path: str) -> None:
     """A local directory emptied by the deletes above (S3 has no empty directories)."""
-    if out.is_local and out.fs.get_file_info(out.child(name)).type == pafs.FileType.Directory \
-            and not out.fs.get_file_info(pafs.FileSelector(out.child(name))):
-        out.fs.delete_dir(out.child(name))
+    if out.is_local and out.fs.get_file_info(path).type == pafs.FileType.Directory \
+            and not out.fs.get_file_info(pafs.FileSelector(path)):
+        out.fs.delete_dir(path)
 
 
-def finish_commit(out: Location, journal: dict,
+def finish_commit(out: ScoreOutput, journal: dict,
                   write_meta: Callable[[list[str]], list[str]]) -> dict:
     """Steps 2-7. ``write_meta(new names)`` writes the metadata files, returns their names."""
     new = [f["name"] for f in journal["new"]]
-    if exists(out.fs, out.child(SUCCESS)):
-        out.fs.delete_file(out.child(SUCCESS))
+    if fs_exists(out.fs, out.success):
+        out.fs.delete_file(out.success)
     parallel(out, lambda name: _place(out, name), new)
     _delete_files(out, [n for n in journal["old_files"] if n not in new])
     meta = write_meta(new)
     _delete_files(out, [n for n in journal["old_meta"] if n not in meta])
-    _drop_empty_dir(out, METRICS_DIR)
+    _drop_empty_dir(out, out.metrics_dir)
     manifest = {"format": MANIFEST_FORMAT, "run_id": journal["run_id"],
                 "rows": sum(f["rows"] for f in journal["new"]), "files": journal["new"],
                 "meta": meta, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json(out, out.child(SUCCESS), manifest)
-    out.fs.delete_dir(out.child(STAGING))
+    write_json(out.fs, out.success, manifest, out.is_local)
+    out.fs.delete_dir(out.staging)
     log.info("score: committed %d rows in %d file(s) to %s", manifest["rows"], len(new), out.uri)
     return manifest
 
@@ -224,7 +177,7 @@ def _is_hex8(text: str) -> bool:
     return len(text) == 8 and all(c in "0123456789abcdef" for c in text)
 
 
-def remove_leftovers(out: Location) -> list[str]:
+def remove_leftovers(out: ScoreOutput) -> list[str]:
     """Delete what only a killed giellm leaves: ``OUTPUT/_giellm_probe-<8 hex>`` (a kill between
     the probe's write and delete) and ``OUTPUT.tmp-<8 hex>/`` (giellm's staging before resume)."""
     removed = []
@@ -245,6 +198,5 @@ def remove_leftovers(out: Location) -> list[str]:
     return removed
 
 
-__all__ = ["SUCCESS", "STAGING", "OutputState", "begin_commit", "check_output", "finish_commit",
-           "inspect_output", "parallel", "read_json", "remove_leftovers", "staged_files", "write_json",
-           "exists"]
+__all__ = ["OutputState", "begin_commit", "check_output", "finish_commit", "inspect_output",
+           "parallel", "remove_leftovers", "staged_files"]

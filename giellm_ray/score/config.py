@@ -31,7 +31,7 @@ class ScoreConfig(StrictModel):
     engine: Literal["hf", "vllm"] = "hf"
     """Generation engine: ``hf`` (our continuous-batching loop over a Hugging Face model: light,
     no vLLM needed) or ``vllm`` (vLLM's paged KV cache and CUDA graphs: the GPU engine, in
-    ``gpu.yaml``). Outputs, columns and errors are the same; see ``giellm_ray.score.pipeline``."""
+    ``gpu.yaml``). Outputs, columns and errors are the same; see ``giellm_ray.score.udf``."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     """HF engine batching, and the global ``max_new_tokens`` cap (both engines)."""
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)

@@ -39,16 +39,24 @@ import pyarrow.parquet as pq
 from giellm_ray import io
 from giellm_ray import schema as S
 from giellm_ray.config import dump_config
+from giellm_ray.errors import UserError
 from giellm_ray.formats import TaskRegistry
-from giellm_ray.score import commit as C
-from giellm_ray.score import resume as R
+from giellm_ray.io import fs_exists, read_json
+from giellm_ray.score import commit, resume
 from giellm_ray.score.config import ScoreConfig
+from giellm_ray.score.layout import (
+    CONFIG_YAML,
+    METRICS_DIR,
+    SCORE_JSON,
+    SUCCESS,
+    ScoreOutput,
+    locate_output,
+)
 from giellm_ray.score.paths import Location, check_disjoint, locate, probe_writable
-from giellm_ray.score.pipeline import scored_schema
 from giellm_ray.score.runlock import RunLock
+from giellm_ray.score.udf import scored_schema
 
 log = logging.getLogger(__name__)
-SUCCESS = C.SUCCESS
 
 
 @dataclass
@@ -59,21 +67,21 @@ class Plan:
     files: list[str]
     schema: pa.Schema
     total: int
-    out: Location
-    state: C.OutputState
+    out: ScoreOutput
+    state: commit.OutputState
 
 
 def _check_schema(f: str, sch: pa.Schema) -> None:
     names = set(sch.names)
     if S.DATASET not in names or not names & {S.TEXT, S.PROMPT}:
-        raise ValueError(f"{f}: need columns '{S.DATASET}' and '{S.TEXT}' (or '{S.PROMPT}'); "
+        raise UserError(f"{f}: need columns '{S.DATASET}' and '{S.TEXT}' (or '{S.PROMPT}'); "
                          f"found {sch.names}")
     for col in (S.DATASET, S.TEXT, S.PROMPT):
         if col in names and not str(sch.field(col).type).startswith(("string", "large_str")):
-            raise ValueError(f"{f}: column '{col}' must be string, is {sch.field(col).type}")
+            raise UserError(f"{f}: column '{col}' must be string, is {sch.field(col).type}")
     cap = sch.field(S.MAX_NEW_TOKENS) if S.MAX_NEW_TOKENS in names else None
     if cap is not None and not pa.types.is_integer(cap.type):
-        raise ValueError(f"{f}: column '{S.MAX_NEW_TOKENS}' (per-row cap) must be an "
+        raise UserError(f"{f}: column '{S.MAX_NEW_TOKENS}' (per-row cap) must be an "
                          f"integer type, is {cap.type}")
 
 
@@ -81,9 +89,9 @@ def check_inputs(cfg: ScoreConfig, inputs: list[Location] | None = None
                  ) -> tuple[pafs.FileSystem, list[str], pa.Schema, int]:
     """``(filesystem, files, schema, total rows)``; fails fast with a message a user can act on."""
     if not cfg.input:
-        raise ValueError("no input: pass --input PATH (Parquet file or directory)")
+        raise UserError("no input: pass --input PATH (Parquet file or directory)")
     if len({io.is_s3(p) for p in cfg.input}) > 1:
-        raise ValueError("inputs must be all local or all s3://")
+        raise UserError("inputs must be all local or all s3://")
     inputs = inputs or [locate(p, cfg.s3_endpoint_url) for p in cfg.input]
     files = sorted({f for loc in inputs for f in io.list_parquet(loc.fs, loc.path)})
     fs, first, total = inputs[0].fs, None, 0
@@ -91,28 +99,28 @@ def check_inputs(cfg: ScoreConfig, inputs: list[Location] | None = None
         try:
             meta = pq.ParquetFile(fs.open_input_file(f)).metadata
         except Exception as exc:
-            raise ValueError(f"{f}: cannot read as Parquet ({exc})") from None
+            raise UserError(f"{f}: cannot read as Parquet ({exc})") from None
         sch = meta.schema.to_arrow_schema()
         total += meta.num_rows
         if first is None:
             _check_schema(f, sch)
             first = sch
         elif not sch.equals(first):
-            raise ValueError(f"{f}: schema differs from {files[0]}:\n{sch}\nvs\n{first}")
+            raise UserError(f"{f}: schema differs from {files[0]}:\n{sch}\nvs\n{first}")
     return fs, files, first, total
 
 
 def prepare(cfg: ScoreConfig) -> Plan:
     """Step 1: every check that needs no Ray, in the order that leaves nothing behind on failure."""
     if not cfg.output:
-        raise ValueError("no output: pass --output PATH")
-    out = locate(cfg.output, cfg.s3_endpoint_url)
+        raise UserError("no output: pass --output PATH")
+    out = locate_output(cfg.output, cfg.s3_endpoint_url)
     inputs = [locate(p, cfg.s3_endpoint_url) for p in cfg.input]
     check_disjoint(inputs, out)
     fs_in, files, schema, total = check_inputs(cfg, inputs)
     probe_writable(out)
-    state = C.inspect_output(out)
-    C.check_output(out, state)
+    state = commit.inspect_output(out)
+    commit.check_output(out, state)
     return Plan(fs_in, files, schema, total, out, state)
 
 
@@ -124,7 +132,7 @@ def run_score(cfg: ScoreConfig) -> dict:
     lock = RunLock(plan.out)
     lock.acquire()
     try:
-        C.remove_leftovers(plan.out)
+        commit.remove_leftovers(plan.out)
         attempt = open_attempt(cfg, plan)
         journal = attempt.journal
         if journal is None:
@@ -133,42 +141,54 @@ def run_score(cfg: ScoreConfig) -> dict:
         else:
             log.info("score: finishing the interrupted commit of run %s", attempt.run_id)
         journal["summary"]["seconds"] = time.monotonic() - start
-        C.finish_commit(plan.out, journal,
+        commit.finish_commit(plan.out, journal,
                         lambda names: write_meta(cfg, plan, journal["summary"], names, registry))
     finally:
         lock.release()
     return journal["summary"]
 
 
-def open_attempt(cfg: ScoreConfig, plan: Plan) -> R.Attempt:
+def open_attempt(cfg: ScoreConfig, plan: Plan) -> resume.Attempt:
     """Step 3: resume the staged attempt or start one (see :mod:`giellm_ray.score.resume`)."""
-    fp = R.fingerprint(plan.fs_in, plan.files, cfg)
+    fp = resume.fingerprint(plan.fs_in, plan.files, cfg)
     committed = (plan.state.manifest or {}).get("run_id")
-    attempt = R.open_attempt(plan.out, fp, not cfg.resume, committed,
-                             lambda: R.choose_id_column(plan.fs_in, plan.files, plan.schema))
+    attempt = resume.open_attempt(
+        plan.out, fp, not cfg.resume, committed,
+        lambda: resume.choose_id_column(plan.fs_in, plan.files, plan.schema))
     if attempt.resumed:
-        log.info("score: resuming run %s from %s", attempt.run_id, plan.out.child(C.STAGING))
+        log.info("score: resuming run %s from %s", attempt.run_id, plan.out.staging)
     return attempt
 
 
-def score_missing(cfg: ScoreConfig, plan: Plan, attempt: R.Attempt, registry, lock) -> dict:
+def score_missing(cfg: ScoreConfig, plan: Plan, attempt: resume.Attempt, registry,
+                  lock) -> dict:
     """Step 4: score the rows not yet committed; the summary of this attempt."""
     start = time.monotonic()
-    R.recover(plan.out)
-    done = R.committed_ids(plan.out, attempt.id_column)
+    resume.recover(plan.out)
+    done = resume.committed_ids(plan.out, attempt.id_column)
     todo = plan.total - len(done)
     log.info("score: %d rows in %d file(s) -> %s (%d already staged, %d to score)",
              plan.total, len(plan.files), cfg.output, len(done), todo)
     totals: dict = {}
-    if todo > 0:
-        from giellm_ray.score.job import run_pipeline
+    if todo > 0:  # the only step that needs Ray: joined (or started) here, as the other stages do
+        from giellm_ray.ray_session import connect_ray
+        from giellm_ray.score.dataflow import run_dataflow
 
-        totals = run_pipeline(cfg, plan, attempt, done, todo, registry, lock)
+        started = connect_ray(cfg.ray_address)
+        try:
+            if started:
+                lock.record_children()  # what a SIGKILL of this process would leave running
+            totals = run_dataflow(cfg, plan, attempt, done, todo, registry)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
     seconds = time.monotonic() - start
     return summarize(attempt, plan.total, len(done), totals, seconds)
 
 
-def summarize(attempt: R.Attempt, total: int, resumed: int, totals: dict, seconds: float) -> dict:
+def summarize(attempt: resume.Attempt, total: int, resumed: int, totals: dict, seconds: float) -> dict:
     from giellm_ray.generation.base import EngineStats
 
     scored = totals.get("scored_rows", 0)
@@ -181,50 +201,40 @@ def summarize(attempt: R.Attempt, total: int, resumed: int, totals: dict, second
     }
 
 
-def stage_result(plan: Plan, attempt: R.Attempt, summary: dict) -> dict:
+def stage_result(plan: Plan, attempt: resume.Attempt, summary: dict) -> dict:
     """Step 5: every input row staged exactly once (checked), then the commit journal."""
     out = plan.out
-    if plan.total == 0 and not C.staged_files(out):
+    if plan.total == 0 and not commit.staged_files(out):
         schema = scored_schema(plan.schema)
-        if attempt.id_column == R.ROW_HASH:
-            schema = schema.append(pa.field(R.ROW_HASH, pa.uint64()))
-        out.fs.create_dir(out.child(C.STAGING, C.STAGED_DATA), recursive=True)
-        pq.write_table(schema.empty_table(), out.child(C.STAGING, C.STAGED_DATA,
-                       f"{attempt.run_id}-empty.parquet"), filesystem=out.fs)
-    files = C.staged_files(out)
+        if attempt.id_column == resume.ROW_HASH:
+            schema = schema.append(pa.field(resume.ROW_HASH, pa.uint64()))
+        out.fs.create_dir(out.staged(), recursive=True)
+        pq.write_table(schema.empty_table(), out.staged(f"{attempt.run_id}-empty.parquet"),
+                       filesystem=out.fs)
+    files = commit.staged_files(out)
     rows = sum(f["rows"] for f in files)
     if rows != plan.total:  # the contract; never expected
         raise RuntimeError(f"staged {rows} rows for {plan.total} input rows; "
-                           f"{out.child(C.STAGING)} is kept: re-run to resume, or --fresh")
+                           f"{out.staging} is kept: re-run to resume, or --fresh")
     summary.update(output_rows=rows, output_files=len(files),
-                   error_rows=_count_errors(out, [out.child(C.STAGING, C.STAGED_DATA, f["name"])
-                                                  for f in files]))
-    return C.begin_commit(out, attempt.run_id, files, summary, plan.state.manifest)
+                   error_rows=_count_errors(out, [out.staged(f["name"]) for f in files]))
+    return commit.begin_commit(out, attempt.run_id, files, summary, plan.state.manifest)
 
 
-def _count_errors(out: Location, paths: list[str]) -> int:
+def _count_errors(out: ScoreOutput, paths: list[str]) -> int:
     """Rows with an ``error`` over the whole result (resumed rows included): one column read."""
     def count(path: str) -> int:
         col = pq.read_table(out.fs.open_input_file(path), columns=[S.ERROR]).column(0)
         return len(col) - col.null_count
 
-    return sum(C.parallel(out, count, paths))
+    return sum(commit.parallel(out, count, paths))
 
 
 def compute_metrics(fs: pafs.FileSystem, files: list[str], registry) -> dict:
-    """Per-file counts from the written output (streamed, three columns), merged."""
-    from giellm_ray.metrics import count_rows, merge_counts
-    from giellm_ray.score.pipeline import decode_column
+    """Per-dataset counts of the written output (see :func:`giellm_ray.metrics.count_scored`)."""
+    from giellm_ray.metrics import count_scored
 
-    parts = []
-    for f in files:
-        pf = pq.ParquetFile(fs.open_input_file(f))
-        for batch in pf.iter_batches(columns=[S.DATASET, S.TARGET, S.PREDICTION]):
-            # Undecodable input bytes read as null (an unlabelled row), never as a crash.
-            ds, tgt, pred = (decode_column(batch.column(i), n)[0] for i, n in
-                             enumerate((S.DATASET, S.TARGET, S.PREDICTION)))
-            parts.append(count_rows([str(x) for x in ds], tgt, pred, registry))
-    return merge_counts(parts)
+    return count_scored(files, registry, fs)
 
 
 def _write_report(fs: pafs.FileSystem, files: list[str], report_dir: str,
@@ -239,45 +249,45 @@ def _write_report(fs: pafs.FileSystem, files: list[str], report_dir: str,
             with open(os.path.join(tmp, name), "rb") as src, \
                     fs.open_output_stream(f"{report_dir}/{name}") as dst:
                 dst.write(src.read())
-    return metrics, [f"{C.METRICS_DIR}/{n}" for n in sorted(names)]
+    return metrics, [f"{METRICS_DIR}/{n}" for n in sorted(names)]
 
 
 def write_meta(cfg: ScoreConfig, plan: Plan, summary: dict, names: list[str],
                registry) -> list[str]:
     """Commit step 5: ``_metrics/`` (gold targets only), ``_score.json``, ``_config.yaml``."""
-    out, meta = plan.out, [C.SCORE_JSON, C.CONFIG_YAML]
+    out, meta = plan.out, [SCORE_JSON, CONFIG_YAML]
     if cfg.metrics and S.TARGET in plan.schema.names:
-        counts = compute_metrics(out.fs, [out.child(n) for n in names], registry)
+        counts = compute_metrics(out.fs, [out.result(n) for n in names], registry)
         if any(c["n"] for c in counts.values()):
             summary["metrics"], written = _write_report(
-                out.fs, [out.child(n) for n in names], out.child(C.METRICS_DIR), registry)
+                out.fs, [out.result(n) for n in names], out.metrics_dir, registry)
             meta += written
         else:  # a target column of nulls (unlabelled data): nothing to score against
             log.info("score: no gold targets in the input; metrics skipped")
-    with out.fs.open_output_stream(out.child(C.SCORE_JSON)) as f:
+    with out.fs.open_output_stream(out.score_json) as f:
         f.write(json.dumps(summary, ensure_ascii=False, indent=2).encode())
-    dump_config(cfg, out.child(C.CONFIG_YAML), out.fs)
+    dump_config(cfg, out.config_yaml, out.fs)
     return meta
 
 
 def cleanup_output(cfg: ScoreConfig) -> dict:
     """``giellm score --cleanup``: end a killed run's processes, discard its staging; no scoring."""
     if not cfg.output:
-        raise ValueError("no output: pass --output PATH")
-    out = locate(cfg.output, cfg.s3_endpoint_url)
+        raise UserError("no output: pass --output PATH")
+    out = locate_output(cfg.output, cfg.s3_endpoint_url)
     killed = RunLock(out).clear_dead()
-    if C.read_json(out.fs, out.child(C.STAGING, C.JOURNAL)) is not None:
-        raise ValueError(f"a commit into {out.uri} was interrupted half-way; run the same "
+    if read_json(out.fs, out.journal) is not None:
+        raise UserError(f"a commit into {out.uri} was interrupted half-way; run the same "
                          "giellm score command again to finish it (cleanup would lose the result)")
-    staging = out.child(C.STAGING)
-    discarded = C.exists(out.fs, staging)
-    if discarded and C.read_json(out.fs, out.child(C.STAGING, R.ATTEMPT)) is None:
-        raise ValueError(f"{staging} holds no giellm attempt record; not ours to delete")
+    staging = out.staging
+    discarded = fs_exists(out.fs, staging)
+    if discarded and read_json(out.fs, out.attempt) is None:
+        raise UserError(f"{staging} holds no giellm attempt record; not ours to delete")
     if discarded:
         out.fs.delete_dir(staging)
     return {"output": out.uri, "ended_processes": killed,
             "discarded_staging": staging if discarded else None,
-            "removed": C.remove_leftovers(out)}
+            "removed": commit.remove_leftovers(out)}
 
 
 __all__ = ["SUCCESS", "check_inputs", "cleanup_output", "compute_metrics", "prepare",

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from giellm_ray import io
+from giellm_ray.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def canonical_s3(uri: str) -> str:
     rest = uri[len("s3://"):]
     bucket, _, key = rest.partition("/")
     if not bucket:
-        raise ValueError(f"{uri}: no bucket name")
+        raise UserError(f"{uri}: no bucket name")
     key = posixpath.normpath("/" + key).lstrip("/") if key else ""
     return bucket.lower() + ("/" + key if key else "")
 
@@ -105,10 +106,10 @@ def check_disjoint(inputs: list[Location], output: Location) -> None:
     """Refuse inputs and an output that overlap (see the module docstring for why both ways)."""
     for inp in inputs:
         if inside(inp, output):
-            raise ValueError(f"input {inp.uri} is the output directory {output.uri} or lies "
+            raise UserError(f"input {inp.uri} is the output directory {output.uri} or lies "
                              f"inside it (both resolve to {output.path}); choose another --output")
         if inside(output, inp):
-            raise ValueError(f"output {output.uri} lies inside the input {inp.uri} (resolved: "
+            raise UserError(f"output {output.uri} lies inside the input {inp.uri} (resolved: "
                              f"{output.path} in {inp.path}); a later run would read it as input")
 
 
@@ -123,10 +124,10 @@ def probe_writable(out: Location) -> None:
     try:
         info = out.fs.get_file_info(out.path)
         if info.type == pafs.FileType.File:
-            raise ValueError(f"output {out.uri} is a file, not a directory")
+            raise UserError(f"output {out.uri} is a file, not a directory")
         out.fs.create_dir(out.path, recursive=True)
         with out.fs.open_output_stream(probe) as f:
             f.write(b"giellm write probe\n")
         out.fs.delete_file(probe)
     except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"cannot write to output {out.uri}: {_first_line(exc)}") from None
+        raise UserError(f"cannot write to output {out.uri}: {_first_line(exc)}") from None

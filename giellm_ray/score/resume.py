@@ -54,13 +54,12 @@ from ray.data.checkpoint import CheckpointConfig
 from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
 
 from giellm_ray import schema as S
-from giellm_ray.score.commit import JOURNAL, STAGED_DATA, STAGING, exists, read_json, write_json
-from giellm_ray.score.paths import Location
+from giellm_ray.errors import UserError
+from giellm_ray.io import fs_exists, read_json, write_json
+from giellm_ray.score.layout import ScoreOutput
 
 log = logging.getLogger(__name__)
 
-ATTEMPT = "attempt.json"
-CHECKPOINT = "checkpoint"
 ROW_HASH = "row_hash"
 PENDING = ".pending.parquet"
 
@@ -129,55 +128,55 @@ def choose_id_column(fs: pafs.FileSystem, files: list[str], schema: pa.Schema) -
         log.info("score: the input's 'id' is not unique and non-null; rows are keyed by %s",
                  ROW_HASH)
     if ROW_HASH in schema.names:
-        raise ValueError(f"the input has a '{ROW_HASH}' column but no unique '{S.ID}': resume "
+        raise UserError(f"the input has a '{ROW_HASH}' column but no unique '{S.ID}': resume "
                          f"keys rows by a derived '{ROW_HASH}'; rename that column or pass "
                          "--set resume=false")
     return ROW_HASH
 
 
-def open_attempt(out: Location, fp: dict, fresh: bool, committed_run: str | None,
+def open_attempt(out: ScoreOutput, fp: dict, fresh: bool, committed_run: str | None,
                  pick_id_column) -> Attempt:
     """Continue the attempt in ``OUTPUT/_staging`` or start one (``fresh``: discard the old)."""
-    staging = out.child(STAGING)
-    rec = read_json(out.fs, out.child(STAGING, ATTEMPT))
-    if rec is None and exists(out.fs, staging) and \
+    staging = out.staging
+    rec = read_json(out.fs, out.attempt)
+    if rec is None and fs_exists(out.fs, staging) and \
             not out.fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
         out.fs.delete_dir(staging)  # killed between creating it and writing the record
-    elif rec is None and exists(out.fs, staging):
-        raise ValueError(f"{staging} exists but holds no giellm attempt record; it is not ours "
+    elif rec is None and fs_exists(out.fs, staging):
+        raise UserError(f"{staging} exists but holds no giellm attempt record; it is not ours "
                          "to use or delete: move it away")
     if rec is not None and (fresh or rec.get("run_id") == committed_run):
         # fresh: the user discards it. Same run as _SUCCESS: a committed run's leftover.
         out.fs.delete_dir(staging)
         rec = None
     if rec is not None and rec.get("fingerprint") != fp:
-        raise ValueError(f"{staging} holds an interrupted attempt over other input: "
+        raise UserError(f"{staging} holds an interrupted attempt over other input: "
                          f"{describe_change(rec.get('fingerprint') or {}, fp)}. Re-run with "
                          "--fresh to discard it and start over")
     if rec is not None:
         return Attempt(rec["run_id"], rec["id_column"], True,
-                       read_json(out.fs, out.child(STAGING, JOURNAL)))
+                       read_json(out.fs, out.journal))
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     id_column = pick_id_column()
     out.fs.create_dir(staging, recursive=True)
-    write_json(out, out.child(STAGING, ATTEMPT),
-               {"run_id": run_id, "id_column": id_column, "fingerprint": fp})
+    write_json(out.fs, out.attempt,
+               {"run_id": run_id, "id_column": id_column, "fingerprint": fp}, out.is_local)
     return Attempt(run_id, id_column, False)
 
 
-def recover(out: Location) -> None:
+def recover(out: ScoreOutput) -> None:
     """Finish or undo the checkpoint of every write task a kill interrupted (Ray's 2-phase rule).
 
     ``X.pending.parquet`` without ``X.parquet``: the part file may be torn, so every staged file
     named ``X*`` is deleted, then the pending file. With ``X.parquet`` (S3's copy-then-delete
     "rename" was cut): the part file is complete, only the pending file goes.
     """
-    base = out.child(STAGING, CHECKPOINT)
+    base = out.checkpoint
     infos = [i for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
              if i.type == pafs.FileType.File]
     names = {i.base_name for i in infos}
     pending = [i for i in infos if i.base_name.endswith(PENDING)]
-    data = out.fs.get_file_info(pafs.FileSelector(out.child(STAGING, STAGED_DATA),
+    data = out.fs.get_file_info(pafs.FileSelector(out.staged(),
                                                   allow_not_found=True))
     for info in pending:
         stem = info.base_name[:-len(PENDING)]
@@ -191,9 +190,9 @@ def recover(out: Location) -> None:
         log.info("score: undid %d interrupted part-file write(s)", len(pending))
 
 
-def committed_ids(out: Location, id_column: str) -> np.ndarray:
+def committed_ids(out: ScoreOutput, id_column: str) -> np.ndarray:
     """Sorted ids of the rows in committed part files (empty if none); call :func:`recover` first."""
-    base = out.child(STAGING, CHECKPOINT)
+    base = out.checkpoint
     tables = [pq.read_table(out.fs.open_input_file(i.path), columns=[id_column]).column(0)
               for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
               if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
@@ -231,8 +230,8 @@ class _NoFilter(IdColumnCheckpointManager):
         return None, 0
 
 
-def checkpoint_config(out: Location, id_column: str) -> CheckpointConfig:
+def checkpoint_config(out: ScoreOutput, id_column: str) -> CheckpointConfig:
     """Ray Data's write-side checkpointing into ``OUTPUT/_staging/checkpoint`` (see docstring)."""
-    return CheckpointConfig(id_column=id_column, checkpoint_path=out.child(STAGING, CHECKPOINT),
+    return CheckpointConfig(id_column=id_column, checkpoint_path=out.checkpoint,
                             delete_checkpoint_on_success=False, override_filesystem=out.fs,
                             checkpoint_manager_cls=_NoFilter)

@@ -25,6 +25,7 @@ import tempfile
 
 import psutil
 
+from giellm_ray.errors import UserError
 from giellm_ray.score.paths import Location
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class RunLock:
             return []
         driver = record.get("driver") or [0, 0.0]
         if _alive(*driver) and driver[0] != os.getpid():
-            raise ValueError(f"another giellm score (pid {driver[0]}) is writing to "
+            raise UserError(f"another giellm score (pid {driver[0]}) is writing to "
                              f"{record.get('output', self.output)}; wait for it or kill it first")
         killed = reap(record)
         if killed:

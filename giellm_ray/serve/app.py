@@ -20,6 +20,7 @@ from ray.serve import Application
 
 from giellm_ray import io
 from giellm_ray.config import load_config
+from giellm_ray.log import serve_log_level
 from giellm_ray.serve.config import ServeConfig
 from giellm_ray.serve.deployment import ExtractIngress, ExtractorFactory, ExtractorModel
 
@@ -66,6 +67,7 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None,
         "target_ongoing_requests": r.target_ongoing_requests,
     }
     data = cfg.model_dump(mode="json")
+    logging_config = {"log_level": serve_log_level()}  # giellm -q / -v reach the replicas
     model = ExtractorModel.options(
         ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
         autoscaling_config=autoscaling,
@@ -74,6 +76,7 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None,
         graceful_shutdown_timeout_s=r.graceful_shutdown_timeout_s,
         health_check_period_s=r.health_check_period_s,
         health_check_timeout_s=r.health_check_timeout_s,
+        logging_config=logging_config,
     ).bind(data, extractor_factory)
     ingress = ExtractIngress.options(
         num_replicas=cfg.ingress.num_replicas,
@@ -81,5 +84,6 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None,
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         graceful_shutdown_wait_loop_s=r.graceful_shutdown_wait_loop_s,
         graceful_shutdown_timeout_s=r.graceful_shutdown_timeout_s,
+        logging_config=logging_config,
     ).bind(data, model)
     return ingress

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from giellm_ray.errors import UserError
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -35,7 +37,7 @@ def resolve_config(args: argparse.Namespace):
                             ("http.port", args.port)])
     cfg = load_config(ServeConfig, args.config, [*args.overrides, *flags])
     if not args.model and not args.config:
-        raise ValueError("give --model PATH (or a --config whose model.name_or_path is set)")
+        raise UserError("give --model PATH (or a --config whose model.name_or_path is set)")
     return cfg
 
 

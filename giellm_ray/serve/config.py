@@ -1,6 +1,6 @@
 """Typed configuration of the online extraction service (``giellm serve``, ``serve run``).
 
-:class:`ServeConfig` gathers what the model replica loads (``model``, ``generation``, ``tasks_file``),
+:class:`ServeConfig` gathers what the model replica loads (``model``, ``generation``, ``tasks``),
 how requests are batched (``batching``: ``@serve.batch`` size and wait), how model replicas are
 sized and autoscaled (``replica``), the light HTTP ingress (``ingress``) and the HTTP limits
 (``http``). Load it with :func:`giellm_ray.config.load_config` from a YAML such as
@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from giellm_ray.config import StrictModel
+from giellm_ray.config import StrictModel, fold_renamed
 from giellm_ray.formats.tasks import TaskRegistry
 from giellm_ray.generation.config import GenerationConfig, VLLMConfig
 from giellm_ray.model.loader import ModelConfig
@@ -140,8 +140,9 @@ class ServeConfig(StrictModel):
     """vLLM engine settings (``engine: vllm``)."""
     constrained: bool = True
     """Constrain decoding to the task's output grammar (as bulk scoring does by default)."""
-    tasks_file: str | None = None
-    """``tasks.json`` (``TaskRegistry.to_dict``) written beside training data; ``None``: defaults."""
+    tasks: str | None = None
+    """``tasks.json`` (``TaskRegistry.to_dict``) written beside training data; ``None``: defaults.
+    Same key as ``ScoreConfig.tasks``; the old name ``tasks_file`` is still accepted."""
     model_name: str | None = None
     """Name reported in responses; ``None``: the last path component of ``model.name_or_path``."""
     app_name: str = "giellm"
@@ -150,6 +151,11 @@ class ServeConfig(StrictModel):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     replica: ReplicaConfig = Field(default_factory=ReplicaConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        return fold_renamed(data, "tasks_file", "tasks")
 
     @model_validator(mode="after")
     def _check_replicas(self) -> ServeConfig:
@@ -173,8 +179,8 @@ class ServeConfig(StrictModel):
         return max(2, 2 * b.max_batch_size)
 
     def registry(self) -> TaskRegistry:
-        """The task registry the service answers for: ``tasks_file`` if set, else the defaults."""
-        return TaskRegistry.load(self.tasks_file)
+        """The task registry the service answers for: ``tasks`` if set, else the defaults."""
+        return TaskRegistry.load(self.tasks)
 
     @property
     def served_model_name(self) -> str:

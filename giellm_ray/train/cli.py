@@ -11,10 +11,10 @@ log = logging.getLogger(__name__)
 
 
 def run(config_path: str | None, overrides: list[str], model: str | None = None) -> int:
-    """Load the config, check dependencies, connect to Ray, train, report the exported model."""
+    """Load the config, check dependencies, train (the driver joins or starts Ray), report the
+    exported model."""
     from giellm_ray.config import flag_overrides, load_config
     from giellm_ray.deps import require
-    from giellm_ray.ray_session import connect_ray
     from giellm_ray.train.config import TrainConfig
 
     cfg = load_config(TrainConfig, config_path,
@@ -22,7 +22,6 @@ def run(config_path: str | None, overrides: list[str], model: str | None = None)
     require("train")  # before Ray starts: a missing DeepSpeed is one line, not N worker crashes
     from giellm_ray.train.driver import run_training
 
-    connect_ray()
     result = run_training(cfg)
     log.info("last checkpoint: %s", result.checkpoint)
     if result.export_dir:

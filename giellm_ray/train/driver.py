@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from giellm_ray import io
 from giellm_ray.config import dump_config
+from giellm_ray.ray_session import connect_ray
 from giellm_ray.schema import DATASET, PROMPT, TARGET, TEXT
 from giellm_ray.train.checkpoints import check_trusted, read_state, remove_orphans, uri
 from giellm_ray.train.config import TrainConfig, WorkerConfig
@@ -145,6 +146,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                          "e.g. --set data.train=PATH)")
     resume = resume_checkpoint(cfg)  # before any work: an untrusted checkpoint is refused
     model_path = prepare_base_model(cfg)
+    connect_ray()  # after every check that needs no Ray (as run_score, start_service, run_mre)
     result = build_trainer(cfg, model_path, resume).fit()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error

@@ -9,7 +9,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.mark.timeout(420)

@@ -1,4 +1,4 @@
-"""``benchmarks/gpu_rehearsal.py``: ``--smoke`` runs every phase on CPU with a tiny model (slow,
+"""``python -m benchmarks.gpu_rehearsal``: ``--smoke`` runs every phase on CPU with a tiny model (slow,
 ~4 min on 2 cores); the real rehearsal (~1.1B model, one GPU) runs only where CUDA is.
 
 The script starts its own local Ray per phase (a private ``RAY_TMPDIR``), so neither test uses the
@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu_rehearsal.py"
 PHASES = ["device", "setup", "train_zero3", "train_zero2_kill", "resume_zero2", "export",
           "score_hf", "score_vllm", "serve", "summary"]
 
@@ -30,7 +29,8 @@ def _cuda() -> bool:
 
 def run_rehearsal(args: list[str], workdir: Path, timeout: float) -> tuple[subprocess.CompletedProcess,
                                                                             dict[str, dict]]:
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args, "--workdir", str(workdir)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_rehearsal", *args, "--workdir",
+                           str(workdir)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]

@@ -20,7 +20,7 @@ from giellm_ray.formats import TaskRegistry
 from giellm_ray.metrics import count_rows, merge_counts, ratios
 from giellm_ray.mre.plan import QUICK_DATASETS, QUICK_DISCLAIMER, QUICK_TEST_ROWS
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 LEVELS = {"tl": "tl_accuracy", "wl": "wl_accuracy", "all": "all_accuracy",
           "item_f1": "item_f1", "parse_fail": "parse_failure_rate"}

@@ -18,6 +18,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import take
 
 from giellm_ray import schema as S
 from giellm_ray.formats import render
@@ -121,6 +122,7 @@ def check_rows(rows_in: list[dict], rows_out: list[dict]) -> None:
     assert isinstance(good[S.PREDICTION], str) and good[S.NUM_GENERATED_TOKENS] >= 1
 
 
+@pytest.mark.slow  # an interrupted run and two re-runs; the S3 test below keeps one fast score
 @pytest.mark.timeout(300)
 def test_score_local_then_rerun_after_interruption(ray_cluster, tiny_model_dir,
                                                    stockmark_records, tmp_path):
@@ -215,12 +217,13 @@ def scored_by_id(out: str) -> dict:
             for r in read_output(out)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)  # ~2 min on a quiet 2-core machine; generous for a loaded one
 def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
                                                   stockmark_records, tmp_path):
     """SIGKILL the driver once some parts are committed; a changed input refuses to resume; the
     same command then ends with every row exactly once, resumed_rows > 0, equal to a clean run."""
-    recs = stockmark_records[:2000]
+    recs = take(stockmark_records, 2000)
     rows = [{S.ID: f"k{i}", S.DATASET: "SCNM", S.TEXT: r["text"]} for i, r in enumerate(recs)]
     inp, out, clean = tmp_path / "in", str(tmp_path / "out"), str(tmp_path / "clean")
     inp.mkdir()
@@ -262,6 +265,7 @@ def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
     assert not os.path.exists(RunLock(locate(out)).path)  # the killed run's record is gone too
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_an_inference_actor_killed_mid_job_loses_nothing(ray_cluster, tiny_model_dir,
                                                          stockmark_records, tmp_path):
@@ -270,7 +274,7 @@ def test_an_inference_actor_killed_mid_job_loses_nothing(ray_cluster, tiny_model
     import psutil
 
     rows = [{S.ID: f"a{i}", S.DATASET: "SCNM", S.TEXT: r["text"]}
-            for i, r in enumerate(stockmark_records[:1000])]
+            for i, r in enumerate(take(stockmark_records, 1000))]
     inp, out = tmp_path / "in", str(tmp_path / "out")
     inp.mkdir()
     write_input(rows, str(inp))
@@ -319,6 +323,7 @@ VLLM_SETS = {"engine": "vllm", "num_actors": 1, "vllm.enforce_eager": "true",
              "vllm.gpu_memory_utilization": 0.1, "vllm.max_num_seqs": 64}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # two vLLM start-ups (~20-40 s each) and ~2,000 constrained rows
 def test_vllm_score_killed_then_rerun_scores_every_row_once(ray_cluster, tiny_vllm_model_dir,
                                                             stockmark_records, tmp_path):
@@ -330,7 +335,7 @@ def test_vllm_score_killed_then_rerun_scores_every_row_once(ray_cluster, tiny_vl
 
     names = sorted(DEFAULT_REGISTRY)
     rows = [{S.ID: f"v{i}", S.DATASET: names[i % len(names)], S.TEXT: r["text"]}
-            for i, r in enumerate(stockmark_records[:2000])]
+            for i, r in enumerate(take(stockmark_records, 2000))]
     caps = {"v3": 20, "v10": 7, "v11": 1, "bad-cap-zero": 0, "bad-cap-negative": -3}
     rows += [{S.ID: k, **v} for k, v in BAD.items()]
     rows += [{S.ID: k, S.DATASET: "SCNM", S.TEXT: "東京都に本社を置く。"}

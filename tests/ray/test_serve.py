@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import take
 from ray import cloudpickle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ VLLM_SETS = ["engine=vllm", "constrained=false", "vllm.enforce_eager=true",
              "ingress.retry_timeout_s=180"]  # a replacement replica starts vLLM: ~30 s here
 
 
-@pytest.fixture(scope="module", params=["hf", "vllm"])
+@pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.slow)])
 def service(request, ray_cluster, tiny_model_dir, tiny_vllm_model_dir):
     from ray import serve
 
@@ -209,7 +210,7 @@ def test_hostile_requests_leave_concurrent_good_ones_untouched(service, stockmar
     from ray import serve
 
     cfg, client = service
-    texts = [r["text"] for r in stockmark_records[300:315]]
+    texts = [r["text"] for r in take(stockmark_records, 315)[300:]]
     fields = ("tl_label", "items", "raw_output", "error", "num_generated_tokens")
 
     def good_body(i: int) -> dict:
@@ -251,6 +252,7 @@ def test_hostile_requests_leave_concurrent_good_ones_untouched(service, stockmar
 
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("service", ["vllm"], indirect=True)
 def test_a_dead_vllm_engine_ends_its_replica_and_the_text_is_retried(service, stockmark_records):
@@ -263,7 +265,7 @@ def test_a_dead_vllm_engine_ends_its_replica_and_the_text_is_retried(service, st
     from ray import serve
 
     cfg, client = service
-    body = {"text": stockmark_records[500]["text"], "dataset": "SCNM"}
+    body = {"text": take(stockmark_records, 501)[500]["text"], "dataset": "SCNM"}
     before = client.post("/v1/extract", json=body)
     model = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
     pid = model.stats.remote().result(timeout_s=30)["pid"]

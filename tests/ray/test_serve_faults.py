@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "serve" / "giellm.yaml"
 CLIENTS = 8
 INTERNAL_WORDS = ("Traceback", "ActorDiedError", "RayActorError", "Exception")

@@ -20,7 +20,7 @@ from giellm_ray.sample import sample_path
 from giellm_ray.train.config import ExportConfig, TrainConfig
 from giellm_ray.train.driver import run_training
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BASE = [
     "epochs=3", "lr=1e-2", "per_device_batch_size=4", "num_workers=2", "log_every_steps=1",

@@ -61,20 +61,21 @@ def test_eval_on_perfect_predictions_is_one_everywhere(stockmark_records, tmp_pa
         rows.append({"id": x["curid"], "dataset": "SCNM", "target": t, "prediction": t})
     pred_dir = tmp_path / "preds"
     pred_dir.mkdir()
-    _write_predictions(pred_dir / "part-0.parquet", rows[:2000])
-    _write_predictions(pred_dir / "part-1.parquet", rows[2000:])
+    n, half = len(rows), len(rows) * 2 // 5  # two part files of different sizes
+    _write_predictions(pred_dir / "part-0.parquet", rows[:half])
+    _write_predictions(pred_dir / "part-1.parquet", rows[half:])
     out = tmp_path / "report"
     assert main(["eval", str(pred_dir), "--output", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     m = metrics["SCNM"]
-    assert m["n"] == 4821
+    assert m["n"] == n
     for key in ("tl_accuracy", "wl_accuracy", "all_accuracy", "item_f1"):
         assert m[key] == 1.0
     assert m["parse_failure_rate"] == 0.0
     assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| SCNM | 4821 | 100.00" in (out / "metrics.md").read_text()
+    assert f"| SCNM | {n} | 100.00" in (out / "metrics.md").read_text()
     rows_out = pq.read_table(out / "rows.parquet")
-    assert rows_out.num_rows == 4821 and all(rows_out.column("all_match").to_pylist())
+    assert rows_out.num_rows == n and all(rows_out.column("all_match").to_pylist())
 
 
 def test_eval_rows_parquet_explains_errors(tmp_path):

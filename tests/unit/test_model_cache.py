@@ -119,6 +119,7 @@ def model_on_s3(counting_s3, tmp_path_factory):
     return f"s3://{BUCKET}/{prefix}", keys, local
 
 
+@pytest.mark.slow  # six fresh interpreters importing torch at once: minutes on 2 shared cores
 def test_six_processes_download_once_and_load_the_same_weights(counting_s3, model_on_s3,
                                                                  tmp_path):
     endpoint, counts = counting_s3

@@ -15,7 +15,7 @@ import pytest
 from giellm_ray.config import dump_config, load_config
 from giellm_ray.configs import config_path
 from giellm_ray.metrics import empty_counts, ratios
-from giellm_ray.mre import plan as P
+from giellm_ray.mre import plan
 from giellm_ray.mre.inputs import resolve_jobs
 from giellm_ray.mre.report import build_mre, markdown, render_chart, summarize
 from giellm_ray.mre.runner import trained_export
@@ -31,18 +31,18 @@ MANIFEST = {"seed": 0, "datasets": {
 
 
 def test_datasets_default_to_those_with_train_and_test_rows_in_paper_order():
-    assert P.select_datasets(MANIFEST, None, "mix") == ["SCNM", "SCPOS:RW"]
-    assert P.select_datasets(MANIFEST, ["SCPOS:RW"], "mix") == ["SCPOS:RW"]
+    assert plan.select_datasets(MANIFEST, None, "mix") == ["SCNM", "SCPOS:RW"]
+    assert plan.select_datasets(MANIFEST, ["SCPOS:RW"], "mix") == ["SCPOS:RW"]
     with pytest.raises(ValueError, match=r"'NOPE' is not in mix/manifest.json; it has"):
-        P.select_datasets(MANIFEST, ["NOPE"], "mix")
+        plan.select_datasets(MANIFEST, ["NOPE"], "mix")
     with pytest.raises(ValueError, match="0 training and 30 test rows"):
-        P.select_datasets(MANIFEST, ["SCPOS:N"], "mix")
+        plan.select_datasets(MANIFEST, ["SCPOS:N"], "mix")
     with pytest.raises(ValueError, match="no dataset has both"):
-        P.select_datasets({"datasets": {}}, None, "mix")
+        plan.select_datasets({"datasets": {}}, None, "mix")
 
 
 def test_plan_pairs_each_single_run_with_the_mixed_run_on_the_same_rows():
-    runs = P.make_plan("s3://b/mix", "s3://b/out", MANIFEST, ["SCNM", "SCPOS:RW"], repeats=3)
+    runs = plan.make_plan("s3://b/mix", "s3://b/out", MANIFEST, ["SCNM", "SCPOS:RW"], repeats=3)
     assert [r.name for r in runs[:3]] == ["mixed-seed0", "single-SCNM-seed0",
                                           "single-SCPOS_RW-seed0"]
     assert len(runs) == 9 and [r.seed for r in runs] == [0] * 3 + [1] * 3 + [2] * 3
@@ -60,19 +60,19 @@ def test_plan_pairs_each_single_run_with_the_mixed_run_on_the_same_rows():
 
 
 def test_reserved_keys_and_resource_split():
-    P.check_overrides(["lr=2e-5", "data.max_length=512"], P.RESERVED_TRAIN, "--set")
+    plan.check_overrides(["lr=2e-5", "data.max_length=512"], plan.RESERVED_TRAIN, "--set")
     with pytest.raises(ValueError, match="sets data.train for each run"):
-        P.check_overrides(["data.train=x.parquet"], P.RESERVED_TRAIN, "--set")
+        plan.check_overrides(["data.train=x.parquet"], plan.RESERVED_TRAIN, "--set")
     with pytest.raises(ValueError, match="--score-set input="):
-        P.check_overrides(["input=[a]"], P.RESERVED_SCORE, "--score-set")
+        plan.check_overrides(["input=[a]"], plan.RESERVED_SCORE, "--score-set")
     # 13B recipe: 8 GPU workers with 8 CPUs each = one p4de node per run.
-    need = P.training_footprint(8, True, {"CPU": 8})
+    need = plan.training_footprint(8, True, {"CPU": 8})
     assert need == {"CPU": 64, "GPU": 8}
-    assert P.runs_that_fit({"CPU": 192 + 16, "GPU": 16}, need) == 2
-    assert P.runs_that_fit({"CPU": 16}, need) == 0  # GPU nodes not up yet
+    assert plan.runs_that_fit({"CPU": 192 + 16, "GPU": 16}, need) == 2
+    assert plan.runs_that_fit({"CPU": 16}, need) == 0  # GPU nodes not up yet
     # tiny-cpu on this 2-core box: 2 workers x 0.75 CPU -> one at a time.
-    assert P.runs_that_fit({"CPU": 2}, P.training_footprint(2, False, {"CPU": 0.75})) == 1
-    assert P.training_footprint(2, False, {}) == {"CPU": 2}
+    assert plan.runs_that_fit({"CPU": 2}, plan.training_footprint(2, False, {"CPU": 0.75})) == 1
+    assert plan.training_footprint(2, False, {}) == {"CPU": 2}
 
 
 def test_summarize_is_mean_and_sample_std():
@@ -134,11 +134,11 @@ def test_report_from_given_counts_pairs_deltas_by_seed():
 
 
 def test_quick_report_carries_the_disclaimer():
-    meta = {"quick": True, "disclaimer": P.QUICK_DISCLAIMER}
+    meta = {"quick": True, "disclaimer": plan.QUICK_DISCLAIMER}
     mre = build_mre(_records([8], [5]), ["SCNM"], meta)
     assert mre["datasets"]["SCNM"]["mixed"]["spread"]["tl"]["std"] is None
     table = markdown(mre)
-    assert P.QUICK_DISCLAIMER in table and "±" not in table.split("|---")[1]
+    assert plan.QUICK_DISCLAIMER in table and "±" not in table.split("|---")[1]
     assert "| SCNM | TL | 10 | 80.00 | 50.00 | +30.00 | – | – |" in table
 
 
@@ -147,16 +147,16 @@ def sample_mix_dir(tmp_path_factory):
     from giellm_ray.mre.inputs import sample_mix
 
     out = tmp_path_factory.mktemp("mre")
-    cfg = P.MreConfig(output=str(out), quick=True)
+    cfg = plan.MreConfig(output=str(out), quick=True)
     return str(out), sample_mix(cfg, str(out))
 
 
 def test_every_run_gets_one_recipe_and_only_its_own_data_name_and_seed(sample_mix_dir):
     out, mix = sample_mix_dir
     manifest = json.loads(Path(mix, "manifest.json").read_text())
-    assert {d for d, e in manifest["datasets"].items() if e["train"]} == set(P.QUICK_DATASETS)
-    runs = P.make_plan(mix, out, manifest, list(P.QUICK_DATASETS), repeats=2)
-    cfg = P.MreConfig(output=out, quick=True, train_overrides=["lr=5e-3"],
+    assert {d for d, e in manifest["datasets"].items() if e["train"]} == set(plan.QUICK_DATASETS)
+    runs = plan.make_plan(mix, out, manifest, list(plan.QUICK_DATASETS), repeats=2)
+    cfg = plan.MreConfig(output=out, quick=True, train_overrides=["lr=5e-3"],
                       score_overrides=["constrained=false"])
     jobs = resolve_jobs(cfg, out, mix, runs)
     dumps = [j.train.model_dump(mode="json") for j in jobs]
@@ -177,10 +177,10 @@ def test_every_run_gets_one_recipe_and_only_its_own_data_name_and_seed(sample_mi
     assert score.model.name_or_path == f"{out}/runs/single-SCNM-seed0/export"
     assert score.constrained is False and score.tasks == f"{mix}/tasks.json"
     with pytest.raises(ValueError, match="reserved"):
-        resolve_jobs(P.MreConfig(output=out, quick=True, train_overrides=["run_name=x"]),
+        resolve_jobs(plan.MreConfig(output=out, quick=True, train_overrides=["run_name=x"]),
                      out, mix, runs)
     with pytest.raises(ValueError, match="--config is required"):
-        resolve_jobs(P.MreConfig(output=out), out, mix, runs)
+        resolve_jobs(plan.MreConfig(output=out), out, mix, runs)
 
 
 def test_an_export_with_another_recipe_is_an_error_not_a_reuse(tmp_path):
@@ -209,12 +209,12 @@ def test_inputs_and_configs_on_s3(s3_server):
     from giellm_ray.mre.inputs import sample_mix, share_tiny_base
 
     out = "s3://giellm-test/mre-unit"
-    cfg = P.MreConfig(output=out, quick=True)
+    cfg = plan.MreConfig(output=out, quick=True)
     mix = sample_mix(cfg, out)
     assert mix == f"{out}/data" and io.exists(f"{mix}/single/SCNM/test.parquet")
     assert sample_mix(cfg, out) == mix  # reused, not rebuilt
     manifest = json.loads(io.read_text(f"{mix}/manifest.json"))
-    runs = P.make_plan(mix, out, manifest, P.select_datasets(manifest, None, mix), 1)
+    runs = plan.make_plan(mix, out, manifest, plan.select_datasets(manifest, None, mix), 1)
     jobs = resolve_jobs(cfg, out, mix, runs)
     assert jobs[0].train.storage_path == f"{out}/runs"
     assert jobs[2].score.output == f"{out}/scored/single-SCPOS_RW-seed0"

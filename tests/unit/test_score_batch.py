@@ -9,7 +9,7 @@ import pytest
 
 from giellm_ray import schema as S
 from giellm_ray.score.config import ScoreConfig
-from giellm_ray.score.pipeline import ScoreBatch, decode_column, extract_isolated
+from giellm_ray.score.udf import ScoreBatch, decode_column, extract_isolated
 
 
 @pytest.fixture(scope="module")

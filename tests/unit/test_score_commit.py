@@ -17,10 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from giellm_ray import schema as S
-from giellm_ray.score import commit as C
+from giellm_ray.io import fs_exists, read_json
+from giellm_ray.score import commit
 from giellm_ray.score.config import ScoreConfig
 from giellm_ray.score.driver import run_score
-from giellm_ray.score.paths import Location, locate
+from giellm_ray.score.layout import SCORE_JSON, STAGING, SUCCESS, ScoreOutput, locate_output
 
 MUTATING = ("create_dir", "delete_dir", "delete_dir_contents", "delete_file", "move",
             "copy_file", "open_output_stream", "open_append_stream")
@@ -91,33 +92,33 @@ def ids_table(ids: list[str]) -> pa.Table:
     return pa.table({S.ID: ids, S.ERROR: pa.nulls(len(ids), pa.string())})
 
 
-def stage(out: Location, parts: dict[str, list[str]]) -> None:
-    base = out.child(C.STAGING, C.STAGED_DATA)
+def stage(out: ScoreOutput, parts: dict[str, list[str]]) -> None:
+    base = out.staged()
     out.fs.create_dir(base, recursive=True)
     for name, ids in parts.items():
         pq.write_table(ids_table(ids), f"{base}/{name}", filesystem=out.fs)
 
 
-def meta_writer(out: Location, run_id: str):
+def meta_writer(out: ScoreOutput, run_id: str):
     def write(names: list[str]) -> list[str]:
-        with out.fs.open_output_stream(out.child(C.SCORE_JSON)) as f:
+        with out.fs.open_output_stream(out.score_json) as f:
             f.write(json.dumps({"run_id": run_id, "files": names}).encode())
-        return [C.SCORE_JSON]
+        return [SCORE_JSON]
     return write
 
 
-def commit_all(out: Location, run_id: str) -> dict:
+def commit_all(out: ScoreOutput, run_id: str) -> dict:
     """What run_score does once every row is staged: journal (unless one exists), then finish."""
-    journal = C.read_json(out.fs, out.child(C.STAGING, C.JOURNAL))
+    journal = read_json(out.fs, out.journal)
     if journal is None:
-        journal = C.begin_commit(out, run_id, C.staged_files(out), {},
-                                 C.read_json(out.fs, out.child(C.SUCCESS)))
-    return C.finish_commit(out, journal, meta_writer(out, journal["run_id"]))
+        journal = commit.begin_commit(out, run_id, commit.staged_files(out), {},
+                                 read_json(out.fs, out.success))
+    return commit.finish_commit(out, journal, meta_writer(out, journal["run_id"]))
 
 
-def reader_view(out: Location) -> list[str] | None:
+def reader_view(out: ScoreOutput) -> list[str] | None:
     """What a reader trusting ``_SUCCESS`` sees: the sorted ids, or None (no complete result)."""
-    manifest = C.read_json(out.fs, out.child(C.SUCCESS))
+    manifest = read_json(out.fs, out.success)
     if manifest is None:
         return None
     present = {i.base_name for i in out.fs.get_file_info(pafs.FileSelector(out.path))
@@ -131,19 +132,19 @@ OLD = {"old-a.parquet": ["o0", "o1", "o2"], "old-b.parquet": ["o3", "o4", "o5"]}
 NEW = {"new-a.parquet": ["n0", "n1"], "new-b.parquet": ["n2", "n3"], "new-c.parquet": ["n4"]}
 
 
-def fresh_state(out: Location) -> None:
+def fresh_state(out: ScoreOutput) -> None:
     """OUTPUT holding the committed OLD result and a completely staged NEW one."""
-    if C.exists(out.fs, out.path):
+    if fs_exists(out.fs, out.path):
         out.fs.delete_dir(out.path)
     stage(out, OLD)
     commit_all(out, "old-run")
     stage(out, NEW)
 
 
-def _location(kind: str, tmp_path, s3_endpoint) -> Location:
+def _location(kind: str, tmp_path, s3_endpoint) -> ScoreOutput:
     if kind == "local":
-        return locate(str(tmp_path / "out"))
-    return locate(f"s3://giellm-test/commit-{os.getpid()}-{tmp_path.name}", s3_endpoint)
+        return locate_output(str(tmp_path / "out"))
+    return locate_output(f"s3://giellm-test/commit-{os.getpid()}-{tmp_path.name}", s3_endpoint)
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -151,13 +152,13 @@ def test_commit_survives_a_fault_at_every_step(kind, tmp_path, request):
     out = _location(kind, tmp_path, request.getfixturevalue("s3_server") if kind == "s3" else None)
     counting = FaultyHandler(out.fs, None)
     fresh_state(out)
-    commit_all(Location(out.uri, pafs.PyFileSystem(counting), out.path, out.store), "new-run")
+    commit_all(ScoreOutput(out.uri, pafs.PyFileSystem(counting), out.path, out.store), "new-run")
     old_ids, new_ids = (sorted(i for v in p.values() for i in v) for p in (OLD, NEW))
     assert reader_view(out) == new_ids
     assert counting.calls >= 8
     for k in range(1, counting.calls + 1):
         fresh_state(out)
-        faulty = Location(out.uri, pafs.PyFileSystem(FaultyHandler(out.fs, k)), out.path,
+        faulty = ScoreOutput(out.uri, pafs.PyFileSystem(FaultyHandler(out.fs, k)), out.path,
                           out.store)
         with pytest.raises(OSError, match="injected fault"):
             commit_all(faulty, "new-run")
@@ -165,13 +166,13 @@ def test_commit_survives_a_fault_at_every_step(kind, tmp_path, request):
         assert seen in (None, old_ids, new_ids), (k, seen)
         commit_all(out, "new-run")  # the re-run
         assert reader_view(out) == new_ids, k
-        assert not C.exists(out.fs, out.child(C.STAGING)), k
-        assert json.loads(out.fs.open_input_stream(out.child(C.SCORE_JSON)).read())[
+        assert not fs_exists(out.fs, out.staging), k
+        assert json.loads(out.fs.open_input_stream(out.score_json).read())[
             "run_id"] == "new-run"
 
 
 def test_zero_row_input_replaces_a_result_with_a_valid_empty_one(tmp_path, tiny_model_dir):
-    out = locate(str(tmp_path / "out"))
+    out = locate_output(str(tmp_path / "out"))
     stage(out, OLD)
     commit_all(out, "old-run")
     (tmp_path / "out" / "_metrics").mkdir()
@@ -182,27 +183,27 @@ def test_zero_row_input_replaces_a_result_with_a_valid_empty_one(tmp_path, tiny_
     cfg.model.name_or_path = tiny_model_dir
     summary = run_score(cfg)  # no rows: no Ray, no model
     assert summary["input_rows"] == summary["output_rows"] == 0
-    manifest = json.loads((tmp_path / "out" / C.SUCCESS).read_text())
+    manifest = json.loads((tmp_path / "out" / SUCCESS).read_text())
     assert manifest["rows"] == 0 and len(manifest["files"]) == 1
     files = sorted(p for p in os.listdir(tmp_path / "out") if p.endswith(".parquet"))
     assert files == [manifest["files"][0]["name"]]  # the old files are gone
     table = pq.read_table(tmp_path / "out" / files[0])
     assert table.num_rows == 0
     assert {S.ID, S.TEXT, S.PREDICTION, S.ERROR, S.PRED_ITEMS} <= set(table.column_names)
-    score = json.loads((tmp_path / "out" / C.SCORE_JSON).read_text())
+    score = json.loads((tmp_path / "out" / SCORE_JSON).read_text())
     assert score["output_rows"] == 0 and score["run_id"] == manifest["run_id"]
-    assert not (tmp_path / "out" / C.STAGING).exists()
+    assert not (tmp_path / "out" / STAGING).exists()
 
 
 def test_parquet_files_no_manifest_names_are_refused_and_kept(tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     out.mkdir()
     pq.write_table(ids_table(["x"]), out / "theirs.parquet")
-    (out / C.SUCCESS).write_text("")  # an older giellm's empty marker names no files
+    (out / SUCCESS).write_text("")  # an older giellm's empty marker names no files
     inp = tmp_path / "in"
     inp.mkdir()
     pq.write_table(S.DATASET_SCHEMA.empty_table(), inp / "empty.parquet")
     cfg = ScoreConfig(input=[str(inp)], output=str(out), progress_interval_s=0)
     with pytest.raises(ValueError, match="theirs.parquet.*did not provably write"):
         run_score(cfg)
-    assert sorted(os.listdir(out)) == [C.SUCCESS, "theirs.parquet"]
+    assert sorted(os.listdir(out)) == [SUCCESS, "theirs.parquet"]

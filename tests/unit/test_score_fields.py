@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from giellm_ray import schema as S
 from giellm_ray.generation.base import GenerationResult
 from giellm_ray.generation.extractor import finish_row
-from giellm_ray.score.pipeline import append_scored
+from giellm_ray.score.udf import append_scored
 from giellm_ray.serve.api import ExtractRequest, Item, to_response
 
 ITEM = {"label": "人名", "span": "山田", "tail": None, "start": 0, "end": 2, "tail_start": None,

@@ -21,9 +21,12 @@ def test_vllm_defaults_resolve_per_device():
     cpu = VLLMConfig().engine_kwargs("auto", on_gpu=False)
     assert cpu["dtype"] == "float32" and cpu["gpu_memory_utilization"] == 0.10
     assert cpu["enforce_eager"] is True
-    own = VLLMConfig(dtype="auto", max_model_len=2048, enforce_eager=True).engine_kwargs(
+    own = VLLMConfig(dtype="float16", max_model_len=2048, enforce_eager=True).engine_kwargs(
         "bfloat16", on_gpu=True)
-    assert own["dtype"] == "auto" and own["max_model_len"] == 2048 and own["enforce_eager"]
+    assert own["dtype"] == "float16" and own["max_model_len"] == 2048 and own["enforce_eager"]
+    # vllm.dtype: auto means what model.dtype: auto means (bf16 on CUDA, fp32 on CPU)
+    for on_gpu, want in ((True, "bfloat16"), (False, "float32")):
+        assert VLLMConfig(dtype="auto").engine_kwargs("float16", on_gpu=on_gpu)["dtype"] == want
     assert VLLMConfig().engine_kwargs("float16", on_gpu=True)["dtype"] == "float16"
 
 

@@ -25,6 +25,8 @@ from giellm_ray.generation.vllm_processor import CONSTRAINT_FAILED, FormatLogits
 from giellm_ray.metrics import format_validity
 from giellm_ray.model.loader import ModelConfig
 
+pytestmark = pytest.mark.slow  # starts a vLLM engine (~20-40 s here)
+
 DATASETS = sorted(DEFAULT_REGISTRY)
 BOOM = "爆発"  # a text holding it gets a constraint that raises after 3 tokens (in the engine core)
 GEN = GenerationConfig(max_new_tokens=48)

@@ -1,6 +1,7 @@
-"""The Ray Data half of ``giellm score``: join or start Ray, stream the missing rows, stage them.
+"""The Ray Data half of ``giellm score``: stream the missing rows through the actors, stage them.
 
-:func:`run_pipeline` is step 4 of :mod:`giellm_ray.score.driver` (the only step that needs Ray).
+:func:`run_dataflow` is step 4 of :mod:`giellm_ray.score.driver` (the only step that needs Ray;
+the driver joins or starts it).
 The plan is read -> drop rows already committed (a plain function fused into the read tasks,
 :func:`giellm_ray.score.resume.drop_done`) -> streaming repartition ->
 ``map_batches(ScoreBatch, ActorPoolStrategy)`` -> ``write_parquet`` into
@@ -25,11 +26,9 @@ import logging
 import numpy as np
 
 from giellm_ray.log import is_quiet, quiet_ray_data_console
-from giellm_ray.ray_session import connect_ray
-from giellm_ray.score import resume as R
-from giellm_ray.score.commit import STAGED_DATA, STAGING
-from giellm_ray.score.pipeline import ScoreBatch
+from giellm_ray.score import resume
 from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
+from giellm_ray.score.udf import ScoreBatch
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +45,16 @@ def actor_pool(cfg):
                                 enable_true_multi_threading=True)
 
 
-def build_dataset(cfg, plan, attempt: R.Attempt, done: np.ndarray, registry, counter):
+def build_dataset(cfg, plan, attempt: resume.Attempt, done: np.ndarray, registry, counter):
     """The lazy Dataset of scored rows still missing from the staging directory."""
     import ray
     import ray.data as rd
 
     ds = rd.read_parquet(plan.files, filesystem=plan.fs_in,
-                         include_row_hash=attempt.id_column == R.ROW_HASH)
+                         include_row_hash=attempt.id_column == resume.ROW_HASH)
     if len(done):
         # One copy per node in the object store; numeric/fixed-width arrays map zero-copy.
-        ds = ds.map_batches(R.drop_done, fn_args=(ray.put(done), attempt.id_column),
+        ds = ds.map_batches(resume.drop_done, fn_args=(ray.put(done), attempt.id_column),
                             batch_format="pyarrow", batch_size=None)
     return (
         ds.repartition(target_num_rows_per_block=cfg.rows_per_block)
@@ -71,15 +70,13 @@ def build_dataset(cfg, plan, attempt: R.Attempt, done: np.ndarray, registry, cou
     )
 
 
-def run_pipeline(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, registry,
-                 lock) -> dict:
-    """Score the ``todo`` missing rows into the staging directory; the actors' summed counters."""
+def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int,
+                 registry) -> dict:
+    """Score the ``todo`` missing rows into the staging directory; the actors' summed counters.
+    Ray is already joined or started (by the driver)."""
     import ray
     import ray.data as rd
 
-    started = connect_ray(cfg.ray_address)
-    if started:
-        lock.record_children()  # what a SIGKILL of this process would leave running
     quiet_ray_data_console()
     ctx = rd.DataContext.get_current()
     saved = ctx.checkpoint_config
@@ -90,13 +87,13 @@ def run_pipeline(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, reg
         # of process start-up on a small machine before the first row. We already read every
         # footer in check_inputs, so the V1 reader (plain read tasks) loses nothing here.
         ctx.use_datasource_v2 = cfg.parquet_reader_v2
-        ctx.checkpoint_config = R.checkpoint_config(plan.out, attempt.id_column)
+        ctx.checkpoint_config = resume.checkpoint_config(plan.out, attempt.id_column)
         counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
         printer = ProgressPrinter(counter, todo, cfg.progress_interval_s, already=len(done))
         if cfg.progress_interval_s > 0:
             printer.start()
         ds = build_dataset(cfg, plan, attempt, done, registry, counter)
-        ds.write_parquet(plan.out.child(STAGING, STAGED_DATA), filesystem=plan.out.fs,
+        ds.write_parquet(plan.out.staged(), filesystem=plan.out.fs,
                          min_rows_per_file=cfg.rows_per_file)
         totals = ray.get(counter.get.remote())
         log.info("%s", printer.line(totals))
@@ -105,8 +102,6 @@ def run_pipeline(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, reg
         if printer is not None:
             printer.stop()
         ctx.checkpoint_config = saved
-        if started:
-            ray.shutdown()
 
 
-__all__ = ["build_dataset", "run_pipeline"]
+__all__ = ["build_dataset", "run_dataflow"]

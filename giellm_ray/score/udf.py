@@ -18,7 +18,7 @@ input row gives exactly one output row and **a bad row only ever harms itself**:
 The engine-specific part is ``self.extractor`` (``build_extractor``: ``engine: hf | vllm``);
 decoding, isolation, the output shape and the resume/commit machinery downstream are
 engine-agnostic. With vLLM the actor is threaded (``batches_in_flight`` calls at once, see
-:mod:`giellm_ray.score.job`): each thread hands its batch to the actor's one
+:mod:`giellm_ray.score.dataflow`): each thread hands its batch to the actor's one
 :class:`~giellm_ray.generation.vllm_engine.VLLMEngine` and blocks; the engine decodes the rows of
 all of them as one continuous batch. A dead vLLM engine (``EngineDeadError``: it cannot recover)
 makes the actor exit, so Ray restarts it with a fresh engine and retries its batches; raising
@@ -53,6 +53,7 @@ import pyarrow as pa
 
 from giellm_ray import schema as S
 from giellm_ray.generation.extractor import empty_output
+from giellm_ray.io import decode_column
 from giellm_ray.score.config import ScoreConfig
 
 log = logging.getLogger(__name__)
@@ -74,40 +75,6 @@ def append_scored(batch: pa.Table, outputs: list[dict]) -> pa.Table:
         table = table.append_column(
             field, pa.array([o[field.name] for o in outputs], type=field.type))
     return table
-
-
-def _decode_bytes(value: bytes | None, name: str) -> tuple[str | None, str | None]:
-    if value is None:
-        return None, None
-    try:
-        return value.decode("utf-8"), None
-    except UnicodeDecodeError as exc:
-        bad = value[exc.start:exc.start + 4]
-        return None, f"column '{name}' is not valid UTF-8 (byte {exc.start}: {bad!r})"
-
-
-def decode_column(col: pa.Array | pa.ChunkedArray, name: str) -> tuple[list, dict[int, str]]:
-    """Python values of ``col`` and ``{row: error}`` for the values that would not decode."""
-    try:
-        return col.to_pylist(), {}
-    except Exception:  # noqa: BLE001 - any decode failure: fall back to one value at a time
-        pass
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        values, errors = [], {}
-        for i, raw in enumerate(col.cast(pa.large_binary()).to_pylist()):
-            value, error = _decode_bytes(raw, name)
-            values.append(value)
-            if error:
-                errors[i] = error
-        return values, errors
-    values, errors = [], {}
-    for i in range(len(col)):
-        try:
-            values.append(col[i].as_py())
-        except Exception as exc:  # noqa: BLE001
-            values.append(None)
-            errors[i] = f"column '{name}' cannot be read: {type(exc).__name__}: {exc}"
-    return values, errors
 
 
 def decode_rows(batch: pa.Table, columns: Sequence[str]) -> tuple[list[dict], dict[int, str]]:

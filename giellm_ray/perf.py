@@ -1,4 +1,6 @@
-"""Datasheet peaks by GPU name, for MFU and decode rooflines in the GPU benchmarks.
+"""Performance arithmetic: datasheet peaks by GPU name, MFU, the decode roofline, Llama sizes.
+
+Used by the GPU benchmarks (``benchmarks/gpu_*.py``) and tested without a GPU; pure (no torch).
 
 ``lookup(torch.cuda.get_device_name())`` returns the dense BF16 tensor-core peak (TFLOP/s, no 2:4
 sparsity), the memory bandwidth (TB/s) and the memory size of the first matching entry, or
@@ -61,6 +63,19 @@ def mfu(flops_per_token: float, tokens_per_s: float, device_name: str) -> float 
     return flops_per_token * tokens_per_s / (spec.bf16_dense_tflops * 1e12)
 
 
+def llama_params(hidden: int, mlp: int, layers: int, vocab: int, tied: bool = False) -> int:
+    """Parameters of a Llama without grouped KV heads: per layer 4 attention projections, 3 MLP
+    matrices and 2 norms; the embedding (and, untied, the LM head); the final norm."""
+    per_layer = 4 * hidden * hidden + 3 * hidden * mlp + 2 * hidden
+    return layers * per_layer + (1 if tied else 2) * vocab * hidden + hidden
+
+
+ONE_B_LLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 20,
+               "num_attention_heads": 16}
+"""The ~1.03B random-init Llama ``benchmarks/gpu_score.py`` builds (16 heads of 128, no grouped
+KV; with an 8,000-token vocabulary and untied embeddings)."""
+
+
 def decode_roofline_tokens_per_s(weight_bytes: float, batch: float, device_name: str) -> float | None:
     """Decode tokens/s if every step only streamed the weights once from HBM (KV reads ignored):
     ``batch x bandwidth / weight_bytes``. ``None`` for an unknown device."""
@@ -68,3 +83,19 @@ def decode_roofline_tokens_per_s(weight_bytes: float, batch: float, device_name:
     if spec is None or weight_bytes <= 0:
         return None
     return batch * spec.hbm_tb_s * 1e12 / weight_bytes
+
+
+def roofline(tok_s: float, batch: float | None, weight_bytes: int, device: str) -> dict:
+    """The HBM roofline of decode at ``batch`` rows per step and the measured fraction of it,
+    as fields of a benchmark's JSON line."""
+    if not batch:
+        return {"roofline_note": "engine reported no decode batch"}
+    roof = decode_roofline_tokens_per_s(weight_bytes, batch, device)
+    if roof is None:
+        return {"roofline_note": f"unknown device {device!r} (add it to giellm_ray/perf.py)"}
+    return {"mean_batch": round(batch, 1), "roofline_tok_s": round(roof, 1),
+            "roofline_fraction": round(tok_s / roof, 4)}
+
+
+__all__ = ["DEVICE_TABLE", "ONE_B_LLAMA", "DeviceSpec", "decode_roofline_tokens_per_s",
+           "llama_params", "lookup", "mfu", "roofline"]
