@@ -98,7 +98,7 @@ def item_scores(parsed: Sequence[Mapping], scored: Sequence[Mapping] | None) -> 
 def _sample_texts() -> dict[str, str]:
     from giellm_ray.sample import sample_path
 
-    out = {}
+    out: dict[str, str] = {}
     for split in ("train", "test"):
         t = pq.read_table(sample_path(split), columns=["id", "text"])
         out.update(zip(t.column("id").to_pylist(), t.column("text").to_pylist(), strict=True))

@@ -103,7 +103,7 @@ def confidence(bins: Mapping, gold_items: int | None = None) -> dict:
         n = bins["n"][k]
         mean = _frac(bins["score_sum"][k], n)
         acc = _frac(bins["correct"][k], n)
-        if n:
+        if n and acc is not None and mean is not None:
             ece += n / total * abs(acc - mean)
         calibration.append({"low": round(k / BINS, 2), "high": round((k + 1) / BINS, 2), "n": n,
                             "mean_score": mean, "accuracy": acc})

@@ -37,7 +37,7 @@ def build_metrics(counts: Mapping[str, Mapping[str, int]],
                   synthetic: Mapping[str, int] | None = None) -> dict[str, dict]:
     """The ``metrics.json`` object: ratios plus raw counts, per dataset (and, when given, the
     dataset's ``confidence`` report and its count of ``synthetic_rows``)."""
-    out = {}
+    out: dict[str, dict] = {}
     for ds in _ordered(counts):
         out[ds] = {**ratios(counts[ds]), "counts": dict(counts[ds])}
         if synthetic is not None:
@@ -201,8 +201,10 @@ def render_chart(metrics: Mapping[str, Mapping], title: str = "GIELLM evaluation
     ax.set_xticks(range(len(names)), [f"{d}\n(n={metrics[d]['n']})" for d in names])
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
-    style = {"fontsize": 10, "color": "#b00000"} if synthetic_caveat(metrics) else {}
-    ax.set_title(chart_title(metrics, title), **style)
+    if synthetic_caveat(metrics):
+        ax.set_title(chart_title(metrics, title), fontsize=10, color="#b00000")
+    else:
+        ax.set_title(chart_title(metrics, title))
     ax.legend(ncol=3, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     buf = _io.BytesIO()
