@@ -13,7 +13,9 @@ Dataset files (written by ``giellm data ...``, read by training, scoring and eva
     error     string   why the row could not be built (null when fine); such rows have no target
 
 Scoring also reads an optional ``max_new_tokens`` (integer) column: a per-row cap on generated
-tokens, applied below the task's bound (e.g. to bound cost when expected outputs are short).
+tokens, applied below the task's bound (e.g. to bound cost when expected outputs are short),
+and an optional ``adapter`` (string) column: the LoRA adapter of the config's ``adapters`` that
+scores the row (null: the base model; a name the config lacks: that row's ``error``).
 
 Scored files add ``prediction``, ``pred_tl_label``, ``pred_items`` (items with character
 offsets), ``num_generated_tokens`` and reuse ``error`` for the scoring error. Pure pyarrow.
@@ -37,6 +39,7 @@ PRED_TL_LABEL = "pred_tl_label"
 PRED_ITEMS = "pred_items"
 NUM_GENERATED_TOKENS = "num_generated_tokens"
 MAX_NEW_TOKENS = "max_new_tokens"
+ADAPTER = "adapter"
 
 ITEM_TYPE = pa.struct(
     [("label", pa.string()), ("span", pa.string()), ("tail", pa.string())]
