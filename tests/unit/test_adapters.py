@@ -18,7 +18,7 @@ from giellm_ray.generation.build import build_extractor
 from giellm_ray.generation.config import GenerationConfig
 from giellm_ray.model.loader import ModelConfig
 
-GEN = GenerationConfig(max_new_tokens=12, batch_size=8)
+GEN = GenerationConfig(max_new_tokens=24, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +113,49 @@ def test_s3_adapters_download_once_per_node(s3_server, adapters, tmp_path, monke
     # A second caller (another actor on the node) reuses the finished copy: nothing is written.
     assert localize_adapters({"a": "s3://giellm-test/adapters/a/"})["a"] == first
     assert os.stat(first).st_mtime_ns == mtime
+
+
+def test_serving_picks_the_requests_adapter_and_refuses_unknown_ones(tiny_model_dir, adapters,
+                                                                     stockmark_records):
+    """The HTTP app over a real Extractor holding both adapters (no Ray): ``adapter`` reaches the
+    engine, an unknown one is a 422 before the model is reached, ``GET /v1/adapters`` lists."""
+    from fastapi.testclient import TestClient
+
+    from giellm_ray.formats import DEFAULT_REGISTRY
+    from giellm_ray.serve.config import HTTPConfig
+    from giellm_ray.serve.http import build_http_app
+
+    ex = build_extractor("hf", ModelConfig(name_or_path=tiny_model_dir), GEN, adapters=adapters)
+    calls: list[list[dict]] = []
+
+    async def extract(rows):
+        calls.append(rows)
+        return await ex.extract_async(rows)
+
+    app = build_http_app(DEFAULT_REGISTRY, HTTPConfig(), "tiny", extract, adapters=ex.adapters)
+    text = stockmark_records[0]["text"]
+    with TestClient(app) as client:
+        assert client.get("/v1/adapters").json() == {"model": "tiny", "adapters": ["a", "b"]}
+        answers = {}
+        for name in ("a", "b", None):
+            body = {"text": text, "dataset": "SCNM", **({"adapter": name} if name else {})}
+            r = client.post("/v1/extract", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["adapter"] == name
+            (want,) = ex.extract([{S.TEXT: text, S.DATASET: "SCNM", S.ADAPTER: name}])
+            assert r.json()["raw_output"] == want[S.PREDICTION]
+            answers[name] = r.json()["raw_output"]
+        assert len(calls) == 3
+        r = client.post("/v1/extract", json={"text": text, "dataset": "SCNM", "adapter": "zz"})
+        assert r.status_code == 422
+        assert r.json()["detail"] == "unknown adapter 'zz'; known adapters: a, b"
+        r = client.post("/v1/extract/batch", json={"requests": [
+            {"text": text, "dataset": "SCNM", "adapter": "b"},
+            {"text": text, "dataset": "SCNM", "adapter": "c"}]})
+        assert r.status_code == 422 and r.json()["detail"].startswith("requests[1]: unknown adapter")
+        assert client.post("/v1/extract", json={"text": text, "dataset": "SCNM",
+                                                "adapter": 3}).status_code == 422
+        assert len(calls) == 3  # refused before the model
+        r = client.post("/v1/extract/batch", json={"requests": [
+            {"text": text, "dataset": "SCNM", "adapter": "b"}, {"text": text, "dataset": "SCNM"}]})
+        assert [x["raw_output"] for x in r.json()["results"]] == [answers["b"], answers[None]]
