@@ -159,3 +159,32 @@ def test_serving_picks_the_requests_adapter_and_refuses_unknown_ones(tiny_model_
         r = client.post("/v1/extract/batch", json={"requests": [
             {"text": text, "dataset": "SCNM", "adapter": "b"}, {"text": text, "dataset": "SCNM"}]})
         assert [x["raw_output"] for x in r.json()["results"]] == [answers["b"], answers[None]]
+
+
+def test_configs_take_adapters_and_the_input_column_must_be_strings(tmp_path, tiny_model_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from giellm_ray.generation.config import VLLMConfig
+    from giellm_ray.score.config import ScoreConfig
+    from giellm_ray.score.driver import run_score
+    from giellm_ray.serve.config import ServeConfig
+
+    assert ServeConfig(adapters={"a": "s3://b/a"}).adapters == {"a": "s3://b/a"}
+    with pytest.raises(ValueError, match="adapter name"):
+        ScoreConfig(adapters={"a b": "/x"})
+    assert VLLMConfig().lora_kwargs(0, 0) == {}
+    assert VLLMConfig(max_loras=4).lora_kwargs(2, 8) == {
+        "enable_lora": True, "max_loras": 2, "max_lora_rank": 16}
+    with pytest.raises(ValueError, match="above vllm.max_lora_rank 16"):
+        VLLMConfig().lora_kwargs(1, 32)
+    with pytest.raises(ValueError, match="enable_lora is false"):
+        VLLMConfig(enable_lora=False).lora_kwargs(1, 8)
+
+    pq.write_table(pa.table({"dataset": ["SCNM"], "text": ["x"], "adapter": [3]}),
+                   tmp_path / "in.parquet")
+    cfg = ScoreConfig(input=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"))
+    cfg.model.name_or_path = tiny_model_dir
+    with pytest.raises(ValueError, match="column 'adapter' must be string"):
+        run_score(cfg)
+    assert not (tmp_path / "out").exists()
