@@ -5,8 +5,9 @@
 ``vllm`` starts a :class:`~giellm_ray.generation.vllm_engine.VLLMEngine` (the same automaton, in
 its logits processor, fed :class:`~giellm_ray.generation.base.ConstraintSpec` rows). vLLM is
 imported only for ``vllm``, so the HF path runs where vLLM is not installed. ``adapters``
-(``{name: dir or s3://}``, LoRA): ``hf`` runs :class:`~giellm_ray.generation.adapters.PeftAdapterEngine`
-(PEFT, rows grouped by adapter), ``vllm`` a ``LoRARequest`` per row.
+(``{name: dir or s3://}``, LoRA): ``hf`` runs
+:class:`~giellm_ray.generation.adapters.PeftAdapterEngine` (PEFT, rows grouped by adapter),
+``vllm`` a ``LoRARequest`` per row.
 """
 
 from __future__ import annotations

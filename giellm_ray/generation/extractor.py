@@ -7,9 +7,9 @@ check, parsing, grounding and every error message live here; the engine only fil
 (``Extractor(model_cfg, ...)``: our HF loop; :func:`giellm_ray.generation.build.build_extractor`
 picks ``hf`` or ``vllm`` from a config). A row that cannot be scored (null/empty text, unknown
 dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model cannot hold,
-an adapter the engine does not hold, an engine error, an exception in one row's step) gets its reason in ``error``; nothing raises
-for a bad row and no row's failure lands on another. ``constrained=True`` (the default) decodes
-each row under its task's format constraint. ``extract(rows)`` is synchronous with either engine;
+an engine error, an exception in one row's step; an ``adapter`` the engine does not hold) gets
+its reason in ``error``; nothing raises for a bad row and no row's failure lands on another.
+``constrained=True`` (the default) decodes each row under its task's format constraint. ``extract(rows)`` is synchronous with either engine;
 ``await extract_async(rows)`` hands a server's rows to vLLM as they come (continuous batching).
 """
 

@@ -1,13 +1,15 @@
 """Request and response shapes of the HTTP API, and the checks a request must pass.
 
-``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens, adapter]}``) and answers an
+``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens]}``,
+optionally ``adapter``) and answers an
 :class:`ExtractResponse` (``{tl_label, items, raw_output, error, model, latency_ms, request_id}``);
 ``POST /v1/extract/batch`` takes ``{"requests": [...]}`` and answers ``{"results": [...]}``.
 Fields are strictly typed (``"5"`` or ``true`` for ``max_new_tokens``, ``5`` for ``text``: 422,
 never a silent coercion that would hide a client bug). :func:`check_request` raises
 :class:`ApiError` (status + message) for an empty text, a text over the limit, a text holding
 characters the service refuses (:func:`text_problem`), an unknown dataset or an unknown LoRA
-adapter (``adapter``: one of the service's ``adapters``, absent for the base model); a batch with one bad
+adapter (``adapter``: one of the service's ``adapters``, absent for the base model); a batch
+with one bad
 text is refused whole, naming its index. :func:`to_response` turns an Extractor output row into a response and
 :func:`client_error` keeps internal exception text out of it. Pydantic only: no torch, no ray, so
 the contract is unit-tested in milliseconds.

@@ -3,7 +3,8 @@
 :func:`build_http_app` wires the routes to an ``extract`` coroutine (``list[row] -> list[output
 row]``) so the same app runs inside the Serve ingress deployment (where ``extract`` calls the
 batched model deployment) and in unit tests (where it calls an Extractor in-process). Status codes:
-empty text 422, text over ``max_text_chars`` 413, unknown dataset or adapter 422 (lists the known ones),
+empty text 422, text over ``max_text_chars`` 413, unknown dataset or adapter 422 (lists the
+known ones),
 a text holding refused characters 422, a wrongly typed field 422 (strict: no coercion),
 malformed JSON or a body that is not UTF-8 400, other schema errors 422, body over
 ``max_body_bytes`` 413 (checked before the body is parsed); every one of them a JSON

@@ -152,7 +152,8 @@ def test_serving_picks_the_requests_adapter_and_refuses_unknown_ones(tiny_model_
         r = client.post("/v1/extract/batch", json={"requests": [
             {"text": text, "dataset": "SCNM", "adapter": "b"},
             {"text": text, "dataset": "SCNM", "adapter": "c"}]})
-        assert r.status_code == 422 and r.json()["detail"].startswith("requests[1]: unknown adapter")
+        assert r.status_code == 422
+        assert r.json()["detail"].startswith("requests[1]: unknown adapter")
         assert client.post("/v1/extract", json={"text": text, "dataset": "SCNM",
                                                 "adapter": 3}).status_code == 422
         assert len(calls) == 3  # refused before the model
