@@ -13,7 +13,9 @@ Dataset files (written by ``giellm data ...``, read by training, scoring and eva
     error     string   why the row could not be built (null when fine); such rows have no target
 
 Scoring also reads an optional ``max_new_tokens`` (integer) column: a per-row cap on generated
-tokens, applied below the task's bound (e.g. to bound cost when expected outputs are short).
+tokens, applied below the task's bound (e.g. to bound cost when expected outputs are short),
+and an optional ``adapter`` (string) column: the LoRA adapter of the config's ``adapters`` that
+scores the row (null: the base model; a name the config lacks: that row's ``error``).
 
 Scored files add ``prediction``, ``pred_tl_label``, ``pred_items`` (items with character
 offsets and a ``score``), ``num_generated_tokens``, ``tl_score`` and reuse ``error`` for the
@@ -44,6 +46,7 @@ NUM_GENERATED_TOKENS = "num_generated_tokens"
 TL_SCORE = "tl_score"
 SCORE = "score"  # the field of a scored item
 MAX_NEW_TOKENS = "max_new_tokens"
+ADAPTER = "adapter"
 
 ITEM_TYPE = pa.struct(
     [("label", pa.string()), ("span", pa.string()), ("tail", pa.string())]

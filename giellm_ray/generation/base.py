@@ -34,6 +34,7 @@ PUBLIC_ROW_ERRORS = (
     "prompt too long",
     "parse:",
     "output truncated",
+    "unknown adapter",
 )
 
 
@@ -52,7 +53,8 @@ class GenerationRequest:
 
     ``constraint``: a live :class:`RowConstraint` (the HF engine drives it in-process) or a
     :class:`ConstraintSpec` (vLLM). ``prompt_ids``: the prompt already tokenized (the extractor
-    tokenizes once to check lengths; engines then skip their own pass).
+    tokenizes once to check lengths; engines then skip their own pass). ``adapter``: a name
+    the engine holds (``generation.adapters``); the Extractor has already refused others.
     """
 
     prompt: str
@@ -60,6 +62,7 @@ class GenerationRequest:
     constraint: RowConstraint | ConstraintSpec | None = None
     prompt_ids: list[int] | None = None
     scores: bool = False  # also return the generated tokens' log-probabilities
+    adapter: str | None = None  # the LoRA adapter to generate with (``None``: the base model)
 
 
 @dataclass

@@ -1,17 +1,18 @@
 """Row-level extraction: prompt → generation → parse → grounded items, shared by scoring and serving.
 
 An :class:`Extractor` turns dicts with ``text``, ``dataset`` (and optionally ``prompt`` and a
-per-row ``max_new_tokens`` cap) into dicts with the scored columns of
+per-row ``max_new_tokens`` cap and ``adapter``) into dicts with the scored columns of
 ``giellm_ray.schema.SCORED_FIELDS``, the same whichever engine generates: prompts, the length
 check, parsing, grounding and every error message live here; the engine only fills token budgets
 (``Extractor(model_cfg, ...)``: our HF loop; :func:`giellm_ray.generation.build.build_extractor`
 picks ``hf`` or ``vllm`` from a config). A row that cannot be scored (null/empty text, unknown
 dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model cannot hold,
-an engine error, an exception in one row's step) gets its reason in ``error``; nothing raises
-for a bad row and no row's failure lands on another. ``constrained=True`` (the default) decodes
-each row under its task's format constraint. With ``GenerationConfig.scores`` (the default) each
-item gets a ``score`` and the row a ``tl_score`` (``giellm_ray.generation.confidence``).
-``extract(rows)`` is synchronous with either engine;
+an engine error, an exception in one row's step, an ``adapter`` the engine does not hold)
+gets its reason in ``error``; nothing raises for a bad row and no row's failure lands on
+another. ``constrained=True`` (the default) decodes each row under its task's format
+constraint. With ``GenerationConfig.scores`` (the default) each item gets a ``score`` and the
+row a ``tl_score`` (``giellm_ray.generation.confidence``). ``extract(rows)`` is synchronous
+with either engine;
 ``await extract_async(rows)`` hands a server's rows to vLLM as they come (continuous batching).
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping
 
 from giellm_ray import schema as S
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, ground_items, parse
+from giellm_ray.generation.adapters import adapter_problem
 from giellm_ray.generation.base import GenerationRequest, GenerationResult
 from giellm_ray.generation.confidence import score_output
 from giellm_ray.generation.config import GenerationConfig
@@ -132,6 +134,8 @@ class Extractor:
         self.gen_cfg, self.max_positions = gen_cfg, max_positions
         self._constrain = constrain
         self.constrained = constrain is not None
+        # The LoRA adapters a row may name (``generation.adapters``); none on a plain engine.
+        self.adapters = tuple(getattr(engine, "adapter_names", ()))
         # An engine that batches continuously across calls (vLLM) runs extraction on its loop.
         self.continuous = bool(getattr(engine, "continuous", False))
         # The model, tokenizer and constraint tables are ~400k long-lived objects; a full GC pass
@@ -149,20 +153,21 @@ class Extractor:
 
     def _plan(self, rows: list[Mapping]) -> tuple[list, list[tuple]]:
         """Per row: its final output where it will not be generated, and the rows that will be
-        (``(index, prompt, task, text, budget, prompt_ids)``)."""
+        (``(index, prompt, task, text, budget, prompt_ids, adapter)``)."""
         outputs: list[dict | None] = [None] * len(rows)
         todo: list[tuple] = []
         for i, row in enumerate(rows):
             try:
-                prepared = prepare_row(row, self.registry, self.gen_cfg.max_new_tokens)
+                prepared = adapter_problem(row.get(S.ADAPTER), self.adapters) or prepare_row(
+                    row, self.registry, self.gen_cfg.max_new_tokens)
             except Exception as exc:  # a hostile value fails its own row only
                 prepared = _internal(i, "preparing the prompt", exc)
             if isinstance(prepared, str):
                 outputs[i] = empty_output(prepared)
             else:
-                todo.append((i, *prepared))
+                todo.append((i, *prepared, row.get(S.ADAPTER)))
         ready = []
-        for (i, prompt, task, text, budget), ids in zip(
+        for (i, prompt, task, text, budget, adapter), ids in zip(
                 todo, self._prompt_ids([t[1] for t in todo]), strict=True):
             if ids is None:
                 outputs[i] = empty_output(UNTOKENIZABLE)
@@ -171,7 +176,7 @@ class Extractor:
                     f"prompt too long: {len(ids)} tokens; the model takes {self.max_positions} "
                     f"positions, {budget} kept for the output")
             else:
-                ready.append((i, prompt, task, text, budget, ids))
+                ready.append((i, prompt, task, text, budget, ids, adapter))
         return outputs, ready
 
     def _prompt_ids(self, prompts: list[str]) -> list[list[int] | None]:
@@ -191,10 +196,12 @@ class Extractor:
             log.warning("a prompt cannot be tokenized: %s: %s", type(exc).__name__, exc)
             return None
 
-    def _request(self, prompt: str, task, text: str, budget: int, ids) -> GenerationRequest:
+    def _request(self, prompt: str, task, text: str, budget: int, ids,
+                 adapter: str | None = None) -> GenerationRequest:
         # The constraint closes the output in time when it knows the engine's token budget.
         constraint = self._constrain(text, task, budget) if self._constrain else None
-        return GenerationRequest(prompt, budget, constraint, ids, scores=self.gen_cfg.scores)
+        return GenerationRequest(prompt, budget, constraint, ids, scores=self.gen_cfg.scores,
+                                 adapter=adapter)
 
     def _requests(self, ready: list[tuple]) -> tuple[list, dict[int, GenerationRequest]]:
         results: list[GenerationResult | None] = [None] * len(ready)
@@ -209,7 +216,7 @@ class Extractor:
 
     def _finish(self, outputs: list, ready: list[tuple], results: list[GenerationResult]
                 ) -> list[dict]:
-        for (i, _, task, text, _, _), res in zip(ready, results, strict=True):
+        for (i, _, task, text, *_), res in zip(ready, results, strict=True):
             try:
                 outputs[i] = finish_row(res, task, text, self.tokenizer)
             except Exception as exc:

@@ -28,9 +28,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
+from giellm_ray.generation.adapters import vllm_lora_setup
 from giellm_ray.generation.base import (
     ConstraintSpec,
     EngineStats,
@@ -51,7 +52,8 @@ class VLLMEngine:
 
     def __init__(self, model_cfg: ModelConfig, cfg: VLLMConfig | None = None,
                  on_gpu: bool | None = None, constrained: bool = True, tokenizer=None,
-                 processor: type | None = None, log_stats: bool = False) -> None:
+                 processor: type | None = None, log_stats: bool = False,
+                 adapters: Mapping[str, str] | None = None) -> None:
         # vLLM logs to stdout by default; stdout is for command results (``giellm score`` prints
         # its summary there, and Ray forwards actors' stdout to the driver's). Set before vLLM's
         # first import, which configures its logger; its engine-core process inherits it.
@@ -70,6 +72,9 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         path = localize(model_cfg.name_or_path)
         kw = cfg.engine_kwargs(model_cfg.dtype, on_gpu)
+        # LoRA: ``adapters`` {name: dir or s3://}; each row's LoRARequest (``generation.adapters``).
+        self.adapter_names, self._loras, lora_kw = vllm_lora_setup(adapters, cfg, on_gpu)
+        kw.update(lora_kw)
         kw.update(model=path, tokenizer=path, revision=model_cfg.revision,
                   trust_remote_code=model_cfg.trust_remote_code, disable_log_stats=not log_stats)
         if constrained:
@@ -174,6 +179,7 @@ class VLLMEngine:
         try:
             ids = req.prompt_ids or self.tokenizer(req.prompt)["input_ids"]
             params = self._params(req)
+            lora = self._loras[req.adapter]  # KeyError: an adapter this engine does not hold
         except Exception as exc:
             return GenerationResult("", 0, False, f"engine error: bad request: "
                                                   f"{type(exc).__name__}: {exc}")
@@ -181,7 +187,7 @@ class VLLMEngine:
         self.in_flight += 1
         try:
             async for out in self.engine.generate({"prompt_token_ids": list(ids)}, params,
-                                                  f"g{next(self._ids)}"):
+                                                  f"g{next(self._ids)}", lora_request=lora):
                 final = out
         except EngineDeadError as exc:
             self.dead = f"{type(exc).__name__}: {exc}"

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from giellm_ray.config import StrictModel
+from giellm_ray.generation.adapters import check_adapter_map
 from giellm_ray.generation.config import GenerationConfig, VLLMConfig
 from giellm_ray.model.loader import ModelConfig
 from giellm_ray.sample import resolve_uri
@@ -28,6 +29,11 @@ class ScoreConfig(StrictModel):
     """Output directory (local or ``s3://``); ``--output`` replaces it."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """Model to load in every actor; ``--model`` sets ``model.name_or_path``."""
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters on ``model`` (``{name: PEFT adapter dir or s3:// URI}``), each loaded once
+    per actor (``s3://`` downloaded once per node); a row picks one by its ``adapter`` column
+    (null: the base model; a name not here: that row's ``error``). See
+    ``giellm_ray.generation.adapters`` for the 13B arithmetic."""
     engine: Literal["hf", "vllm"] = "hf"
     """Generation engine: ``hf`` (our continuous-batching loop over a Hugging Face model: light,
     no vLLM needed) or ``vllm`` (vLLM's paged KV cache and CUDA graphs: the GPU engine, in
@@ -101,6 +107,11 @@ class ScoreConfig(StrictModel):
         if self.progress_bars == "auto":
             return sys.stderr.isatty()
         return bool(self.progress_bars)
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_adapter_map(value)
 
     @field_validator("input")
     @classmethod

@@ -76,7 +76,7 @@ def _check_schema(f: str, sch: pa.Schema) -> None:
     if S.DATASET not in names or not names & {S.TEXT, S.PROMPT}:
         raise UserError(f"{f}: need columns '{S.DATASET}' and '{S.TEXT}' (or '{S.PROMPT}'); "
                          f"found {sch.names}")
-    for col in (S.DATASET, S.TEXT, S.PROMPT):
+    for col in (S.DATASET, S.TEXT, S.PROMPT, S.ADAPTER):
         if col in names and not str(sch.field(col).type).startswith(("string", "large_str")):
             raise UserError(f"{f}: column '{col}' must be string, is {sch.field(col).type}")
     cap = sch.field(S.MAX_NEW_TOKENS) if S.MAX_NEW_TOKENS in names else None

@@ -80,6 +80,8 @@ def fingerprint(fs: pafs.FileSystem, files: list[str], cfg) -> dict:
     what = {"model": cfg.model.model_dump(mode="json"),
             "max_new_tokens": cfg.generation.max_new_tokens, "constrained": cfg.constrained,
             "tasks": cfg.tasks, "engine": getattr(cfg, "engine", "hf")}
+    if getattr(cfg, "adapters", None):  # absent when empty: older runs' fingerprints still match
+        what["adapters"] = dict(cfg.adapters)
     if what["engine"] == "vllm":  # vLLM may run another dtype than model.dtype
         what["vllm_dtype"] = cfg.vllm.dtype
     return {"inputs": [[i.path, i.size, i.mtime_ns] for i in infos], "what": what}

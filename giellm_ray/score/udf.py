@@ -39,7 +39,10 @@ engine-ready time followed the machine load), so the contract decided:
   batch passes through zero-copy and gets ``append_scored``, identical to the HF path;
 - serving runs the same ``VLLMEngine`` and codec, so both paths share one code path.
 
-Given up: ``ray.data.llm``'s automatic Prometheus engine metrics, LoRA, multimodal inputs and
+LoRA is ours too: a row's ``adapter`` column picks one of the config's ``adapters`` (vLLM: a
+``LoRARequest`` per row in one running batch; HF: PEFT, rows grouped by adapter).
+
+Given up: ``ray.data.llm``'s automatic Prometheus engine metrics, multimodal inputs and
 TP/PP placement groups (TP=1 is the 13B plan: one engine per GPU).
 """
 
@@ -59,7 +62,7 @@ from giellm_ray.score.config import ScoreConfig
 log = logging.getLogger(__name__)
 
 SCORED_NAMES = S.SCORED_NAMES
-INPUT_COLUMNS = (S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS)
+INPUT_COLUMNS = (S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS, S.ADAPTER)
 
 
 def scored_schema(input_schema: pa.Schema) -> pa.Schema:
@@ -137,7 +140,7 @@ class ScoreBatch:
         registry = TaskRegistry.from_dict(registry_dict) if registry_dict else DEFAULT_REGISTRY
         device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
         self.extractor = build_extractor(cfg.engine, cfg.model, cfg.generation, cfg.vllm,
-                                         registry, cfg.constrained, device)
+                                         registry, cfg.constrained, device, cfg.adapters)
         self.counter = counter
         self._lock = threading.Lock()  # vLLM actors run several batches in threads
         self._last_stats = self.extractor.engine.stats.to_dict()

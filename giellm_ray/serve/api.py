@@ -1,13 +1,16 @@
 """Request and response shapes of the HTTP API, and the checks a request must pass.
 
-``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens]}``) and answers an
-:class:`ExtractResponse` (``{tl_label, tl_score, items, raw_output, error, model, latency_ms,
-request_id}``; each item with its ``score``);
+``POST /v1/extract`` takes an :class:`ExtractRequest` (``{text, dataset[, max_new_tokens]}``,
+optionally ``adapter``) and answers an :class:`ExtractResponse` (``{tl_label, tl_score, items,
+raw_output, error, model, latency_ms, request_id}``, each item with its ``score``, and the
+``adapter`` used);
 ``POST /v1/extract/batch`` takes ``{"requests": [...]}`` and answers ``{"results": [...]}``.
 Fields are strictly typed (``"5"`` or ``true`` for ``max_new_tokens``, ``5`` for ``text``: 422,
 never a silent coercion that would hide a client bug). :func:`check_request` raises
 :class:`ApiError` (status + message) for an empty text, a text over the limit, a text holding
-characters the service refuses (:func:`text_problem`) or an unknown dataset; a batch with one bad
+characters the service refuses (:func:`text_problem`), an unknown dataset or an unknown LoRA
+adapter (``adapter``: one of the service's ``adapters``, absent for the base model); a batch
+with one bad
 text is refused whole, naming its index. :func:`to_response` turns an Extractor output row into a response and
 :func:`client_error` keeps internal exception text out of it. Pydantic only: no torch, no ray, so
 the contract is unit-tested in milliseconds.
@@ -16,7 +19,7 @@ the contract is unit-tested in milliseconds.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -64,6 +67,9 @@ class ExtractRequest(BaseModel):
     max_new_tokens: StrictInt | None = Field(
         default=None, ge=1,
         description="Cap on generated tokens for this text (below the task's own bound).")
+    adapter: StrictStr | None = Field(
+        default=None,
+        description="LoRA adapter to answer with (see GET /v1/adapters); absent: the base model.")
 
 
 class BatchRequest(BaseModel):
@@ -108,6 +114,7 @@ class ExtractResponse(BaseModel):
     error: str | None = None
     num_generated_tokens: int = 0
     model: str
+    adapter: str | None = None
     latency_ms: float
 
 
@@ -146,8 +153,9 @@ def _echo(value: str) -> str:
 
 
 def check_request(req: ExtractRequest, registry: TaskRegistry, max_text_chars: int,
-                  where: str = "") -> None:
-    """Raise :class:`ApiError` when ``req`` cannot be served; ``where`` prefixes the message."""
+                  where: str = "", adapters: Collection[str] = ()) -> None:
+    """Raise :class:`ApiError` when ``req`` cannot be served (``adapters``: the names the service
+    holds); ``where`` prefixes the message."""
     if not req.text.strip():
         raise ApiError(422, f"{where}text is empty")
     if len(req.text) > max_text_chars:
@@ -159,17 +167,22 @@ def check_request(req: ExtractRequest, registry: TaskRegistry, max_text_chars: i
     if req.dataset not in registry:
         raise ApiError(422, f"{where}unknown dataset {_echo(req.dataset)}; known datasets: "
                             f"{', '.join(sorted(registry))}")
+    if req.adapter is not None and req.adapter not in adapters:
+        known = ", ".join(sorted(adapters)) or "none (the service has no adapters)"
+        raise ApiError(422, f"{where}unknown adapter {_echo(req.adapter)}; known adapters: "
+                            f"{known}")
 
 
 def check_batch(batch: BatchRequest, registry: TaskRegistry, max_text_chars: int,
-                max_items: int) -> None:
+                max_items: int, adapters: Collection[str] = ()) -> None:
     """Check every text of a batch; the message names the first bad one by index."""
     if not batch.requests:
         raise ApiError(422, "requests is empty")
     if len(batch.requests) > max_items:
         raise ApiError(413, f"{len(batch.requests)} texts in one batch; the limit is {max_items}")
     for i, req in enumerate(batch.requests):
-        check_request(req, registry, max_text_chars, where=f"requests[{i}]: ")
+        check_request(req, registry, max_text_chars, where=f"requests[{i}]: ",
+                      adapters=adapters)
 
 
 def client_error(error: str | None, request_id: str) -> str | None:
@@ -199,5 +212,6 @@ def to_response(row: Mapping, req: ExtractRequest, *, request_id: str, model: st
         error=client_error(row.get(S.ERROR), request_id),
         num_generated_tokens=int(row.get(S.NUM_GENERATED_TOKENS) or 0),
         model=model,
+        adapter=req.adapter,
         latency_ms=round(latency_ms, 3),
     )

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from giellm_ray.config import StrictModel, fold_renamed
 from giellm_ray.formats.tasks import TaskRegistry
+from giellm_ray.generation.adapters import check_adapter_map
 from giellm_ray.generation.config import GenerationConfig, VLLMConfig
 from giellm_ray.model.loader import ModelConfig
 
@@ -130,6 +131,10 @@ class ServeConfig(StrictModel):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     """Which checkpoint the model replicas load."""
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters on ``model`` (``{name: PEFT adapter dir or s3:// URI}``), loaded once per
+    replica (``s3://`` downloaded once per node). A request picks one by its ``adapter`` field
+    (absent/null: the base model; an unknown name: 422); ``GET /v1/adapters`` lists them."""
     engine: Literal["hf", "vllm"] = "hf"
     """Generation engine of the model replicas: ``hf`` (our loop behind ``@serve.batch`` and
     the coalescer) or ``vllm`` (one async vLLM engine per replica, each request submitted as it
@@ -156,6 +161,11 @@ class ServeConfig(StrictModel):
     @classmethod
     def _old_names(cls, data):
         return fold_renamed(data, "tasks_file", "tasks")
+
+    @field_validator("adapters")
+    @classmethod
+    def _adapter_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_adapter_map(value)
 
     @model_validator(mode="after")
     def _check_replicas(self) -> ServeConfig:

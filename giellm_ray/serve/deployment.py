@@ -40,6 +40,7 @@ from ray.serve.metrics import Counter, Histogram
 
 from giellm_ray.log import quiet_serve_batch_bound_notice
 from giellm_ray.schema import (
+    ADAPTER,
     DATASET,
     ERROR,
     MAX_NEW_TOKENS,
@@ -72,11 +73,12 @@ def load_extractor(cfg: ServeConfig):
     from giellm_ray.generation.build import build_extractor
 
     return build_extractor(cfg.engine, cfg.model, cfg.generation, cfg.vllm, cfg.registry(),
-                           cfg.constrained)
+                           cfg.constrained, adapters=cfg.adapters)
 
 
 def _model_row(row: dict) -> dict:
-    return {TEXT: row.get(TEXT), DATASET: row.get(DATASET), MAX_NEW_TOKENS: row.get(MAX_NEW_TOKENS)}
+    return {TEXT: row.get(TEXT), DATASET: row.get(DATASET), MAX_NEW_TOKENS: row.get(MAX_NEW_TOKENS),
+            ADAPTER: row.get(ADAPTER)}
 
 
 @serve.deployment(name="ExtractorModel")
@@ -116,9 +118,7 @@ class ExtractorModel:
     def _run(self, rows: list[dict]) -> list[dict]:
         """One model call (in a worker thread, so the event loop keeps taking requests)."""
         try:
-            return self.extractor.extract([{TEXT: r[TEXT], DATASET: r[DATASET],
-                                            MAX_NEW_TOKENS: r.get(MAX_NEW_TOKENS)}
-                                           for r in rows])
+            return self.extractor.extract([_model_row(r) for r in rows])
         except Exception:  # the Extractor should never raise; if it does, no text pays for another
             logger.exception("extractor raised on %d text(s) (request ids %s)", len(rows),
                              ",".join(str(r.get("request_id")) for r in rows[:8]))
@@ -209,7 +209,7 @@ class ExtractIngress:
 
     def __serve_build_asgi_app__(self):
         return build_http_app(self.registry, self.cfg.http, self.cfg.served_model_name,
-                              self._extract, self._observe)
+                              self._extract, self._observe, tuple(self.cfg.adapters))
 
     async def _extract(self, rows: list[dict]) -> list[dict]:
         return list(await asyncio.gather(*(self._call(r) for r in rows)))

@@ -3,7 +3,8 @@
 :func:`build_http_app` wires the routes to an ``extract`` coroutine (``list[row] -> list[output
 row]``) so the same app runs inside the Serve ingress deployment (where ``extract`` calls the
 batched model deployment) and in unit tests (where it calls an Extractor in-process). Status codes:
-empty text 422, text over ``max_text_chars`` 413, unknown dataset 422 (lists the known ones),
+empty text 422, text over ``max_text_chars`` 413, unknown dataset or adapter 422 (lists the
+known ones),
 a text holding refused characters 422, a wrongly typed field 422 (strict: no coercion),
 malformed JSON or a body that is not UTF-8 400, other schema errors 422, body over
 ``max_body_bytes`` 413 (checked before the body is parsed); every one of them a JSON
@@ -23,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -207,8 +208,10 @@ def _add_pages(app: FastAPI) -> None:
 
 
 def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
-                   extract: ExtractFn, observe: ObserveFn | None = None) -> FastAPI:
-    """The FastAPI app; ``observe(route, latency_ms, n_texts)`` is called after each extraction."""
+                   extract: ExtractFn, observe: ObserveFn | None = None,
+                   adapters: Collection[str] = ()) -> FastAPI:
+    """The FastAPI app; ``observe(route, latency_ms, n_texts)`` is called after each extraction;
+    ``adapters``: the LoRA adapter names a request may pick (``GET /v1/adapters``)."""
     app = FastAPI(title="GIELLM extraction", version="1",
                   description="Japanese general information extraction (GIELLM) on Ray Serve.",
                   docs_url=None, redoc_url=None)
@@ -219,7 +222,7 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
     async def run(reqs: list[ExtractRequest], rid: str, route: str) -> tuple[list, float]:
         start = time.perf_counter()
         rows = [{S.TEXT: r.text, S.DATASET: r.dataset, S.MAX_NEW_TOKENS: r.max_new_tokens,
-                 "request_id": rid} for r in reqs]
+                 S.ADAPTER: r.adapter, "request_id": rid} for r in reqs]
         try:
             outs = await extract(rows)
         except ApiError:
@@ -244,7 +247,7 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
     async def extract_one(req: ExtractRequest, request: Request) -> ExtractResponse:
         """Extract the text-level label and the grounded items of one text."""
         rid = request_id_of(request)
-        check_request(req, registry, http.max_text_chars)
+        check_request(req, registry, http.max_text_chars, adapters=adapters)
         (out,), latency_ms = await run([req], rid, "/v1/extract")
         return to_response(out, req, request_id=rid, model=model_name, latency_ms=latency_ms)
 
@@ -252,7 +255,7 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
     async def extract_batch(batch: BatchRequest, request: Request) -> BatchResponse:
         """Extract from several texts; answers come back in request order."""
         rid = request_id_of(request)
-        check_batch(batch, registry, http.max_text_chars, http.max_batch_items)
+        check_batch(batch, registry, http.max_text_chars, http.max_batch_items, adapters)
         outs, latency_ms = await run(batch.requests, rid, "/v1/extract/batch")
         results = [to_response(o, r, request_id=rid, model=model_name, latency_ms=latency_ms)
                    for o, r in zip(outs, batch.requests, strict=True)]
@@ -263,6 +266,11 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
     async def tasks() -> dict:
         """Tasks this service knows: TL labels, WL labels, instruction words."""
         return {"model": model_name, "tasks": registry.to_dict()}
+
+    @app.get("/v1/adapters")
+    async def list_adapters() -> dict:
+        """LoRA adapters a request may name in ``adapter`` (absent: the base model)."""
+        return {"model": model_name, "adapters": sorted(adapters)}
 
     @app.get("/healthz")
     async def healthz() -> dict:
