@@ -149,3 +149,17 @@ def ray_cluster(s3_server):
     except Exception:
         pass
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests skip, with the reason, where CUDA is absent (the marker's contract)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (gpu marker); this machine has none")
+    for item in gpu_items:
+        item.add_marker(skip)
