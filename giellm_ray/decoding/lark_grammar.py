@@ -52,7 +52,10 @@ def task_items(task: TaskSpec) -> tuple[bool, bool]:
 
 
 def row_lark(task: TaskSpec, text: str, lead_space: bool = False) -> str:
-    """The Lark grammar of ``task``'s output about ``text`` (see the module docstring)."""
+    """The Lark grammar of ``task``'s output about ``text`` (see the module docstring);
+    ``ValueError`` for a task no output can satisfy (no TL label: nothing can start it)."""
+    if not task.tl_labels:
+        raise ValueError(f"task {task.name!r} has no TL labels: no output can start")
     text = text or ""
     spans = any(ch != ";" for ch in text)
     heads = any(ch not in ";:" for ch in text)

@@ -73,7 +73,7 @@ class VLLMConfig(StrictModel):
     """GPUs one engine spans; give the actor/replica as many GPUs (``num_gpus_per_actor``)."""
     enforce_eager: bool | None = None
     """Skip torch.compile and CUDA graphs; ``None``: false on a GPU (graphs cut per-step launch
-    overhead; the format constraint runs outside them), true on CPU (compiling costs ~40 s of
+    overhead; vLLM applies the grammar masks outside them), true on CPU (compiling costs ~40 s of
     start-up and gains nothing measurable on a small model)."""
     enable_prefix_caching: bool | None = None
     """Reuse KV blocks of identical prompt prefixes; ``None``: vLLM's default (on). GIELLM
@@ -81,13 +81,12 @@ class VLLMConfig(StrictModel):
     seed: int = 0
     """vLLM's sampling seed (decoding is greedy; kept for reproducible engine state)."""
     mask_mode: Literal["cache", "scatter"] | None = None
-    """How the constraint masks logits: ``cache`` (one cached bool row per allowed-token set,
-    stacked: cheap where sets repeat and host memory is the device's), ``scatter`` (every row's
-    allowed ids in one host-to-device copy and one scatter: a fixed few kernels per step);
-    ``None``: ``cache`` on CPU, ``scatter`` on a GPU."""
+    """Accepted so configs written for the former logits-processor constraint still load; it
+    has no effect: vLLM applies each row's grammar bitmask itself (structured outputs)."""
 
     def engine_kwargs(self, model_dtype: str, on_gpu: bool) -> dict[str, Any]:
-        """vLLM ``AsyncEngineArgs`` keywords (no model, no logits processor), defaults resolved."""
+        """vLLM ``AsyncEngineArgs`` keywords (no model, no structured-outputs backend), defaults
+        resolved."""
         dtype = self.dtype or model_dtype
         if dtype == "auto" and self.dtype is None:  # model.dtype's auto, as the HF loader does
             dtype = "bfloat16" if on_gpu else "float32"
