@@ -80,6 +80,10 @@ class VLLMConfig(StrictModel):
     prompts start with the row's text, so hits are rare (0-3% measured): harmless either way."""
     seed: int = 0
     """vLLM's sampling seed (decoding is greedy; kept for reproducible engine state)."""
+    cpu_cores: int | None = Field(None, ge=1)
+    """On CPU: cores this engine binds its OpenMP threads to, a block of its own on the node
+    (``giellm_ray.generation.cpu_cores``); ``None``: vLLM's default (every core of the NUMA
+    node). ``giellm score`` sets it from the node's cores and the actor count."""
     mask_mode: Literal["cache", "scatter"] | None = None
     """Accepted so configs written for the former logits-processor constraint still load; it
     has no effect: vLLM applies each row's grammar bitmask itself (structured outputs)."""

@@ -94,6 +94,9 @@ class VLLMEngine:
             # the model step (no async scheduling on CPU): on 2 cores that idled half the machine
             # (benchmarks/engines.py, 28M model, fp32, constrained: 409 -> 672 tok/s with both).
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        self._cores_lock = None
+        if not on_gpu and cfg.cpu_cores:
+            self._bind_cores(cfg.cpu_cores)
         from vllm.config import StructuredOutputsConfig
 
         path = localize(model_cfg.name_or_path)
@@ -126,6 +129,21 @@ class VLLMEngine:
                  ", ".join(f"{k}={kw[k]}" for k in ("dtype", "max_num_seqs",
                                                      "max_num_batched_tokens", "enforce_eager")),
                  self.max_positions, "guidance grammars" if constrained else "off")
+
+    def _bind_cores(self, count: int) -> None:
+        """Bind this engine's OpenMP threads to a block of cores no other engine here holds
+        (set before vLLM starts its engine-core process, which reads the variable)."""
+        from giellm_ray.generation.cpu_cores import bind_string, claim_cores
+
+        claimed = claim_cores(count)
+        if claimed is None:
+            log.warning("no free block of %d cores on this node; vLLM binds its default cores",
+                        count)
+            return
+        cores, self._cores_lock = claimed
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind_string(cores)
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+        log.info("vLLM CPU engine bound to cores %s", bind_string(cores))
 
     @staticmethod
     async def _start(kw: dict):
@@ -285,6 +303,9 @@ class VLLMEngine:
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)
+        from giellm_ray.generation.cpu_cores import release_cores
+
+        release_cores(getattr(self, "_cores_lock", None))
 
     @staticmethod
     async def _stop(engine) -> None:

@@ -28,6 +28,7 @@ from giellm_ray.log import is_quiet, quiet_ray_data_console
 from giellm_ray.ray_session import connect_ray
 from giellm_ray.score import resume as R
 from giellm_ray.score.commit import STAGED_DATA, STAGING
+from giellm_ray.score.cpu_plan import plan_for_cluster
 from giellm_ray.score.pipeline import ScoreBatch
 from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
 
@@ -95,6 +96,7 @@ def run_pipeline(cfg, plan, attempt: R.Attempt, done: np.ndarray, todo: int, reg
         printer = ProgressPrinter(counter, todo, cfg.progress_interval_s, already=len(done))
         if cfg.progress_interval_s > 0:
             printer.start()
+        cfg = plan_for_cluster(cfg)  # vLLM on CPU: engines and cores from the nodes' cores
         ds = build_dataset(cfg, plan, attempt, done, registry, counter)
         ds.write_parquet(plan.out.child(STAGING, STAGED_DATA), filesystem=plan.out.fs,
                          min_rows_per_file=cfg.rows_per_file)
