@@ -25,8 +25,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RAW = r'''
-import json, sys, time
+import json, os, sys, time
 t0 = time.perf_counter()
+# The engine settings the job's VLLMEngine uses on this machine (all cores, none reserved).
+from giellm_ray.generation.cpu_cores import bind_string
+os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind_string(sorted(os.sched_getaffinity(0)))
+os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
 from vllm import LLM, SamplingParams
 from vllm.config import StructuredOutputsConfig
 from vllm.sampling_params import StructuredOutputsParams
@@ -35,7 +39,7 @@ from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
 from giellm_ray.generation.config import VLLMConfig
 from giellm_ray.generation.vllm_engine import lead_space
 from transformers import AutoTokenizer
-a = json.loads(sys.argv[1])
+a = json.loads(open(sys.argv[1], encoding="utf-8").read())
 tok = AutoTokenizer.from_pretrained(a["model"])
 kw = VLLMConfig(**a["vllm"]).engine_kwargs(a["dtype"], False)
 llm = LLM(model=a["model"], tokenizer=a["model"], disable_log_stats=True,
@@ -79,9 +83,11 @@ def main() -> None:
         emit(**job, model=args.model, dtype=args.dtype, constrained=True)
         rows = [{"dataset": names[i % 6], "text": texts[i % len(texts)],
                  "cap": CAPS[i % len(CAPS)]} for i in range(args.rows)]
-        arg = json.dumps({"model": path, "dtype": args.dtype, "vllm": VLLM_CPU, "rows": rows})
+        arg = Path(work, "raw.json")
+        arg.write_text(json.dumps({"model": path, "dtype": args.dtype, "vllm": VLLM_CPU,
+                                   "rows": rows}), encoding="utf-8")
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", RAW, arg], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-c", RAW, str(arg)], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         wall = time.perf_counter() - started
         line = [x for x in proc.stdout.splitlines() if x.startswith("RAW ")]
