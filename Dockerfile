@@ -10,8 +10,17 @@
 # PyPI wheel links libcudart.so.13 and pins torch==2.13.0; PyPI's torch 2.13.0 is the CUDA 13.0
 # build (cuda-toolkit 13.0.3, nvidia-*-cu13). Ray's "-gpu" tag aliases the CUDA 12.1.1 image,
 # whose nvcc 12.1 cannot build DeepSpeed's ops for a CUDA 13 torch (DeepSpeed refuses a major
-# mismatch). "-cu130" is nvidia/cuda:13.0.0-devel under the same Ray 2.60.0 / Python 3.11, so
-# nvcc matches torch. Hosts need NVIDIA driver >= 580 (CUDA 13.0's floor; cluster.yaml checks it).
+# mismatch). "-cu130" is nvidia/cuda:13.0.0-devel under the same Ray 2.60.0, so nvcc matches
+# torch.
+#
+# Why py312: Ray publishes its CUDA 13.0 images for Python 3.12 only (3.10 was added later, by
+# ray PR #61497), not for 3.11. Evidence, read 2026-12: ray-project/ray's release build matrix
+# builds the `ray` CUDA images as cu12.3.2 x py3.10-3.13 plus one adjustment {python 3.12,
+# cu13.0.0-cudnn}, and `ray-llm` as cu13.0.0 x py3.12 (+ cu12.8.1 x py3.11) (the same matrix is
+# the fixture of ray's ci/ray_ci release-filter tests); ray-images.json lists cu13.0.0-cudnn as a
+# platform, which names what may be built, not what each Python gets; public projects pull
+# rayproject/ray-llm:2.57.0-py312-cu130 and 2.58.0-py312-cu130, and none a py311-cu130 tag. So
+# the tag below is the one that exists; every wheel we install has a cp312 (or abi3) build. Hosts need NVIDIA driver >= 580 (CUDA 13.0's floor; cluster.yaml checks it).
 # A100 (sm_80), H100/H200 (sm_90) are supported by CUDA 13; V100 (sm_70) is not.
 #
 # Build and push (from the repository root, on any x86_64 machine with Docker; no GPU needed;
@@ -19,7 +28,7 @@
 #
 #   ACCOUNT=123456789012 REGION=us-east-1 REPO=giellm-ray            # EDIT: your account/region
 #   REGISTRY=$ACCOUNT.dkr.ecr.$REGION.amazonaws.com
-#   TAG=2.60.0-py311-cu130                                           # add -$(git rev-parse --short HEAD) per rebuild
+#   TAG=2.60.0-py312-cu130                                           # add -$(git rev-parse --short HEAD) per rebuild
 #   aws ecr create-repository --repository-name $REPO --region $REGION   # once
 #   aws ecr get-login-password --region $REGION | docker login --username AWS --password-stdin $REGISTRY
 #   docker build -t $REGISTRY/$REPO:$TAG .
@@ -29,7 +38,7 @@
 # then put $REGISTRY/$REPO:$TAG into cluster.yaml's docker.image (marked EDIT). Rebuild and push
 # when pyproject.toml changes; code changes reach jobs through `ray job submit --working-dir .`.
 
-FROM rayproject/ray:2.60.0-py311-cu130
+FROM rayproject/ray:2.60.0-py312-cu130
 
 # Names the CUDA major.minor the stack is built for; the build fails if torch carries another.
 ENV GIELLM_CUDA=13.0

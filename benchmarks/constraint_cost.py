@@ -64,8 +64,8 @@ def main() -> int:
     from benchmarks.engine_runs import replay_constraint
     from giellm_ray.decoding import build_constraint_factory
     from giellm_ray.formats import DEFAULT_REGISTRY
+    from giellm_ray.generation.build import hf_extractor
     from giellm_ray.generation.config import GenerationConfig
-    from giellm_ray.generation.extractor import Extractor
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
     records = stockmark_records()
@@ -78,7 +78,7 @@ def main() -> int:
     factory = build_constraint_factory(tokenizer, DEFAULT_REGISTRY)
     factory_s = time.perf_counter() - start
     extractors = {
-        mode: Extractor(mcfg, gcfg, constrained=(mode == "constrained"), device="cpu",
+        mode: hf_extractor(mcfg, gcfg, constrained=(mode == "constrained"), device="cpu",
                         model=model, tokenizer=tokenizer)
         for mode in ("unconstrained", "constrained")
     }

@@ -90,8 +90,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from giellm_ray.formats import DEFAULT_REGISTRY, build_target, make_item
+    from giellm_ray.generation.build import hf_extractor
     from giellm_ray.generation.config import GenerationConfig
-    from giellm_ray.generation.extractor import Extractor
     from giellm_ray.metrics import count_rows, ratios
     from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
     from giellm_ray.model.tiny import TinyConfig
@@ -103,7 +103,7 @@ def main() -> int:
     def extract_both(model_dir: str, model, rows: list[dict]) -> dict[str, list[dict]]:
         mcfg = ModelConfig(name_or_path=model_dir)
         tok = load_tokenizer(mcfg)
-        return {mode: Extractor(mcfg, gen, constrained=(mode == "constrained"), device="cpu",
+        return {mode: hf_extractor(mcfg, gen, constrained=(mode == "constrained"), device="cpu",
                                 model=model, tokenizer=tok).extract(rows)
                 for mode in ("unconstrained", "constrained")}
 

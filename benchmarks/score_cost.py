@@ -74,13 +74,12 @@ def make_rows(corpus: list[str], n: int) -> list[dict]:
 
 def make_extractor(model_dir: str, model, tok, scores: bool):
     """The one place this benchmark builds an Extractor."""
+    from giellm_ray.generation.build import hf_extractor
     from giellm_ray.generation.config import GenerationConfig
-    from giellm_ray.generation.extractor import Extractor
     from giellm_ray.model.loader import ModelConfig
 
-    return Extractor(ModelConfig(name_or_path=model_dir), GenerationConfig(batch_size=32,
-                                                                           scores=scores),
-                     model=model, tokenizer=tok)
+    return hf_extractor(ModelConfig(name_or_path=model_dir),
+                        GenerationConfig(batch_size=32, scores=scores), model=model, tokenizer=tok)
 
 
 def timed(ex, rows: list[dict]) -> tuple[float, float, list[dict]]:

@@ -4,7 +4,7 @@ Pure Python (no torch, no ray) so every stage, from data building to serving, sh
 """
 
 from giellm_ray.formats.grounding import ground_items, span_in_text
-from giellm_ray.formats.parser import ParseResult, parse
+from giellm_ray.formats.parser import ParseResult, parse, parse_cut
 from giellm_ray.formats.render import (
     build_prompt,
     build_target,
@@ -35,6 +35,7 @@ __all__ = [
     "make_item",
     "normalize_items",
     "parse",
+    "parse_cut",
     "render",
     "span_in_text",
 ]

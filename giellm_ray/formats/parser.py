@@ -105,3 +105,30 @@ def parse(output: str, task: TaskSpec) -> ParseResult:
         return ParseResult(tl, items, error)
     except Exception as exc:  # a parser bug must not fail a 187k-row job
         return ParseResult(None, error=f"parser error: {type(exc).__name__}: {exc}")
+
+
+def parse_cut(output: str, task: TaskSpec) -> ParseResult:
+    """Parse an output the token budget cut before its EOS: the items written in full.
+
+    The last item as the parser reads it (from the last ``:LABEL;`` / ``:HEAD;REL;`` boundary)
+    is dropped whether or not it parses: the cut may have shortened its span, and a shorter span
+    still reads as a span. An output cut before any item keeps its TL label and no items; one
+    cut inside ``<TL>IW`` does not parse. Never raises.
+    """
+    try:
+        if not isinstance(output, str):
+            return parse(output, task)
+        wl = tuple(x for x in task.wl_labels + ((task.none_marker,) if task.none_marker else ()))
+        boundary = _patterns(wl, task.relation_labels)[0]
+        cut = len(output)
+        while cut > 0:
+            cut = output.rfind(":", 0, cut)
+            if cut < 0:
+                break
+            at_item = boundary is not None and boundary.match(output, cut)
+            head = parse(output[:cut], task)
+            if head.ok and (at_item or not head.items):  # or the cut fell in the first item
+                return head
+        return parse(output, task)
+    except Exception as exc:  # a parser bug must not fail a 187k-row job
+        return ParseResult(None, error=f"parser error: {type(exc).__name__}: {exc}")

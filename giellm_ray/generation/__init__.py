@@ -5,8 +5,8 @@ Bulk scoring (``giellm_ray.score``), serving (``giellm_ray.serve``) and training
 decoding, parsing and grounding are the same whichever path runs. ``base`` holds the request,
 result and statistics types every engine speaks; ``hf`` is our greedy continuous-batching loop
 over a Hugging Face causal LM (laptops, CI, training evaluation); ``vllm_engine`` runs vLLM's
-async engine (the GPU engine of scoring and serving) and ``vllm_processor`` carries the format
-constraint into it as a logits processor; ``masks`` turns the constraint's allowed-token sets
-into logits masks for both; ``extractor`` is the row-level contract (rows in, scored columns out)
+async engine (the GPU engine of scoring and serving), which applies the format constraint as
+vLLM's own structured outputs (a per-row llguidance grammar); ``masks`` turns the automaton's
+allowed-token sets into logits masks for the HF engine; ``extractor`` is the row-level contract (rows in, scored columns out)
 on top of any engine, and ``build`` picks the engine from a config (``engine: hf | vllm``).
 """

@@ -162,21 +162,6 @@ class PeftAdapterEngine:
         return self.inner.generate(group)
 
 
-def build_hf_adapter_extractor(model_cfg, gen_cfg, registry, constrained: bool,
-                               device: str | None, adapters: Mapping[str, str]):
-    """The Extractor on :class:`PeftAdapterEngine` over ``model_cfg``'s model (the one place
-    this module builds an Extractor)."""
-    from giellm_ray.generation.extractor import Extractor
-    from giellm_ray.model.loader import load_model, load_tokenizer
-
-    local = localize_adapters(adapters)
-    tokenizer = load_tokenizer(model_cfg)
-    engine = PeftAdapterEngine(load_model(model_cfg, device), tokenizer, gen_cfg, local)
-    factory = Extractor._constraint_factory(tokenizer, registry) if constrained else None
-    return Extractor.with_engine(engine, tokenizer, registry, gen_cfg, engine.max_positions,
-                                 factory.for_row if factory is not None else None)
-
-
 # -- vLLM: one LoRARequest per row --------------------------------------------------------------
 
 BASE_SLOT_NAME = "_giellm_base"  # the CPU identity adapter; user names start with a letter/digit

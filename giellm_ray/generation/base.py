@@ -3,7 +3,10 @@
 An engine takes a list of :class:`GenerationRequest` (prompt, token budget, optional per-row
 format constraint) and returns one :class:`GenerationResult` per request, in order, never raising
 for a bad row (the row's ``error`` says why). :class:`EngineStats` holds the counters that bulk
-scoring sums across actors and reports in ``_score.json``. Torch-free.
+scoring sums across actors and reports in ``_score.json``. :class:`Engine` is the batch contract
+(the HF loop); :class:`ContinuousEngine` adds what an engine running on its own needs (vLLM:
+async generation, in-flight count, health, shutdown), as lm-evaluation-harness keeps ``hf`` and
+``vllm`` behind one ``LM``. Torch-free.
 
 One token-count contract for every engine: ``num_generated_tokens`` counts the tokens a row wrote
 *including the EOS that ended it*, whether the model chose it or the format constraint forced it
@@ -15,8 +18,9 @@ within its budget; a row the budget cut (no room left for the EOS) is not finish
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from giellm_ray.decoding.base import RowConstraint
 from giellm_ray.formats.tasks import TaskSpec
@@ -41,7 +45,7 @@ PUBLIC_ROW_ERRORS = (
 @dataclass(frozen=True)
 class ConstraintSpec:
     """A row's format constraint as plain data (its source text and task), for an engine that
-    builds the automaton where the logits are: vLLM's model runner, in another process."""
+    applies it itself: vLLM turns it into the row's llguidance grammar (structured outputs)."""
 
     text: str
     task: TaskSpec
@@ -119,8 +123,14 @@ class EngineStats:
         return d
 
 
+T = TypeVar("T")
+
+
+@runtime_checkable
 class Engine(Protocol):
-    """A batch generator: greedy completions for requests, one result per request, in order."""
+    """A batch generator: greedy completions for requests, one result per request, in order
+    (the HF engine: each ``generate`` call decodes its requests and returns; nothing runs in
+    between, so there is no health to watch and nothing to shut down)."""
 
     stats: EngineStats
     max_positions: int  # the longest prompt + output the engine takes, in tokens
@@ -130,3 +140,35 @@ class Engine(Protocol):
 
     def reset_stats(self) -> None:
         """Zero the counters."""
+
+
+@runtime_checkable
+class ContinuousEngine(Engine, Protocol):
+    """An engine that runs on its own (vLLM: an engine-core process and an event loop): requests
+    from any caller join one running batch, and the engine can die under its callers.
+
+    ``generate`` (blocking, from any thread) and ``generate_async`` (awaited on any loop) take
+    the same requests; ``call`` / ``run_async`` run a coroutine on the engine's loop (the
+    Extractor runs a whole extraction there, so the tokenizer is used from one thread).
+    """
+
+    in_flight: int  # rows submitted and not finished yet
+    dead: str | None  # why the engine cannot generate any more, else None
+
+    async def generate_async(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Complete every request concurrently; results in order; never raises for a row."""
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the engine's loop and wait for it (from another thread)."""
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the engine's loop from any loop (cancelling this cancels it)."""
+
+    def check_health(self) -> None:
+        """Raise if the engine cannot generate any more (its owner is then replaced)."""
+
+    def shutdown(self) -> None:
+        """Stop the engine's processes and threads (idempotent)."""
+
+    def kill_processes(self) -> None:
+        """SIGKILL the engine's processes, before its owner exits without a shutdown."""

@@ -115,7 +115,7 @@ class VLLMConfig(StrictModel):
     """GPUs one engine spans; give the actor/replica as many GPUs (``num_gpus_per_actor``)."""
     enforce_eager: bool | None = None
     """Skip torch.compile and CUDA graphs; ``None``: false on a GPU (graphs cut per-step launch
-    overhead; the format constraint runs outside them), true on CPU (compiling costs ~40 s of
+    overhead; vLLM applies the grammar masks outside them), true on CPU (compiling costs ~40 s of
     start-up and gains nothing measurable on a small model)."""
     enable_prefix_caching: bool | None = None
     """Reuse KV blocks of identical prompt prefixes; ``None``: vLLM's default (on). GIELLM
@@ -131,14 +131,17 @@ class VLLMConfig(StrictModel):
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 16
     """Largest adapter rank a slot holds (vLLM's choices); the engine refuses to start with an
     adapter of a higher rank. The slots are sized by it, so keep it at the adapters' rank."""
+    cpu_cores: int | None = Field(None, ge=1)
+    """On CPU: cores this engine binds its OpenMP threads to, a block of its own on the node
+    (``giellm_ray.generation.cpu_cores``); ``None``: vLLM's default (every core of the NUMA
+    node). ``giellm score`` sets it from the node's cores and the actor count."""
     mask_mode: Literal["cache", "scatter"] | None = None
-    """How the constraint masks logits: ``cache`` (one cached bool row per allowed-token set,
-    stacked: cheap where sets repeat and host memory is the device's), ``scatter`` (every row's
-    allowed ids in one host-to-device copy and one scatter: a fixed few kernels per step);
-    ``None``: ``cache`` on CPU, ``scatter`` on a GPU."""
+    """Accepted so configs written for the former logits-processor constraint still load; it
+    has no effect: vLLM applies each row's grammar bitmask itself (structured outputs)."""
 
     def engine_kwargs(self, model_dtype: str, on_gpu: bool) -> dict[str, Any]:
-        """vLLM ``AsyncEngineArgs`` keywords (no model, no logits processor), defaults resolved."""
+        """vLLM ``AsyncEngineArgs`` keywords (no model, no structured-outputs backend), defaults
+        resolved."""
         dtype = self.dtype or model_dtype
         if dtype == "auto":  # one meaning of auto for both knobs: the HF loader's
             dtype = "bfloat16" if on_gpu else "float32"

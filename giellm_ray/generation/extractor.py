@@ -4,8 +4,8 @@ An :class:`Extractor` turns dicts with ``text``, ``dataset`` (and optionally ``p
 per-row ``max_new_tokens`` cap and ``adapter``) into dicts with the scored columns of
 ``giellm_ray.schema.SCORED_FIELDS``, the same whichever engine generates: prompts, the length
 check, parsing, grounding and every error message live here; the engine only fills token budgets
-(``Extractor(model_cfg, ...)``: our HF loop; :func:`giellm_ray.generation.build.build_extractor`
-picks ``hf`` or ``vllm`` from a config). A row that cannot be scored (null/empty text, unknown
+(:func:`giellm_ray.generation.build.build_extractor` builds it on ``hf`` or ``vllm`` from a
+config). A row that cannot be scored (null/empty text, unknown
 dataset, a bad ``max_new_tokens``, a text the tokenizer refuses, a prompt the model cannot hold,
 an engine error, an exception in one row's step, an ``adapter`` the engine does not hold)
 gets its reason in ``error``; nothing raises for a bad row and no row's failure lands on
@@ -24,15 +24,28 @@ import logging
 from collections.abc import Callable, Mapping
 
 from giellm_ray import schema as S
-from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt, ground_items, parse
+from giellm_ray.formats import (
+    DEFAULT_REGISTRY,
+    TaskRegistry,
+    build_prompt,
+    ground_items,
+    parse,
+    parse_cut,
+)
 from giellm_ray.generation.adapters import adapter_problem
-from giellm_ray.generation.base import GenerationRequest, GenerationResult
+from giellm_ray.generation.base import (
+    ContinuousEngine,
+    Engine,
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+)
 from giellm_ray.generation.confidence import score_output
 from giellm_ray.generation.config import GenerationConfig
-from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 UNTOKENIZABLE = "text cannot be tokenized (it holds characters the tokenizer refuses)"
+TRUNCATED = "output truncated at max_new_tokens"
 
 
 def _internal(row: int, step: str, exc: Exception) -> str:
@@ -75,10 +88,12 @@ def finish_row(res: GenerationResult, task, text: str, tokenizer=None) -> dict:
     the ``tokenizer`` that spells them), each item's ``score`` and the row's ``tl_score``."""
     if res.error:
         return empty_output(res.error)
-    parsed = parse(res.text, task)
+    # A row the budget cut (no EOS: vLLM's grammars have no budget, see docs/decisions) keeps
+    # the items it wrote in full and says it was cut; its last, maybe shortened, item is dropped.
+    parsed = parse(res.text, task) if res.finished else parse_cut(res.text, task)
     error = None if parsed.ok else f"parse: {parsed.error}"
     if parsed.ok and not res.finished:
-        error = "output truncated at max_new_tokens"
+        error = TRUNCATED
     items = ground_items(text, parsed.items)
     tl_score, item_scores = None, [None] * len(items)
     if tokenizer is not None and res.token_logprobs is not None:
@@ -102,52 +117,40 @@ def finish_row(res: GenerationResult, task, text: str, tokenizer=None) -> dict:
 class Extractor:
     """Extracts rows in batches on one engine; never raises for a bad row.
 
-    ``Extractor(model_cfg, gen_cfg, registry, constrained, device)`` loads a Hugging Face model
-    and runs the HF engine; :meth:`with_engine` wraps any engine (``build_extractor`` does).
+    ``Extractor(engine, tokenizer, registry, gen_cfg, constrain)``: ``engine`` speaks
+    :class:`~giellm_ray.generation.base.Engine` (batch: the HF loop) or
+    :class:`~giellm_ray.generation.base.ContinuousEngine` (vLLM: rows join its running batch);
+    ``constrain(text, task, budget)`` makes a row's constraint in the form the engine takes
+    (``None``: unconstrained). :mod:`giellm_ray.generation.build` builds one from a config.
     """
 
-    def __init__(self, model_cfg: ModelConfig, gen_cfg: GenerationConfig | None = None,
-                 registry: TaskRegistry = DEFAULT_REGISTRY, constrained: bool = True,
-                 device: str | None = None, model=None, tokenizer=None) -> None:
-        from giellm_ray.generation.hf import HFEngine
-
-        gen_cfg = gen_cfg or GenerationConfig()
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_cfg)
-        self.model = model if model is not None else load_model(model_cfg, device)
-        factory = self._constraint_factory(tokenizer, registry) if constrained else None
-        engine = HFEngine(self.model, tokenizer, gen_cfg)
-        self._setup(engine, tokenizer, registry, gen_cfg, engine.max_positions,
-                    factory.for_row if factory is not None else None)
-        self.constraint_factory = factory
-
-    @classmethod
-    def with_engine(cls, engine, tokenizer, registry: TaskRegistry, gen_cfg: GenerationConfig,
-                    max_positions: int, constrain: Callable | None) -> Extractor:
-        """An Extractor on ``engine``; ``constrain(text, task, budget)`` makes a row's constraint
-        in the form the engine takes (``None``: unconstrained)."""
-        self = cls.__new__(cls)
-        self._setup(engine, tokenizer, registry, gen_cfg, max_positions, constrain)
-        return self
-
-    def _setup(self, engine, tokenizer, registry, gen_cfg, max_positions, constrain) -> None:
+    def __init__(self, engine: Engine, tokenizer, registry: TaskRegistry = DEFAULT_REGISTRY,
+                 gen_cfg: GenerationConfig | None = None, constrain: Callable | None = None
+                 ) -> None:
         self.engine, self.tokenizer, self.registry = engine, tokenizer, registry
-        self.gen_cfg, self.max_positions = gen_cfg, max_positions
+        self.gen_cfg = gen_cfg or GenerationConfig()
+        self.max_positions = engine.max_positions
         self._constrain = constrain
         self.constrained = constrain is not None
         # The LoRA adapters a row may name (``generation.adapters``); none on a plain engine.
         self.adapters = tuple(getattr(engine, "adapter_names", ()))
         # An engine that batches continuously across calls (vLLM) runs extraction on its loop.
-        self.continuous = bool(getattr(engine, "continuous", False))
+        self.continuous = isinstance(engine, ContinuousEngine)
         # The model, tokenizer and constraint tables are ~400k long-lived objects; a full GC pass
         # over them costs ~0.25 s and ran in most scoring batches. Move them out of GC tracking.
         gc.collect()
         gc.freeze()
 
-    @staticmethod
-    def _constraint_factory(tokenizer, registry):
-        from giellm_ray.decoding import build_constraint_factory
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's counters since it was built (or reset)."""
+        return self.engine.stats
 
-        return build_constraint_factory(tokenizer, registry)
+    @property
+    def in_flight(self) -> int:
+        """Rows the engine holds now (a continuous engine; the batch engine holds none between
+        calls)."""
+        return self.engine.in_flight if self.continuous else 0
 
     # -- the row contract around the engine ------------------------------------------------------
 
@@ -287,7 +290,7 @@ class Extractor:
     @property
     def dead(self) -> str | None:
         """Why the engine can no longer generate (a dead vLLM engine core), else ``None``."""
-        return getattr(self.engine, "dead", None)
+        return self.engine.dead if self.continuous else None
 
     def exit_if_dead(self, owner: str) -> None:
         """If the engine is dead (a vLLM engine core that died cannot come back), end its
@@ -299,20 +302,16 @@ class Extractor:
 
         log.error("%s: the engine is dead (%s); exiting so Ray restarts this process",
                   owner, self.dead)
-        kill = getattr(self.engine, "kill_processes", None)
-        if kill is not None:
-            kill()
+        self.engine.kill_processes()
         os._exit(1)
 
     def check_health(self) -> None:
         """Raise if the engine cannot generate any more (Serve then replaces the replica)."""
-        check = getattr(self.engine, "check_health", None)
-        if check is not None:
-            check()
+        if self.continuous:
+            self.engine.check_health()
 
     def shutdown(self) -> None:
-        """Stop the engine's processes, if it has any."""
-        stop = getattr(self.engine, "shutdown", None)
-        if stop is not None:
-            stop()
+        """Stop the engine's processes (a continuous engine has some; the HF one runs here)."""
+        if self.continuous:
+            self.engine.shutdown()
 

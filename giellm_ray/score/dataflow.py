@@ -27,6 +27,7 @@ import numpy as np
 
 from giellm_ray.log import is_quiet, quiet_ray_data_console
 from giellm_ray.score import resume
+from giellm_ray.score.cpu_plan import plan_for_cluster
 from giellm_ray.score.progress import ProgressCounter, ProgressPrinter
 from giellm_ray.score.udf import ScoreBatch
 
@@ -92,6 +93,7 @@ def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int
         printer = ProgressPrinter(counter, todo, cfg.progress_interval_s, already=len(done))
         if cfg.progress_interval_s > 0:
             printer.start()
+        cfg = plan_for_cluster(cfg)  # vLLM on CPU: engines and cores from the nodes' cores
         ds = build_dataset(cfg, plan, attempt, done, registry, counter)
         ds.write_parquet(plan.out.staged(), filesystem=plan.out.fs,
                          min_rows_per_file=cfg.rows_per_file)

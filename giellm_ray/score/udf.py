@@ -143,7 +143,7 @@ class ScoreBatch:
                                          registry, cfg.constrained, device, cfg.adapters)
         self.counter = counter
         self._lock = threading.Lock()  # vLLM actors run several batches in threads
-        self._last_stats = self.extractor.engine.stats.to_dict()
+        self._last_stats = self.extractor.stats.to_dict()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = score_table(self.extractor.extract, batch)
@@ -155,7 +155,7 @@ class ScoreBatch:
         if self.counter is None:
             return
         with self._lock:
-            stats = self.extractor.engine.stats.to_dict()
+            stats = self.extractor.stats.to_dict()
             deltas = {k: stats[k] - self._last_stats[k] for k in stats
                       if isinstance(stats[k], int)}
             self._last_stats = stats

@@ -22,7 +22,7 @@ from giellm_ray import io
 from giellm_ray.config import load_config
 from giellm_ray.log import serve_log_level
 from giellm_ray.serve.config import ServeConfig
-from giellm_ray.serve.deployment import ExtractIngress, ExtractorFactory, ExtractorModel
+from giellm_ray.serve.deployment import ExtractIngress, ExtractorFactory, model_deployment
 
 
 def _flatten(prefix: str, value: Any, out: list[str]) -> None:
@@ -68,7 +68,7 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None,
     }
     data = cfg.model_dump(mode="json")
     logging_config = {"log_level": serve_log_level()}  # giellm -q / -v reach the replicas
-    model = ExtractorModel.options(
+    model = model_deployment(cfg.engine).options(
         ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
         autoscaling_config=autoscaling,
         max_ongoing_requests=r.max_ongoing_requests,

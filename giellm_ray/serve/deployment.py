@@ -1,6 +1,7 @@
-"""The two Serve deployments: the batched model (:class:`ExtractorModel`) and the FastAPI ingress.
+"""The two Serve deployments: the model (``ExtractorModel``) and the FastAPI ingress.
 
-``ExtractorModel`` holds one :class:`giellm_ray.generation.extractor.Extractor` (the same prompt →
+The model replica, one class per engine kind on :class:`ModelReplica`, holds one
+:class:`giellm_ray.generation.extractor.Extractor` (the same prompt →
 generate → parse → ground code as bulk scoring) built by an injectable ``extractor_factory``.
 With the HF engine it answers single rows through ``@serve.batch``: concurrent requests are
 gathered (waiting at most ``batching.batch_wait_timeout_s``), merged by a :class:`Coalescer` while
@@ -81,28 +82,18 @@ def _model_row(row: dict) -> dict:
             ADAPTER: row.get(ADAPTER)}
 
 
-@serve.deployment(name="ExtractorModel")
-class ExtractorModel:
-    """One model replica; ``extract(row)`` is batched with other concurrent calls.
+class ModelReplica:
+    """What every model replica does whatever its engine: build the Extractor, record metrics,
+    answer Serve's health check, report its counters, stop the engine when Serve drops it.
+    :class:`BatchedModel` (HF) and :class:`ContinuousModel` (vLLM) add how a text reaches the
+    engine; both deploy as ``ExtractorModel`` (:func:`model_deployment`)."""
 
-    ``@serve.batch`` (built here from ``batching``) gathers concurrent calls for up to
-    ``batch_wait_timeout_s``; the :class:`Coalescer` behind it merges the batches that formed while
-    the model was busy, so one generate call sees up to ``max_batch_size`` rows.
-    """
+    engine_kind = "hf"
 
     def __init__(self, config: dict, extractor_factory: ExtractorFactory | None = None) -> None:
         self.cfg = ServeConfig.model_validate(config)
         started = time.perf_counter()
         self.extractor = (extractor_factory or load_extractor)(self.cfg)
-        # A continuous engine (vLLM) takes each request as it comes: no gathering, no coalescer.
-        self.continuous = bool(getattr(self.extractor, "continuous", False))
-        b = self.cfg.batching
-        if not self.continuous:
-            quiet_serve_batch_bound_notice()
-            self.coalescer = Coalescer(self._run, b.max_batch_size, after=self._record)
-            self.extract_batch = serve.batch(
-                max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s,
-                max_concurrent_batches=self.cfg.concurrent_batches)(self._serve_batch)
         self.batch_size = Histogram("giellm_batch_size", boundaries=BATCH_BOUNDS,
                                     description="Texts per model call (after batching).")
         self.batch_ms = Histogram("giellm_batch_latency_ms", boundaries=LATENCY_BOUNDS_MS,
@@ -111,20 +102,18 @@ class ExtractorModel:
         self.output_errors = Counter("giellm_output_errors",
                                      description="Texts whose output did not parse or failed.")
         self.counts = {"batches": 0, "texts": 0, "largest_batch": 0, "output_errors": 0}
+        self._setup()
         logger.info("model %s loaded in %.1f s (%s)", self.cfg.served_model_name,
-                    time.perf_counter() - started, "vLLM, continuous batching" if self.continuous
-                    else f"max_batch_size={b.max_batch_size}, wait={b.batch_wait_timeout_s:.3f} s")
+                    time.perf_counter() - started, self.describe())
 
-    def _run(self, rows: list[dict]) -> list[dict]:
-        """One model call (in a worker thread, so the event loop keeps taking requests)."""
-        try:
-            return self.extractor.extract([_model_row(r) for r in rows])
-        except Exception:  # the Extractor should never raise; if it does, no text pays for another
-            logger.exception("extractor raised on %d text(s) (request ids %s)", len(rows),
-                             ",".join(str(r.get("request_id")) for r in rows[:8]))
-        if len(rows) == 1:
-            return [empty_scored("internal error: the extractor raised (see the replica log)")]
-        return [self._run([r])[0] for r in rows]
+    def _setup(self) -> None:
+        """Engine-kind specific set-up, after the Extractor is built."""
+
+    def describe(self) -> str:
+        """How this replica batches, for its start-up log line."""
+        return self.engine_kind
+
+    call_log_level = logging.INFO
 
     def _record(self, rows: list[dict], outs: list[dict], seconds: float,
                 batch: int | None = None) -> None:
@@ -141,21 +130,87 @@ class ExtractorModel:
         self.counts["texts"] += len(rows)
         self.counts["largest_batch"] = max(self.counts["largest_batch"], batch)
         self.counts["output_errors"] += errors
-        logger.log(logging.DEBUG if self.continuous else logging.INFO,
+        logger.log(self.call_log_level,
                    "model call on %d text(s) (request ids %s) in %.1f ms", len(rows),
                    ",".join(sorted({r.get("request_id") or "-" for r in rows})[:8]),
                    seconds * 1000.0)
+
+    def check_health(self) -> None:
+        """Serve's periodic health check: a dead vLLM engine fails it (the replica is replaced)."""
+        self.extractor.check_health()
+
+    def __del__(self) -> None:
+        # Serve calls this after draining the replica: stop the engine's processes with it.
+        extractor = getattr(self, "extractor", None)
+        if extractor is not None:
+            extractor.shutdown()
+
+    def stats(self) -> dict:
+        """This replica's batching in force and its counters (for tests, benchmarks, operators)."""
+        return {"pid": os.getpid(), "actor_name": ray.get_runtime_context().get_actor_name(),
+                "engine": self.engine_kind,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                **self.counts}
+
+
+class BatchedModel(ModelReplica):
+    """The HF engine's replica; ``extract(row)`` is batched with other concurrent calls.
+
+    ``@serve.batch`` (built here from ``batching``) gathers concurrent calls for up to
+    ``batch_wait_timeout_s``; the :class:`Coalescer` behind it merges the batches that formed while
+    the model was busy, so one generate call sees up to ``max_batch_size`` rows.
+    """
+
+    def _setup(self) -> None:
+        b = self.cfg.batching
+        quiet_serve_batch_bound_notice()
+        self.coalescer = Coalescer(self._run, b.max_batch_size, after=self._record)
+        self.extract_batch = serve.batch(
+            max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s,
+            max_concurrent_batches=self.cfg.concurrent_batches)(self._serve_batch)
+
+    def describe(self) -> str:
+        b = self.cfg.batching
+        return f"max_batch_size={b.max_batch_size}, wait={b.batch_wait_timeout_s:.3f} s"
+
+    def _run(self, rows: list[dict]) -> list[dict]:
+        """One model call (in a worker thread, so the event loop keeps taking requests)."""
+        try:
+            return self.extractor.extract([_model_row(r) for r in rows])
+        except Exception:  # the Extractor should never raise; if it does, no text pays for another
+            logger.exception("extractor raised on %d text(s) (request ids %s)", len(rows),
+                             ",".join(str(r.get("request_id")) for r in rows[:8]))
+        if len(rows) == 1:
+            return [empty_scored("internal error: the extractor raised (see the replica log)")]
+        return [self._run([r])[0] for r in rows]
 
     async def _serve_batch(self, rows: list[dict]) -> list[dict]:
         return await self.coalescer.submit(rows)
 
     async def extract(self, row: dict) -> dict:
         """One text (``{text, dataset, request_id}``) → one Extractor output row."""
-        if not self.continuous:
-            return await self.extract_batch(row)
+        return await self.extract_batch(row)
+
+    def stats(self) -> dict:
+        return {**super().stats(), "max_batch_size": self.extract_batch._get_max_batch_size(),
+                "batch_wait_timeout_s": self.extract_batch._get_batch_wait_timeout_s(),
+                "max_concurrent_batches": self.cfg.concurrent_batches}
+
+
+class ContinuousModel(ModelReplica):
+    """The vLLM engine's replica: each request goes to the engine as it comes (no gathering, no
+    coalescer); its scheduler batches the rows of all callers continuously."""
+
+    engine_kind = "vllm"
+    call_log_level = logging.DEBUG
+
+    def describe(self) -> str:
+        return "vLLM, continuous batching"
+
+    async def extract(self, row: dict) -> dict:
+        """One text (``{text, dataset, request_id}``) → one Extractor output row."""
         started = time.perf_counter()
-        # Rows in the engine as this one joins them: the batch it decodes in, about.
-        batch = getattr(self.extractor.engine, "in_flight", 0) + 1
+        batch = self.extractor.in_flight + 1  # rows in the engine as this one joins them, about
         try:
             (out,) = await self.extractor.extract_async([_model_row(row)])
         except Exception:  # the Extractor should never raise; if it does, only this text pays
@@ -167,27 +222,14 @@ class ExtractorModel:
         self._record([row], [out], time.perf_counter() - started, batch)
         return out
 
-    def check_health(self) -> None:
-        """Serve's periodic health check: a dead vLLM engine fails it (the replica is replaced)."""
-        self.extractor.check_health()
 
-    def __del__(self) -> None:
-        # Serve calls this after draining the replica: stop the engine's processes with it.
-        extractor = getattr(self, "extractor", None)
-        if extractor is not None and getattr(extractor, "continuous", False):
-            extractor.shutdown()
+ExtractorModel = serve.deployment(name="ExtractorModel")(BatchedModel)
+ContinuousExtractorModel = serve.deployment(name="ExtractorModel")(ContinuousModel)
 
-    def stats(self) -> dict:
-        """This replica's batching in force and its counters (for tests, benchmarks, operators)."""
-        out = {"pid": os.getpid(), "actor_name": ray.get_runtime_context().get_actor_name(),
-               "engine": self.cfg.engine if self.continuous else "hf",
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-               **self.counts}
-        if not self.continuous:
-            out.update(max_batch_size=self.extract_batch._get_max_batch_size(),
-                       batch_wait_timeout_s=self.extract_batch._get_batch_wait_timeout_s(),
-                       max_concurrent_batches=self.cfg.concurrent_batches)
-        return out
+
+def model_deployment(engine: str):
+    """The model deployment (named ``ExtractorModel`` either way) for ``engine``."""
+    return ContinuousExtractorModel if engine == "vllm" else ExtractorModel
 
 
 @serve.deployment(name="ExtractIngress")

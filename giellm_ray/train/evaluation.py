@@ -82,13 +82,13 @@ def training_extractor(model, tokenizer, registry, cfg):
     """The Extractor end-of-epoch evaluation generates with: the scoring row contract (prompts,
     the format constraint of each row's task in ``registry``, parsing) over the model being
     trained, on the HF engine. The one place training builds an Extractor."""
+    from giellm_ray.generation.build import hf_extractor
     from giellm_ray.generation.config import GenerationConfig
-    from giellm_ray.generation.extractor import Extractor
 
     gen_cfg = GenerationConfig(batch_size=cfg.eval.batch_size,
                                max_new_tokens=cfg.eval.max_new_tokens)
-    return Extractor(cfg.model, gen_cfg, registry, constrained=cfg.eval.constrained,
-                     model=model, tokenizer=tokenizer)
+    return hf_extractor(cfg.model, gen_cfg, registry, constrained=cfg.eval.constrained,
+                        model=model, tokenizer=tokenizer)
 
 
 def greedy_generate(model, tokenizer, rows: Sequence[dict], cfg, num_batches: int, synced: bool,

@@ -374,9 +374,17 @@ def test_vllm_score_killed_then_rerun_scores_every_row_once(ray_cluster, tiny_vl
         if cap > 0:
             assert 1 <= by_id[rid][S.NUM_GENERATED_TOKENS] <= cap, by_id[rid]
     good = [by_id[r[S.ID]] for r in rows if r[S.ID].startswith("v") and r[S.ID] not in caps]
-    assert all(g[S.ERROR] is None for g in good), [g for g in good if g[S.ERROR]][:3]
+    # vLLM's grammars have no token budget: a row the cap cut is flagged and keeps only its
+    # complete items (docs/decisions/token-budget.md); every other row ended freely.
+    cut = [g for g in good if g[S.ERROR] is not None]
+    assert all(g[S.ERROR] == "output truncated at max_new_tokens" for g in cut), cut[:3]
+    assert len(cut) <= 0.4 * len(good), len(cut)
+    for g in good:
+        task = DEFAULT_REGISTRY[g[S.DATASET]]
+        assert g[S.PRED_TL_LABEL] in task.tl_labels, g
+        assert all(g[S.TEXT][i["start"]:i["end"]] == i["span"] for i in g[S.PRED_ITEMS]), g
     for name in names:
-        mine = [g for g in good if g[S.DATASET] == name]
+        mine = [g for g in good if g[S.DATASET] == name and g[S.ERROR] is None]
         validity = format_validity([g[S.TEXT] for g in mine], [g[S.PREDICTION] for g in mine],
                                    DEFAULT_REGISTRY[name])
         assert validity == {"parse": 1.0, "labels": 1.0, "spans": 1.0}, (name, validity)

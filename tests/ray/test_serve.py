@@ -29,9 +29,9 @@ CLIENTS = 24
 def unconstrained_extractor(cfg):
     """The injected factory: the real Extractor on the tiny model, decoding unconstrained (so a
     random model's output fails to parse and the 200-with-error path is exercised)."""
-    from giellm_ray.generation.extractor import Extractor
+    from giellm_ray.generation.build import hf_extractor
 
-    return Extractor(cfg.model, cfg.generation, cfg.registry(), constrained=False)
+    return hf_extractor(cfg.model, cfg.generation, cfg.registry(), constrained=False)
 
 
 def _free_port() -> int:

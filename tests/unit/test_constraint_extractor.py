@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from giellm_ray.formats import DEFAULT_REGISTRY
+from giellm_ray.generation.build import hf_extractor
 from giellm_ray.generation.config import GenerationConfig
-from giellm_ray.generation.extractor import Extractor
 from giellm_ray.metrics import format_validity
 from giellm_ray.model.loader import ModelConfig
 
@@ -28,7 +28,7 @@ def rows(stockmark_records):
 
 
 def test_random_init_model_constrained_outputs_are_all_valid(tiny_model_dir, rows):
-    ex = Extractor(ModelConfig(name_or_path=tiny_model_dir), GEN, device="cpu")
+    ex = hf_extractor(ModelConfig(name_or_path=tiny_model_dir), GEN, device="cpu")
     assert ex.constrained
     outs = ex.extract(rows)
     assert rates(rows, outs) == {"parse": 1.0, "labels": 1.0, "spans": 1.0}
@@ -39,6 +39,6 @@ def test_random_init_model_constrained_outputs_are_all_valid(tiny_model_dir, row
 
 def test_unconstrained_random_init_model_mostly_fails(tiny_model_dir, rows):
     # The comparison the constraint is for: the same model without it writes garbage.
-    ex = Extractor(ModelConfig(name_or_path=tiny_model_dir), GEN, constrained=False, device="cpu")
+    ex = hf_extractor(ModelConfig(name_or_path=tiny_model_dir), GEN, constrained=False, device="cpu")
     outs = ex.extract(rows[:64])
     assert rates(rows[:64], outs)["parse"] < 0.5

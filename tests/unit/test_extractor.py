@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from giellm_ray import schema as S
+from giellm_ray.generation.build import hf_extractor
 from giellm_ray.generation.config import GenerationConfig
-from giellm_ray.generation.extractor import Extractor
 
 
 @pytest.fixture(scope="module")
 def extractor(tiny_model_dir):
     from giellm_ray.model.loader import ModelConfig
 
-    return Extractor(ModelConfig(name_or_path=tiny_model_dir), GenerationConfig(max_new_tokens=6),
+    return hf_extractor(ModelConfig(name_or_path=tiny_model_dir), GenerationConfig(max_new_tokens=6),
                      constrained=False)
 
 

@@ -81,6 +81,10 @@ def test_base_image_is_the_pinned_ray_and_cuda():
     assert SpecifierSet(pyproject()["project"]["requires-python"]).contains(python)
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for i, a in dockerfile() if i == "ENV")))
     assert env["GIELLM_CUDA"] == f"{major}.{minor}"  # the build asserts torch.version.cuda on it
+    # Ray builds its CUDA 13.0 `ray` images for Python 3.12 only (the Dockerfile's header has the
+    # evidence): a FROM on any other pyNN-cu130 tag fails on its first line.
+    if (major, minor) == (13, 0):
+        assert py == "py312", f"rayproject/ray has no {py}-cu130 images"
 
 
 def test_dockerfile_installs_exactly_the_pyproject_pins(tmp_path):

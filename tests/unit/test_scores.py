@@ -55,9 +55,9 @@ def tiny(tiny_model_dir):
 
 def make_extractor(cfg, model, tok, **gen):
     """The one place these tests build an Extractor."""
-    from giellm_ray.generation.extractor import Extractor
+    from giellm_ray.generation.build import hf_extractor
 
-    return Extractor(cfg, GenerationConfig(**gen), model=model, tokenizer=tok)
+    return hf_extractor(cfg, GenerationConfig(**gen), model=model, tokenizer=tok)
 
 
 def test_logprobs_equal_a_teacher_forced_forward(tiny):

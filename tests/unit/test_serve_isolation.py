@@ -10,8 +10,9 @@ import pytest
 
 from giellm_ray import schema as S
 from giellm_ray.generation.base import PUBLIC_ROW_ERRORS
+from giellm_ray.generation.build import hf_extractor
 from giellm_ray.generation.config import GenerationConfig
-from giellm_ray.generation.extractor import UNTOKENIZABLE, Extractor
+from giellm_ray.generation.extractor import UNTOKENIZABLE
 
 HOSTILE = [
     ({S.TEXT: "\ud800", S.DATASET: "SCNM"}, UNTOKENIZABLE),  # the tokenizer raises on it
@@ -29,7 +30,7 @@ HOSTILE = [
 def extractor(request, tiny_model_dir):
     from giellm_ray.model.loader import ModelConfig
 
-    return Extractor(ModelConfig(name_or_path=tiny_model_dir), GenerationConfig(max_new_tokens=8),
+    return hf_extractor(ModelConfig(name_or_path=tiny_model_dir), GenerationConfig(max_new_tokens=8),
                      constrained=request.param)
 
 

