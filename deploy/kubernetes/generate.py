@@ -145,9 +145,13 @@ def ray_cluster(workers: int, max_workers: int, gpus: int, cache: str, *,
     head = {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
             # The driver runs here: a cache for what it localizes (a model's tokenizer, tasks.json).
             "template": pod("head", gpus=0, cpu=HEAD_CPU, memory=HEAD_MEMORY, cache="100Gi")}
+    node_gpus = int(gpu_node()["GPU"])
+    cpu, memory = POD_CPU, POD_MEMORY  # a pod of part of a node gets that share of its CPU/RAM
+    if gpus < node_gpus:
+        cpu, memory = POD_CPU * gpus // node_gpus, f"{int(POD_MEMORY[:-2]) * gpus // node_gpus}Gi"
     group = {"groupName": f"gpu-{gpus}x", "replicas": workers, "minReplicas": workers,
              "maxReplicas": max_workers, "rayStartParams": {},
-             "template": pod("worker", gpus=gpus, cpu=POD_CPU, memory=POD_MEMORY, cache=cache,
+             "template": pod("worker", gpus=gpus, cpu=cpu, memory=memory, cache=cache,
                              extra=worker_extra, probe=probe)}
     spec: dict[str, Any] = {"rayVersion": ray_version()}
     if autoscale:
@@ -161,7 +165,8 @@ def ray_cluster(workers: int, max_workers: int, gpus: int, cache: str, *,
 # -- jobs --------------------------------------------------------------------------------------
 
 def rayjob(name: str, entrypoint: list[str], nodes: int, cache: str, backoff: int,
-           what: str) -> dict:
+           what: str, gpus: int | None = None) -> dict:
+    """A RayJob on ``nodes`` GPU pods of ``gpus`` GPUs each (``None``: the whole node's)."""
     return {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "giellm-ray"},
@@ -171,13 +176,15 @@ def rayjob(name: str, entrypoint: list[str], nodes: int, cache: str, backoff: in
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,  # keeps the pods' logs 10 min after the end
             "backoffLimit": backoff,
-            "rayClusterSpec": ray_cluster(nodes, nodes, int(gpu_node()["GPU"]), cache),
+            "rayClusterSpec": ray_cluster(nodes, nodes, gpus or int(gpu_node()["GPU"]), cache),
         },
     }
 
 
-def train_nodes(config: str, fallback: str | None = None) -> int:
-    """Nodes a training config fills: num_workers x GPUs per worker / GPUs per node."""
+def train_shape(config: str, fallback: str | None = None) -> tuple[int, int]:
+    """``(pods, GPUs per pod)`` a training config fills: whole nodes for num_workers x GPUs per
+    worker, or one pod of just those GPUs when they fit on one node (a 1-GPU LoRA run leaves the
+    node's other 7 GPUs to other pods)."""
     from giellm_ray.train.config import TrainConfig
 
     path = repo(config)
@@ -190,14 +197,18 @@ def train_nodes(config: str, fallback: str | None = None) -> int:
     per_node = int(gpu_node()["GPU"] // per_worker)
     cpus = min(per_node, cfg.num_workers) * cfg.resources_per_worker.get("CPU", 1)
     require(cpus <= POD_CPU, f"{config}: {cpus} CPUs of workers per node > a pod's {POD_CPU}")
-    return math.ceil(cfg.num_workers / per_node)
+    total = int(cfg.num_workers * per_worker)
+    if total < int(gpu_node()["GPU"]):
+        return 1, total
+    return math.ceil(cfg.num_workers / per_node), int(gpu_node()["GPU"])
 
 
 def train_job(name: str, config: str, what: str, fallback: str | None = None) -> dict:
     s = "$GIELLM_STORAGE"
     entry = ["giellm", "train", "--config", config, "--set", f"storage_path={s}/runs",
              "--set", f"data.train={s}/mix/train.parquet", "--set", f"data.eval={s}/mix/test.parquet"]
-    return rayjob(name, entry, train_nodes(config, fallback), "800Gi", 0, what)
+    nodes, gpus = train_shape(config, fallback)
+    return rayjob(name, entry, nodes, "800Gi", 0, what, gpus)
 
 
 def score_actors(nodes: int) -> int:
@@ -231,7 +242,7 @@ def score_job() -> dict:
 
 def mre_job() -> dict:
     s = "$GIELLM_STORAGE"
-    per_run = train_nodes(TRAIN)
+    per_run, _ = train_shape(TRAIN)
     parallel = MRE_NODES // per_run  # one training run per node, side by side
     # Scoring runs one at a time while the next trainings go on: one run's nodes of actors.
     entry = ["giellm", "mre", "--data", f"{s}/mix", "--config", TRAIN, "--score-config", SCORE,

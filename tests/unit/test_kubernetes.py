@@ -279,8 +279,13 @@ def test_pods_have_gpu_limits_the_nvme_cache_no_inline_keys_and_the_reaper_flag(
             assert limits == requests, (name, role)
             if role == "head":
                 assert "nvidia.com/gpu" not in limits
-            else:
-                assert int(limits["nvidia.com/gpu"]) == gpus_per_node, (name, role)
+            else:  # whole nodes, or one pod of part of a node with that share of its CPUs
+                gpus = int(limits["nvidia.com/gpu"])
+                if gpus != gpus_per_node:
+                    workers = load(name)["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+                    assert 1 <= gpus < gpus_per_node and len(workers) == 1, (name, role)
+                    assert workers[0]["replicas"] == 1, (name, role)
+                    assert int(limits["cpu"]) == GEN.POD_CPU * gpus // gpus_per_node, name
 
 
 def test_only_the_values_a_user_must_edit_are_marked():
