@@ -42,9 +42,14 @@ def same_lengths(engine, factory, task, rows, outs, budget: int, repeats: int) -
     best = {"unconstrained": 0.0, "constrained": 0.0}
     for _ in range(repeats):
         for mode in best:
-            reqs = [GenerationRequest(p, n, factory.for_row(r["text"], task, budget)
-                                      if mode == "constrained" else None)
-                    for p, n, r in zip(prompts, lengths, rows, strict=True)]
+            reqs = [
+                GenerationRequest(
+                    p,
+                    n,
+                    factory.for_row(r["text"], task, budget) if mode == "constrained" else None,
+                )
+                for p, n, r in zip(prompts, lengths, rows, strict=True)
+            ]
             start = time.perf_counter()
             res = engine.generate(reqs)
             tps = sum(x.num_generated_tokens for x in res) / (time.perf_counter() - start)
@@ -70,7 +75,9 @@ def main() -> int:
 
     records = stockmark_records()
     rows = [{"text": r["text"], "dataset": "SCNM"} for r in records[: args.rows]]
-    model_dir = args.model or tiny_model(tempfile.mkdtemp(prefix="giellm-cost-"), [r["text"] for r in records])
+    model_dir = args.model or tiny_model(
+        tempfile.mkdtemp(prefix="giellm-cost-"), [r["text"] for r in records]
+    )
     mcfg = ModelConfig(name_or_path=model_dir)
     tokenizer, model = load_tokenizer(mcfg), load_model(mcfg, "cpu")
     gcfg = GenerationConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
@@ -78,41 +85,80 @@ def main() -> int:
     factory = build_constraint_factory(tokenizer, DEFAULT_REGISTRY)
     factory_s = time.perf_counter() - start
     extractors = {
-        mode: hf_extractor(mcfg, gcfg, constrained=(mode == "constrained"), device="cpu",
-                        model=model, tokenizer=tokenizer)
+        mode: hf_extractor(
+            mcfg,
+            gcfg,
+            constrained=(mode == "constrained"),
+            device="cpu",
+            model=model,
+            tokenizer=tokenizer,
+        )
         for mode in ("unconstrained", "constrained")
     }
     best: dict[str, dict] = {}
     for rep in range(args.repeats):
         for mode, ex in extractors.items():
             r = run(ex, rows)
-            print(json.dumps({"bench": "constraint_cost", "mode": mode, "repeat": rep,
-                              "rows": len(rows), "tokens": r["tokens"],
-                              "seconds": round(r["seconds"], 3),
-                              "tokens_per_s": round(r["tokens_per_s"], 1)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "constraint_cost",
+                        "mode": mode,
+                        "repeat": rep,
+                        "rows": len(rows),
+                        "tokens": r["tokens"],
+                        "seconds": round(r["seconds"], 3),
+                        "tokens_per_s": round(r["tokens_per_s"], 1),
+                    }
+                ),
+                flush=True,
+            )
             if mode not in best or r["tokens_per_s"] > best[mode]["tokens_per_s"]:
                 best[mode] = r
     task = DEFAULT_REGISTRY["SCNM"]
     budget = min(task.max_new_tokens, args.max_new_tokens or task.max_new_tokens)
-    same = same_lengths(extractors["unconstrained"].engine, factory, task, rows,
-                        best["constrained"]["outs"], budget, args.repeats)
+    same = same_lengths(
+        extractors["unconstrained"].engine,
+        factory,
+        task,
+        rows,
+        best["constrained"]["outs"],
+        budget,
+        args.repeats,
+    )
     outs = best["constrained"]["outs"]
-    rp = replay_constraint(factory, tokenizer, [{**r, "task": task, "cap": budget} for r in rows],
-                           [o["prediction"] or "" for o in outs], repeats=1)
+    rp = replay_constraint(
+        factory,
+        tokenizer,
+        [{**r, "task": task, "cap": budget} for r in rows],
+        [o["prediction"] or "" for o in outs],
+        repeats=1,
+    )
     base, con = best["unconstrained"]["tokens_per_s"], best["constrained"]["tokens_per_s"]
-    print(json.dumps({
-        "bench": "constraint_cost", "summary": True, "model": args.model or "tiny random-init",
-        "vocab": len(tokenizer), "rows": len(rows), "batch_size": args.batch_size,
-        "unconstrained_tokens_per_s": round(base, 1), "constrained_tokens_per_s": round(con, 1),
-        "slowdown_pct": round((1 - con / base) * 100, 1),
-        "same_lengths_unconstrained_tokens_per_s": round(same["unconstrained"], 1),
-        "same_lengths_constrained_tokens_per_s": round(same["constrained"], 1),
-        "slowdown_same_lengths_pct": round((1 - same["constrained"] / same["unconstrained"]) * 100,
-                                           1),
-        "constraint_us_per_token": round(rp["us_per_token"], 1),
-        "factory_build_s": round(factory_s, 3),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "constraint_cost",
+                "summary": True,
+                "model": args.model or "tiny random-init",
+                "vocab": len(tokenizer),
+                "rows": len(rows),
+                "batch_size": args.batch_size,
+                "unconstrained_tokens_per_s": round(base, 1),
+                "constrained_tokens_per_s": round(con, 1),
+                "slowdown_pct": round((1 - con / base) * 100, 1),
+                "same_lengths_unconstrained_tokens_per_s": round(same["unconstrained"], 1),
+                "same_lengths_constrained_tokens_per_s": round(same["constrained"], 1),
+                "slowdown_same_lengths_pct": round(
+                    (1 - same["constrained"] / same["unconstrained"]) * 100, 1
+                ),
+                "constraint_us_per_token": round(rp["us_per_token"], 1),
+                "factory_build_s": round(factory_s, 3),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -46,16 +46,16 @@ def sft_batches(tokenizer, records: list[dict], task, batch_size: int, rng: rand
     while True:
         rng.shuffle(examples)
         for i in range(0, len(examples) - batch_size + 1, batch_size):
-            chunk = examples[i:i + batch_size]
+            chunk = examples[i : i + batch_size]
             width = max(len(p) + len(t) for p, t in chunk)
             ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
             labels = torch.full((len(chunk), width), -100)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for k, (p, t) in enumerate(chunk):
                 seq = p + t
-                ids[k, :len(seq)] = torch.tensor(seq)
-                labels[k, len(p):len(seq)] = torch.tensor(t)
-                mask[k, :len(seq)] = 1
+                ids[k, : len(seq)] = torch.tensor(seq)
+                labels[k, len(p) : len(seq)] = torch.tensor(t)
+                mask[k, : len(seq)] = 1
             yield ids, mask, labels
 
 
@@ -103,9 +103,17 @@ def main() -> int:
     def extract_both(model_dir: str, model, rows: list[dict]) -> dict[str, list[dict]]:
         mcfg = ModelConfig(name_or_path=model_dir)
         tok = load_tokenizer(mcfg)
-        return {mode: hf_extractor(mcfg, gen, constrained=(mode == "constrained"), device="cpu",
-                                model=model, tokenizer=tok).extract(rows)
-                for mode in ("unconstrained", "constrained")}
+        return {
+            mode: hf_extractor(
+                mcfg,
+                gen,
+                constrained=(mode == "constrained"),
+                device="cpu",
+                model=model,
+                tokenizer=tok,
+            ).extract(rows)
+            for mode in ("unconstrained", "constrained")
+        }
 
     # 1. Random init, the worst case.
     tmp = tempfile.mkdtemp(prefix="giellm-quality-")
@@ -113,30 +121,65 @@ def main() -> int:
     rows = [{"text": r["text"], "dataset": "SCNM"} for r in records[: args.random_rows]]
     model = load_model(ModelConfig(name_or_path=rand_dir), "cpu")
     for mode, outs in extract_both(rand_dir, model, rows).items():
-        print(json.dumps({"bench": "constraint_quality", "model": "random-init", "mode": mode,
-                          "rows": len(rows), **validity(rows, outs, task)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "constraint_quality",
+                    "model": "random-init",
+                    "mode": mode,
+                    "rows": len(rows),
+                    **validity(rows, outs, task),
+                }
+            ),
+            flush=True,
+        )
 
     # 2. Briefly trained: held-out rows are the last --heldout ones.
-    train_recs, held = records[: -args.heldout], records[-args.heldout:]
+    train_recs, held = records[: -args.heldout], records[-args.heldout :]
     texts = [r["text"] for r in records] + [f":{task.none_marker};"]
-    trained_dir = tiny_model(f"{tmp}/trained", texts, TinyConfig(
-        vocab_size=1500, hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size))
+    trained_dir = tiny_model(
+        f"{tmp}/trained",
+        texts,
+        TinyConfig(
+            vocab_size=1500, hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size
+        ),
+    )
     mcfg = ModelConfig(name_or_path=trained_dir)
     model = load_model(mcfg, "cpu")
     info = train(model, load_tokenizer(mcfg), train_recs, task, args.train_seconds, 32)
-    print(json.dumps({"bench": "constraint_quality", "train": info,
-                      "params": sum(p.numel() for p in model.parameters()),
-                      "train_rows": len(train_recs)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "constraint_quality",
+                "train": info,
+                "params": sum(p.numel() for p in model.parameters()),
+                "train_rows": len(train_recs),
+            }
+        ),
+        flush=True,
+    )
     rows = [{"text": r["text"], "dataset": "SCNM"} for r in held]
-    targets = [build_target("社会", [make_item(e["type"], e["name"]) for e in r["entities"]], task)
-               for r in held]
+    targets = [
+        build_target("社会", [make_item(e["type"], e["name"]) for e in r["entities"]], task)
+        for r in held
+    ]
     for mode, outs in extract_both(trained_dir, model, rows).items():
         counts = count_rows(["SCNM"] * len(rows), targets, [o["prediction"] for o in outs])
         r = ratios(counts["SCNM"])
-        print(json.dumps({"bench": "constraint_quality", "model": "trained", "mode": mode,
-                          "rows": len(rows), **validity(rows, outs, task),
-                          **{k: (round(v, 4) if isinstance(v, float) else v)
-                             for k, v in r.items()}}, ensure_ascii=False), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "constraint_quality",
+                    "model": "trained",
+                    "mode": mode,
+                    "rows": len(rows),
+                    **validity(rows, outs, task),
+                    **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()},
+                },
+                ensure_ascii=False,
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -31,8 +31,16 @@ def make_rows(texts: list[str], n: int) -> list[dict]:
     for i in range(n):
         task = DEFAULT_REGISTRY[names[i % len(names)]]
         text = texts[i % len(texts)]
-        out.append({"id": str(i), "dataset": task.name, "text": text, "task": task,
-                    "prompt": build_prompt(text, task), "cap": CAPS[i % len(CAPS)]})
+        out.append(
+            {
+                "id": str(i),
+                "dataset": task.name,
+                "text": text,
+                "task": task,
+                "prompt": build_prompt(text, task),
+                "cap": CAPS[i % len(CAPS)],
+            }
+        )
     return out
 
 
@@ -68,8 +76,9 @@ def _caps(rows: list[dict], lengths: list[int] | None) -> list[int]:
     return [r["cap"] for r in rows] if lengths is None else list(lengths)
 
 
-def run_generate(model, tok, factory, rows: list[dict], mode: str, batch: int,
-                 lengths: list[int] | None = None) -> dict:
+def run_generate(
+    model, tok, factory, rows: list[dict], mode: str, batch: int, lengths: list[int] | None = None
+) -> dict:
     """``model.generate`` on batches of ``batch`` rows (1: the naive loop), greedy."""
     import torch
 
@@ -78,32 +87,46 @@ def run_generate(model, tok, factory, rows: list[dict], mode: str, batch: int,
     start = time.perf_counter()
     with torch.inference_mode():
         for k in range(0, len(rows), batch):
-            part, part_caps = rows[k:k + batch], caps[k:k + batch]
+            part, part_caps = rows[k : k + batch], caps[k : k + batch]
             enc = tok([r["prompt"] for r in part], return_tensors="pt", padding=True)
             procs = None
             if mode == "constrained":
-                cs = [factory.for_row(r["text"], r["task"], c) for r, c in zip(part, part_caps,
-                                                                              strict=True)]
+                cs = [
+                    factory.for_row(r["text"], r["task"], c)
+                    for r, c in zip(part, part_caps, strict=True)
+                ]
                 procs = [ConstrainLogits(cs, enc["input_ids"].shape[1], eos)]
-            out = model.generate(**enc, max_new_tokens=max(part_caps), do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=eos,
-                                 logits_processor=procs)
-            gen = out[:, enc["input_ids"].shape[1]:].tolist()
+            out = model.generate(
+                **enc,
+                max_new_tokens=max(part_caps),
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=eos,
+                logits_processor=procs,
+            )
+            gen = out[:, enc["input_ids"].shape[1] :].tolist()
             out_lengths += [_count(g, c, eos) for g, c in zip(gen, part_caps, strict=True)]
-    return {"tokens": sum(out_lengths), "seconds": time.perf_counter() - start,
-            "lengths": out_lengths}
+    return {
+        "tokens": sum(out_lengths),
+        "seconds": time.perf_counter() - start,
+        "lengths": out_lengths,
+    }
 
 
 def _requests(rows: list[dict], mode: str, lengths, constrain) -> list:
     from giellm_ray.generation.base import GenerationRequest
 
-    return [GenerationRequest(r["prompt"], c, constrain(r["text"], r["task"], c)
-                              if mode == "constrained" else None)
-            for r, c in zip(rows, _caps(rows, lengths), strict=True)]
+    return [
+        GenerationRequest(
+            r["prompt"], c, constrain(r["text"], r["task"], c) if mode == "constrained" else None
+        )
+        for r, c in zip(rows, _caps(rows, lengths), strict=True)
+    ]
 
 
-def run_engine(engine, rows: list[dict], mode: str, constrain,
-               lengths: list[int] | None = None) -> dict:
+def run_engine(
+    engine, rows: list[dict], mode: str, constrain, lengths: list[int] | None = None
+) -> dict:
     """Our HF engine or the vLLM engine (``engine.generate``); ``constrain(text, task, cap)``
     makes a row's constraint in the form the engine takes."""
     reqs = _requests(rows, mode, lengths, constrain)
@@ -114,8 +137,12 @@ def run_engine(engine, rows: list[dict], mode: str, constrain,
     if bad:
         raise RuntimeError(f"{len(bad)} rows failed, e.g. {bad[0]}")
     out_lengths = [r.num_generated_tokens for r in results]
-    return {"tokens": sum(out_lengths), "seconds": seconds, "lengths": out_lengths,
-            "texts": [r.text for r in results]}
+    return {
+        "tokens": sum(out_lengths),
+        "seconds": seconds,
+        "lengths": out_lengths,
+        "texts": [r.text for r in results],
+    }
 
 
 def replay_constraint(factory, tok, rows: list[dict], texts: list[str], repeats: int = 3) -> dict:
@@ -141,9 +168,15 @@ def replay_constraint(factory, tok, rows: list[dict], texts: list[str], repeats:
     return {"steps": steps, "us_per_token": best / max(steps, 1) * 1e6}
 
 
-def run_whole_job(model_dir: str, engine: str, n: int, texts: list[str], workdir: str,
-                  config: str = str(ROOT / "jobs/configs/score/cpu.yaml"),
-                  extra: list[str] | None = None) -> dict:
+def run_whole_job(
+    model_dir: str,
+    engine: str,
+    n: int,
+    texts: list[str],
+    workdir: str,
+    config: str = str(ROOT / "jobs/configs/score/cpu.yaml"),
+    extra: list[str] | None = None,
+) -> dict:
     """A whole ``giellm score`` process (``config``, constrained) on ``n`` rows, timed; vLLM with
     one actor (one engine per machine: on CPU two would split its cores)."""
     import pyarrow as pa
@@ -154,15 +187,38 @@ def run_whole_job(model_dir: str, engine: str, n: int, texts: list[str], workdir
     names = sorted(DEFAULT_REGISTRY)
     inp, out = Path(workdir, f"job-in-{engine}"), Path(workdir, f"job-out-{engine}")
     inp.mkdir()
-    pq.write_table(pa.table({
-        "id": [str(i) for i in range(n)], "dataset": [names[i % 6] for i in range(n)],
-        "text": [texts[i % len(texts)] for i in range(n)],
-        "max_new_tokens": pa.array([CAPS[i % len(CAPS)] for i in range(n)], pa.int32())}),
-        inp / "rows.parquet")
-    cmd = [sys.executable, "-m", "giellm_ray.cli", "score", "--model", model_dir,
-           "--input", str(inp), "--output", str(out),
-           "--config", config, "--set", "progress_bars=false",
-           "--set", "progress_interval_s=0", "--set", f"engine={engine}", *(extra or ())]
+    pq.write_table(
+        pa.table(
+            {
+                "id": [str(i) for i in range(n)],
+                "dataset": [names[i % 6] for i in range(n)],
+                "text": [texts[i % len(texts)] for i in range(n)],
+                "max_new_tokens": pa.array([CAPS[i % len(CAPS)] for i in range(n)], pa.int32()),
+            }
+        ),
+        inp / "rows.parquet",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "giellm_ray.cli",
+        "score",
+        "--model",
+        model_dir,
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--config",
+        config,
+        "--set",
+        "progress_bars=false",
+        "--set",
+        "progress_interval_s=0",
+        "--set",
+        f"engine={engine}",
+        *(extra or ()),
+    ]
     if engine == "vllm":
         cmd += ["--set", "num_actors=1"]
     start = time.perf_counter()
@@ -171,7 +227,13 @@ def run_whole_job(model_dir: str, engine: str, n: int, texts: list[str], workdir
     if proc.returncode != 0:
         raise SystemExit(f"giellm score ({engine}) failed:\n{proc.stderr[-4000:]}")
     s = json.loads((out / "_score.json").read_text())
-    return {"run": "whole_job", "engine": engine, "rows": s["output_rows"], "seconds": secs,
-            "rows_s": s["output_rows"] / secs, "errors": s["error_rows"],
-            "tok_s_job": s["engine"]["generated_tokens"] / secs,
-            "job_20k_est_s": secs if n >= 20000 else None}
+    return {
+        "run": "whole_job",
+        "engine": engine,
+        "rows": s["output_rows"],
+        "seconds": secs,
+        "rows_s": s["output_rows"] / secs,
+        "errors": s["error_rows"],
+        "tok_s_job": s["engine"]["generated_tokens"] / secs,
+        "job_20k_est_s": secs if n >= 20000 else None,
+    }

@@ -94,12 +94,35 @@ from giellm_ray.perf import decode_roofline_tokens_per_s, lookup, mfu
 
 SAMPLE = ROOT / "giellm_ray" / "resources" / "sample"
 CONFIGS = ROOT / "jobs" / "configs"
-PHASES = ("train_zero3", "train_zero2_kill", "resume_zero2", "export", "score_hf", "score_vllm",
-          "serve")
-GPU_SIZES = dict(model=dict(hidden=2048, mlp=5632, layers=22, heads=32, vocab=8000), batch=8,
-                 steps=30, rows=2000, requests=200, concurrency=16, new_tokens=32, timeout=300)
-SMOKE_SIZES = dict(model=dict(hidden=64, mlp=256, layers=2, heads=4, vocab=1000), batch=4,
-                   steps=30, rows=100, requests=20, concurrency=4, new_tokens=16, timeout=300)
+PHASES = (
+    "train_zero3",
+    "train_zero2_kill",
+    "resume_zero2",
+    "export",
+    "score_hf",
+    "score_vllm",
+    "serve",
+)
+GPU_SIZES = dict(
+    model=dict(hidden=2048, mlp=5632, layers=22, heads=32, vocab=8000),
+    batch=8,
+    steps=30,
+    rows=2000,
+    requests=200,
+    concurrency=16,
+    new_tokens=32,
+    timeout=300,
+)
+SMOKE_SIZES = dict(
+    model=dict(hidden=64, mlp=256, layers=2, heads=4, vocab=1000),
+    batch=4,
+    steps=30,
+    rows=100,
+    requests=20,
+    concurrency=4,
+    new_tokens=16,
+    timeout=300,
+)
 ROW_TOKENS = 300  # training rows join sample prompts up to this length, like 13B SFT steps
 
 
@@ -116,13 +139,25 @@ class PeakMemory:
             import pynvml
 
             pynvml.nvmlInit()
-            handle = (pynvml.nvmlDeviceGetHandleByIndex(int(index)) if index.isdigit()
-                      else pynvml.nvmlDeviceGetHandleByUUID(index))
+            handle = (
+                pynvml.nvmlDeviceGetHandleByIndex(int(index))
+                if index.isdigit()
+                else pynvml.nvmlDeviceGetHandleByUUID(index)
+            )
             return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**30
         except Exception:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used",
-                                  "--format=csv,noheader,nounits", "-i", index],
-                                 capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    index,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
             return float(out.stdout.split()[0]) / 1024 if out.returncode == 0 else 0.0
 
     def _run(self) -> None:
@@ -187,20 +222,28 @@ class Rehearsal:
         self.work = Path(args.workdir or tempfile.mkdtemp(prefix="giellm-rehearsal-")).resolve()
         self.logs = self.work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.staging = self.work / "staging"  # checkpoint staging: counted and cleaned with the rest
-        self.reserve = (args.disk_reserve_gb if args.disk_reserve_gb is not None
-                        else 0.0 if args.smoke else 5.0) * 1e9
+        self.staging = (
+            self.work / "staging"
+        )  # checkpoint staging: counted and cleaned with the rest
+        self.reserve = (
+            args.disk_reserve_gb if args.disk_reserve_gb is not None else 0.0 if args.smoke else 5.0
+        ) * 1e9
         self.disk: PeakDisk | None = None
         self.peak_disk = 0
         # A private, short Ray temp dir: each phase starts its own local Ray and never joins
         # another cluster on this machine (ray.init reads <RAY_TMPDIR>/ray/ray_current_cluster).
         self.ray_tmp = tempfile.mkdtemp(prefix="rh", dir="/tmp")
-        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",
-                                                                       "GIELLM_STORAGE")}
-        self.env.update(RAY_TMPDIR=self.ray_tmp, RAY_USAGE_STATS_ENABLED="0", HF_HUB_OFFLINE="1",
-                        TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                                 os.environ.get("PYTHONPATH")])))
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "GIELLM_STORAGE")
+        }
+        self.env.update(
+            RAY_TMPDIR=self.ray_tmp,
+            RAY_USAGE_STATS_ENABLED="0",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        )
         if self.smoke:
             self.env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="")
         elif self.env.get("DS_ACCELERATOR") == "cpu":  # e.g. inherited from the test suite
@@ -214,8 +257,14 @@ class Rehearsal:
     # -- process handling -------------------------------------------------------------------
     def launch(self, name: str, argv: list[str]) -> tuple[subprocess.Popen, Path]:
         log = self.logs / f"{name}.log"
-        proc = subprocess.Popen(argv, cwd=self.work, env=self.env, stdout=log.open("w"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=self.work,
+            env=self.env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return proc, log
 
     def finish(self, proc: subprocess.Popen, timeout: float) -> int:
@@ -253,11 +302,16 @@ class Rehearsal:
         shape, smoke = self.sizes["model"], self.smoke
         params = self.info.get("params") or (  # before setup: the shape's count, untied embeddings
             shape["layers"] * (4 * shape["hidden"] ** 2 + 3 * shape["hidden"] * shape["mlp"])
-            + 2 * shape["vocab"] * shape["hidden"])
+            + 2 * shape["vocab"] * shape["hidden"]
+        )
         w = params * (4 if smoke else 2)  # weights: fp32 in --smoke, else bf16
         c = w + 12 * params  # a full checkpoint: weights + fp32 master, Adam momentum, variance
-        return {"setup": w, "train_zero3": 2 * w, "train_zero2_kill": 3 * c,
-                "resume_zero2": 2 * w}.get(name, 1e9)
+        return {
+            "setup": w,
+            "train_zero3": 2 * w,
+            "train_zero2_kill": 3 * c,
+            "resume_zero2": 2 * w,
+        }.get(name, 1e9)
 
     def run_phase(self, name: str, fn) -> None:
         start = time.monotonic()
@@ -265,10 +319,17 @@ class Rehearsal:
         disk = {"disk_free_gb": round(free / 1e9, 2), "disk_need_gb": round(need / 1e9, 3)}
         if free < need + self.reserve:  # an error now beats ENOSPC halfway through the phase
             self.failed += 1
-            emit({"phase": name, "status": "error", **disk,
-                  "error": f"not enough disk: {free / 1e9:.2f} GB free under {self.work}, the "
-                           f"phase needs ~{need / 1e9:.2f} GB + {self.reserve / 1e9:.1f} GB "
-                           "reserve (--disk-reserve-gb)", "seconds": 0.0})
+            emit(
+                {
+                    "phase": name,
+                    "status": "error",
+                    **disk,
+                    "error": f"not enough disk: {free / 1e9:.2f} GB free under {self.work}, the "
+                    f"phase needs ~{need / 1e9:.2f} GB + {self.reserve / 1e9:.1f} GB "
+                    "reserve (--disk-reserve-gb)",
+                    "seconds": 0.0,
+                }
+            )
             return
         with PeakMemory(self.gpu) as mem, PeakDisk(self.work) as self.disk:
             try:
@@ -277,8 +338,16 @@ class Rehearsal:
                 record = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[-2000:]}
                 self.failed += 1
         self.peak_disk = max(self.peak_disk, self.disk.peak)
-        emit({"phase": name, **record, "seconds": round(time.monotonic() - start, 1),
-              **mem.record(), **disk, "peak_disk_gb": round(self.disk.peak / 1e9, 3)})
+        emit(
+            {
+                "phase": name,
+                **record,
+                "seconds": round(time.monotonic() - start, 1),
+                **mem.record(),
+                **disk,
+                "peak_disk_gb": round(self.disk.peak / 1e9, 3),
+            }
+        )
 
     def drop_staging(self, run: str) -> int:
         """Remove a run's checkpoint staging directory; the bytes it held."""
@@ -288,10 +357,20 @@ class Rehearsal:
         return held
 
     def setup(self) -> dict:
-        proc, log = self.launch("setup", [sys.executable, "-m", "benchmarks.gpu_rehearsal", "--_build", str(self.work),
-                                          json.dumps(self.sizes["model"]),
-                                          str(self.sizes["batch"] * self.sizes["steps"]),
-                                          str(self.sizes["rows"])] + (["--smoke"] * self.smoke))
+        proc, log = self.launch(
+            "setup",
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.gpu_rehearsal",
+                "--_build",
+                str(self.work),
+                json.dumps(self.sizes["model"]),
+                str(self.sizes["batch"] * self.sizes["steps"]),
+                str(self.sizes["rows"]),
+            ]
+            + (["--smoke"] * self.smoke),
+        )
         if self.finish(proc, self.sizes["timeout"]) != 0:
             raise RuntimeError(log.read_text(errors="replace")[-2000:])
         self.info = json.loads((self.work / "model_info.json").read_text())
@@ -299,16 +378,31 @@ class Rehearsal:
         return self.info
 
     def train_yaml(self, run: str, stage: int, **extra) -> Path:
-        cfg = {"model": {"name_or_path": self.base, "dtype": "float32" if self.smoke
-                         else "bfloat16"},
-               "data": {"train": str(self.work / "train.parquet"), "eval": None,
-                        "max_length": 1024, "overlong": "truncate_prompt_left"},
-               "run_name": run, "storage_path": str(self.work / "runs"), "epochs": 1, "lr": 1e-4,
-               "per_device_batch_size": self.sizes["batch"], "grad_accum": 1, "zero_stage": stage,
-               "precision": "fp32" if self.smoke else "bf16", "num_workers": 1,
-               "use_gpu": self.gpu, "resources_per_worker": {"CPU": 1}, "max_failures": 0,
-               "log_every_steps": 5, "keep_checkpoints": 3,
-               "checkpoint_staging_dir": str(self.staging), **extra}
+        cfg = {
+            "model": {"name_or_path": self.base, "dtype": "float32" if self.smoke else "bfloat16"},
+            "data": {
+                "train": str(self.work / "train.parquet"),
+                "eval": None,
+                "max_length": 1024,
+                "overlong": "truncate_prompt_left",
+            },
+            "run_name": run,
+            "storage_path": str(self.work / "runs"),
+            "epochs": 1,
+            "lr": 1e-4,
+            "per_device_batch_size": self.sizes["batch"],
+            "grad_accum": 1,
+            "zero_stage": stage,
+            "precision": "fp32" if self.smoke else "bf16",
+            "num_workers": 1,
+            "use_gpu": self.gpu,
+            "resources_per_worker": {"CPU": 1},
+            "max_failures": 0,
+            "log_every_steps": 5,
+            "keep_checkpoints": 3,
+            "checkpoint_staging_dir": str(self.staging),
+            **extra,
+        }
         path = self.work / f"{run}.yaml"
         path.write_text(json.dumps(cfg))  # JSON is YAML
         return path
@@ -317,17 +411,22 @@ class Rehearsal:
         lines = [json.loads(m) for m in re.findall(r"\[train\] (\{.*\})\s*$", log, re.M)]
         rates = [x["tokens_per_s"] for x in lines if "tokens_per_s" in x]
         steady = statistics.median(rates[1:] or rates) if rates else 0.0  # window 1 warms up
-        flops = 6 * self.info["params"] + 12 * self.info["layers"] * self.info["hidden"] * \
-            self.info["mean_row_tokens"]
+        flops = (
+            6 * self.info["params"]
+            + 12 * self.info["layers"] * self.info["hidden"] * self.info["mean_row_tokens"]
+        )
         m = mfu(flops, steady, self.device) if self.gpu else None
-        return {"steps": max((x.get("step", 0) for x in lines), default=0),
-                "tokens_per_s": round(steady, 1),
-                "mfu": round(m, 4) if m is not None else None,
-                **({} if m is not None else {"mfu_note": f"unknown device: {self.device}"})}
+        return {
+            "steps": max((x.get("step", 0) for x in lines), default=0),
+            "tokens_per_s": round(steady, 1),
+            "mfu": round(m, 4) if m is not None else None,
+            **({} if m is not None else {"mfu_note": f"unknown device: {self.device}"}),
+        }
 
     def train_zero3(self) -> dict:
-        rc, log = self.giellm("train_zero3", "train", "--config",
-                              str(self.train_yaml("zero3", 3, export=True)))
+        rc, log = self.giellm(
+            "train_zero3", "train", "--config", str(self.train_yaml("zero3", 3, export=True))
+        )
         if rc != 0:
             raise RuntimeError(log[-2000:])
         export = self.work / "runs" / "zero3" / "export"
@@ -341,16 +440,19 @@ class Rehearsal:
 
     def train_zero2_kill(self) -> dict:
         cfg = self.train_yaml("zero2", 2, export=False, checkpoint_every_steps=10)
-        proc, log = self.launch("train_zero2_kill",
-                                [sys.executable, "-m", "giellm_ray.cli", "train", "--config",
-                                 str(cfg)])
+        proc, log = self.launch(
+            "train_zero2_kill",
+            [sys.executable, "-m", "giellm_ray.cli", "train", "--config", str(cfg)],
+        )
         run_dir, deadline = self.work / "runs" / "zero2", time.monotonic() + self.sizes["timeout"]
         # A second checkpoint dir exists only after the first was reported, i.e. persisted.
         while len(_checkpoints(run_dir)) < 2:
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.kill(proc)
-                raise RuntimeError(f"no second checkpoint before exit/timeout: "
-                                   f"{log.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"no second checkpoint before exit/timeout: "
+                    f"{log.read_text(errors='replace')[-2000:]}"
+                )
             time.sleep(0.1)
         self.kill(proc)
         at_kill = self.disk.observe()
@@ -360,11 +462,15 @@ class Rehearsal:
         for extra in ckpts[1:]:
             shutil.rmtree(extra, ignore_errors=True)
         staged = self.drop_staging("zero2")
-        return {"killed": "SIGKILL to the process group",
-                "checkpoints_at_kill": [p.name for p in ckpts],
-                "checkpoint_bytes": tree_bytes(ckpts[0]), "disk_at_kill_bytes": at_kill,
-                "killed_staging_removed_bytes": staged, "disk_after_cleanup_bytes":
-                self.disk.observe(), **self.train_metrics(log.read_text(errors="replace"))}
+        return {
+            "killed": "SIGKILL to the process group",
+            "checkpoints_at_kill": [p.name for p in ckpts],
+            "checkpoint_bytes": tree_bytes(ckpts[0]),
+            "disk_at_kill_bytes": at_kill,
+            "killed_staging_removed_bytes": staged,
+            "disk_after_cleanup_bytes": self.disk.observe(),
+            **self.train_metrics(log.read_text(errors="replace")),
+        }
 
     def resume_zero2(self) -> dict:
         run_dir = self.work / "runs" / "zero2"
@@ -374,8 +480,9 @@ class Rehearsal:
         for extra in ckpts[1:]:  # possibly partial; only the first is known complete
             shutil.rmtree(extra, ignore_errors=True)
         # Only the final checkpoint: the resume itself is what this phase checks.
-        cfg = self.train_yaml("zero2-resumed", 2, export=False, keep_checkpoints=1,
-                              resume_from=str(ckpts[0]))
+        cfg = self.train_yaml(
+            "zero2-resumed", 2, export=False, keep_checkpoints=1, resume_from=str(ckpts[0])
+        )
         rc, log = self.giellm("resume_zero2", "train", "--config", str(cfg))
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(self.work / "runs" / "zero2-resumed", ignore_errors=True)
@@ -385,56 +492,104 @@ class Rehearsal:
         m = re.search(r"resumed at epoch (\d+) batch (\d+) step (\d+)", log)
         metrics = self.train_metrics(log)
         if metrics["steps"] != self.sizes["steps"]:
-            raise RuntimeError(f"resumed run ended at step {metrics['steps']}, expected "
-                               f"{self.sizes['steps']}: {log[-1000:]}")
-        return {"resumed_from": ckpts[0].name,
-                "resumed_at_step": int(m[3]) if m else None, **metrics}
+            raise RuntimeError(
+                f"resumed run ended at step {metrics['steps']}, expected "
+                f"{self.sizes['steps']}: {log[-1000:]}"
+            )
+        return {
+            "resumed_from": ckpts[0].name,
+            "resumed_at_step": int(m[3]) if m else None,
+            **metrics,
+        }
 
     def export(self) -> dict:
         if self.model == self.base:
             raise RuntimeError("no export to check (train_zero3 did not write one)")
-        proc, log = self.launch("export", [sys.executable, "-m", "benchmarks.gpu_rehearsal", "--_check-export",
-                                           self.model, self.base] + (["--smoke"] * self.smoke))
+        proc, log = self.launch(
+            "export",
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.gpu_rehearsal",
+                "--_check-export",
+                self.model,
+                self.base,
+            ]
+            + (["--smoke"] * self.smoke),
+        )
         if self.finish(proc, self.sizes["timeout"]) != 0:
             raise RuntimeError(log.read_text(errors="replace")[-2000:])
         return json.loads(log.read_text().strip().splitlines()[-1])
 
     def score(self, engine: str) -> dict:
         config = CONFIGS / "score" / ("cpu.yaml" if self.smoke else "gpu.yaml")
-        common = ["score", "--config", str(config), "--model", self.model,
-                  "--set", "num_actors=1", "--set", f"num_cpus_per_actor={1 if self.smoke else 4}",
-                  "--set", f"generation.max_new_tokens={self.sizes['new_tokens']}",
-                  "--set", "progress_interval_s=0", "--set", "progress_bars=false"]
+        common = [
+            "score",
+            "--config",
+            str(config),
+            "--model",
+            self.model,
+            "--set",
+            "num_actors=1",
+            "--set",
+            f"num_cpus_per_actor={1 if self.smoke else 4}",
+            "--set",
+            f"generation.max_new_tokens={self.sizes['new_tokens']}",
+            "--set",
+            "progress_interval_s=0",
+            "--set",
+            "progress_bars=false",
+        ]
         # Probe with a missing input: a config error (unknown key) comes before any input check.
-        rc, out = self.giellm(f"score_{engine}_probe", *common, "--set", f"engine={engine}",
-                              "--input", str(self.work / "missing.parquet"),
-                              "--output", str(self.work / "probe"), timeout=120)
+        rc, out = self.giellm(
+            f"score_{engine}_probe",
+            *common,
+            "--set",
+            f"engine={engine}",
+            "--input",
+            str(self.work / "missing.parquet"),
+            "--output",
+            str(self.work / "probe"),
+            timeout=120,
+        )
         rejected = rc != 0 and re.search(r"engine: unknown key", out)
         if rejected and engine != "hf":
-            return {"status": "skipped: ScoreConfig rejects `engine` (unknown key); the vLLM "
-                              "engine is not in this checkout"}
+            return {
+                "status": "skipped: ScoreConfig rejects `engine` (unknown key); the vLLM "
+                "engine is not in this checkout"
+            }
         if engine == "vllm" and not self.gpu:
             return {"status": "skipped: no CUDA (smoke run on CPU; vLLM needs a GPU)"}
         out_dir = self.work / f"scored-{engine}"
         argv = [*common, "--input", str(self.work / "score.parquet"), "--output", str(out_dir)]
-        rc, log = self.giellm(f"score_{engine}", *argv,
-                              *([] if rejected else ["--set", f"engine={engine}"]))
+        rc, log = self.giellm(
+            f"score_{engine}", *argv, *([] if rejected else ["--set", f"engine={engine}"])
+        )
         if rc != 0:
             raise RuntimeError(log[-2000:])
         s = json.loads((out_dir / "_score.json").read_text())
         eng = s.get("engine", {})
-        batch = (eng.get("decode_slot_steps", 0) / eng["decode_steps"]
-                 if eng.get("decode_steps") else None)
-        record = {"engine": engine if not rejected else "default (no `engine` key in ScoreConfig)",
-                  "rows": s["output_rows"], "rows_per_s": round(s["rows_per_s"], 1),
-                  "decode_tok_s": round(s["generated_tokens_per_s"], 1),
-                  "mean_decode_batch": round(batch, 1) if batch else None}
+        batch = (
+            eng.get("decode_slot_steps", 0) / eng["decode_steps"]
+            if eng.get("decode_steps")
+            else None
+        )
+        record = {
+            "engine": engine if not rejected else "default (no `engine` key in ScoreConfig)",
+            "rows": s["output_rows"],
+            "rows_per_s": round(s["rows_per_s"], 1),
+            "decode_tok_s": round(s["generated_tokens_per_s"], 1),
+            "mean_decode_batch": round(batch, 1) if batch else None,
+        }
         return {**record, **self.roofline(s["generated_tokens_per_s"], batch)}
 
     def roofline(self, tok_s: float, batch: float | None) -> dict:
         if not self.gpu or not batch:
-            return {"roofline_note": f"no HBM roofline for {self.device}" if not self.gpu
-                    else "engine reports no decode batch"}
+            return {
+                "roofline_note": f"no HBM roofline for {self.device}"
+                if not self.gpu
+                else "engine reports no decode batch"
+            }
         roof = decode_roofline_tokens_per_s(self.info["weight_bytes"], batch, self.device)
         if roof is None:
             return {"roofline_note": f"unknown device: {self.device}"}
@@ -445,12 +600,33 @@ class Rehearsal:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        proc, log = self.launch("serve", [
-            sys.executable, "-m", "giellm_ray.cli", "serve", "--config", str(config),
-            "--model", self.model, "--host", "127.0.0.1", "--port", str(port),
-            "--set", "replica.min_replicas=1", "--set", "replica.max_replicas=1",
-            "--set", f"replica.num_cpus={0.5 if self.smoke else 2}",
-            "--set", "ingress.num_replicas=1", "--set", "ingress.num_cpus=0.1"])
+        proc, log = self.launch(
+            "serve",
+            [
+                sys.executable,
+                "-m",
+                "giellm_ray.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--model",
+                self.model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--set",
+                "replica.min_replicas=1",
+                "--set",
+                "replica.max_replicas=1",
+                "--set",
+                f"replica.num_cpus={0.5 if self.smoke else 2}",
+                "--set",
+                "ingress.num_replicas=1",
+                "--set",
+                "ingress.num_cpus=0.1",
+            ],
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_http(f"{url}/v1/tasks", proc, self.sizes["timeout"])
@@ -474,8 +650,11 @@ class Rehearsal:
 
         def one(i: int) -> tuple[int, float, int]:
             body = json.dumps({**rows[i % len(rows)], "max_new_tokens": self.sizes["new_tokens"]})
-            req = urllib.request.Request(f"{url}/v1/extract", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{url}/v1/extract",
+                data=body.encode(),
+                headers={"Content-Type": "application/json"},
+            )
             t0 = time.monotonic()
             try:
                 with urllib.request.urlopen(req, timeout=120) as r:
@@ -491,26 +670,44 @@ class Rehearsal:
         lat = sorted(r[1] for r in results)
         tokens = sum(r[2] for r in results)
         ok = sum(r[0] == 200 for r in results)
-        record = {"requests": n, "concurrency": conc, "status_200": ok,
-                  "req_per_s": round(n / wall, 2), "p50_s": round(lat[len(lat) // 2], 3),
-                  "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
-                  "decode_tok_s": round(tokens / wall, 1)}
+        record = {
+            "requests": n,
+            "concurrency": conc,
+            "status_200": ok,
+            "req_per_s": round(n / wall, 2),
+            "p50_s": round(lat[len(lat) // 2], 3),
+            "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
+            "decode_tok_s": round(tokens / wall, 1),
+        }
         if ok != n:
             raise RuntimeError(f"{n - ok} of {n} requests failed: {record}")
         return {**record, **self.roofline(tokens / wall, conc)}
 
     def run(self) -> int:
-        emit({"phase": "device", "device": self.device, "smoke": self.smoke,
-              "peak": (dataclasses.asdict(lookup(self.device)) if lookup(self.device) else
-                       f"unknown device: {self.device}"), "workdir": str(self.work)})
+        emit(
+            {
+                "phase": "device",
+                "device": self.device,
+                "smoke": self.smoke,
+                "peak": (
+                    dataclasses.asdict(lookup(self.device))
+                    if lookup(self.device)
+                    else f"unknown device: {self.device}"
+                ),
+                "workdir": str(self.work),
+            }
+        )
         wanted = self.args.phases.split(",") if self.args.phases else list(PHASES)
         start = time.monotonic()
         try:
             self.run_phase("setup", self.setup)
             for name in PHASES if self.info else ():
                 if name in wanted:
-                    fn = (lambda e=name[len("score_"):]: self.score(e)) if name.startswith(
-                        "score_") else getattr(self, name)
+                    fn = (
+                        (lambda e=name[len("score_") :]: self.score(e))
+                        if name.startswith("score_")
+                        else getattr(self, name)
+                    )
                     self.run_phase(name, fn)
         finally:  # also on Ctrl-C: no Ray of ours left running, no temp dirs left behind
             self.reap()
@@ -519,11 +716,18 @@ class Rehearsal:
                 shutil.rmtree(self.work, ignore_errors=True)
         total = time.monotonic() - start
         budget = None if self.smoke else self.args.budget_s  # the budget is for one H100/H200
-        emit({"phase": "summary", "seconds": round(total, 1), "budget_s": budget,
-              "within_budget": None if budget is None else total <= budget,
-              "failed_phases": self.failed, "peak_disk_gb": round(self.peak_disk / 1e9, 3),
-              "disk_reserve_gb": round(self.reserve / 1e9, 1),
-              "logs": str(self.logs) if self.args.keep or self.args.workdir else "removed"})
+        emit(
+            {
+                "phase": "summary",
+                "seconds": round(total, 1),
+                "budget_s": budget,
+                "within_budget": None if budget is None else total <= budget,
+                "failed_phases": self.failed,
+                "peak_disk_gb": round(self.peak_disk / 1e9, 3),
+                "disk_reserve_gb": round(self.reserve / 1e9, 1),
+                "logs": str(self.logs) if self.args.keep or self.args.workdir else "removed",
+            }
+        )
         return 1 if self.failed else 0
 
 
@@ -539,8 +743,9 @@ def _cuda_available() -> bool:
 
 
 def _device_name() -> str:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+    )
     return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout else "cuda"
 
 
@@ -573,16 +778,27 @@ def build(work: Path, shape: dict, train_rows: int, score_rows: int, smoke: bool
     start = time.monotonic()
     train = pq.read_table(SAMPLE / "train.parquet").to_pylist()
     test = pq.read_table(SAMPLE / "test.parquet")
-    tok = train_tokenizer(tokenizer_texts([r[c] for r in train for c in ("prompt", "target")]
-                                          + test.column("prompt").to_pylist()), shape["vocab"])
+    tok = train_tokenizer(
+        tokenizer_texts(
+            [r[c] for r in train for c in ("prompt", "target")] + test.column("prompt").to_pylist()
+        ),
+        shape["vocab"],
+    )
     tok.model_max_length = 2048
     torch.manual_seed(0)
-    conf = LlamaConfig(vocab_size=len(tok), hidden_size=shape["hidden"],
-                       intermediate_size=shape["mlp"], num_hidden_layers=shape["layers"],
-                       num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
-                       max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       tie_word_embeddings=False)
+    conf = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["mlp"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["heads"],
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     dtype = torch.float32 if smoke else torch.bfloat16
     with torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu"):
         model = LlamaForCausalLM(conf).to(dtype)  # random init on the GPU: seconds, not minutes
@@ -602,13 +818,23 @@ def build(work: Path, shape: dict, train_rows: int, score_rows: int, smoke: bool
     pq.write_table(pa.Table.from_pylist(rows), work / "train.parquet")
     picked = test.take([i % test.num_rows for i in range(score_rows)])
     ids = [f"{x}-{i}" for i, x in enumerate(picked.column("id").to_pylist())]
-    pq.write_table(picked.set_column(picked.schema.get_field_index("id"), "id", pa.array(ids)),
-                   work / "score.parquet")
-    info = {"params": params, "params_b": round(params / 1e9, 3), "layers": shape["layers"],
-            "hidden": shape["hidden"], "vocab": len(tok), "dtype": str(dtype).split(".")[-1],
-            "weight_bytes": params * (4 if smoke else 2), "train_rows": len(rows),
-            "mean_row_tokens": round(sum(lengths) / len(lengths), 1), "score_rows": score_rows,
-            "build_s": round(time.monotonic() - start, 1)}
+    pq.write_table(
+        picked.set_column(picked.schema.get_field_index("id"), "id", pa.array(ids)),
+        work / "score.parquet",
+    )
+    info = {
+        "params": params,
+        "params_b": round(params / 1e9, 3),
+        "layers": shape["layers"],
+        "hidden": shape["hidden"],
+        "vocab": len(tok),
+        "dtype": str(dtype).split(".")[-1],
+        "weight_bytes": params * (4 if smoke else 2),
+        "train_rows": len(rows),
+        "mean_row_tokens": round(sum(lengths) / len(lengths), 1),
+        "score_rows": score_rows,
+        "build_s": round(time.monotonic() - start, 1),
+    }
     (work / "model_info.json").write_text(json.dumps(info))
 
 
@@ -628,28 +854,46 @@ def check_export(export: str, base: str, smoke: bool) -> None:
         raise SystemExit(f"export and base differ in layout: {set(before) ^ set(after)}")
     changed = sum(not torch.equal(before[k], after[k].cpu()) for k in before)
     tok = AutoTokenizer.from_pretrained(export)
-    batch = tok("鈴木一郎の小説は名古屋市の中央博物館で朗読された。", return_tensors="pt").to(device)
+    batch = tok("鈴木一郎の小説は名古屋市の中央博物館で朗読された。", return_tensors="pt").to(
+        device
+    )
     with torch.no_grad():
         logits = model(**batch).logits
     if not torch.isfinite(logits).all() or changed == 0:
-        raise SystemExit(f"bad export: finite={bool(torch.isfinite(logits).all())}, "
-                         f"changed tensors={changed}")
-    print(json.dumps({"files": sorted(os.listdir(export)), "load_s": round(load_s, 1),
-                      "tensors": len(after), "tensors_changed_by_training": changed,
-                      "params_b": round(sum(t.numel() for t in after.values()) / 1e9, 3)}))
+        raise SystemExit(
+            f"bad export: finite={bool(torch.isfinite(logits).all())}, changed tensors={changed}"
+        )
+    print(
+        json.dumps(
+            {
+                "files": sorted(os.listdir(export)),
+                "load_s": round(load_s, 1),
+                "tensors": len(after),
+                "tensors_changed_by_training": changed,
+                "params_b": round(sum(t.numel() for t in after.values()) / 1e9, 3),
+            }
+        )
+    )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true",
-                   help="CPU, tiny model, small sizes: checks the script's logic without a GPU")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU, tiny model, small sizes: checks the script's logic without a GPU",
+    )
     p.add_argument("--workdir", help="keep everything here (default: a temp dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the temp workdir")
     p.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--budget-s", type=float, default=480.0, help="time budget the summary checks")
-    p.add_argument("--disk-reserve-gb", type=float, default=None,
-                   help="disk left free for the OS and logs before a phase starts (default 5 GB; "
-                   "0 with --smoke)")
+    p.add_argument(
+        "--disk-reserve-gb",
+        type=float,
+        default=None,
+        help="disk left free for the OS and logs before a phase starts (default 5 GB; "
+        "0 with --smoke)",
+    )
     p.add_argument("--_build", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--_check-export", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -661,8 +905,11 @@ def main() -> int:
         check_export(*args._check_export, args.smoke)
         return 0
     if not args.smoke and not _cuda_available():
-        print("gpu_rehearsal: no CUDA device here; run it on a GPU machine "
-              "(or --smoke for the same phases on CPU)", file=sys.stderr)
+        print(
+            "gpu_rehearsal: no CUDA device here; run it on a GPU machine "
+            "(or --smoke for the same phases on CPU)",
+            file=sys.stderr,
+        )
         return 2
     return Rehearsal(args).run()
 

@@ -29,8 +29,10 @@ from benchmarks.common import ROOT, source_texts
 from giellm_ray.perf import ONE_B_LLAMA, llama_params, roofline
 
 SHAPE = ONE_B_LLAMA
-NO_CUDA = ("gpu_score.py needs a CUDA GPU (torch.cuda.is_available() is False); on CPU run "
-           "python -m benchmarks.engines")
+NO_CUDA = (
+    "gpu_score.py needs a CUDA GPU (torch.cuda.is_available() is False); on CPU run "
+    "python -m benchmarks.engines"
+)
 
 
 def build_model(workdir: str) -> str:
@@ -43,10 +45,16 @@ def build_model(workdir: str) -> str:
     tok = train_tokenizer(tokenizer_texts(source_texts()), 8000)
     tok.model_max_length = 2048
     torch.manual_seed(0)
-    conf = LlamaConfig(vocab_size=len(tok), num_key_value_heads=SHAPE["num_attention_heads"],
-                       max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       tie_word_embeddings=False, **SHAPE)
+    conf = LlamaConfig(
+        vocab_size=len(tok),
+        num_key_value_heads=SHAPE["num_attention_heads"],
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+        **SHAPE,
+    )
     with torch.device("cuda"):
         model = LlamaForCausalLM(conf).to(torch.bfloat16)
     out = f"{workdir}/model-1b"
@@ -82,15 +90,18 @@ def run_hf(model_dir: str, rows: list[dict], warm: list[dict], device: str) -> l
         r = run_engine(engine, rows, mode, factory.for_row)
         st = engine.stats
         batch = st.decode_slot_steps / st.decode_steps if st.decode_steps else None
-        out.append(record("hf_engine", mode, r, rows, startup, device)
-                   | roofline(r["tokens"] / r["seconds"], batch, weight_bytes, device))
+        out.append(
+            record("hf_engine", mode, r, rows, startup, device)
+            | roofline(r["tokens"] / r["seconds"], batch, weight_bytes, device)
+        )
     del engine, model
     torch.cuda.empty_cache()
     return out
 
 
-def run_vllm(model_dir: str, rows: list[dict], warm: list[dict], device: str,
-             weight_bytes: int) -> list[dict]:
+def run_vllm(
+    model_dir: str, rows: list[dict], warm: list[dict], device: str, weight_bytes: int
+) -> list[dict]:
     from benchmarks.engine_runs import run_engine
     from giellm_ray.config import load_config
     from giellm_ray.configs import config_path
@@ -101,8 +112,9 @@ def run_vllm(model_dir: str, rows: list[dict], warm: list[dict], device: str,
 
     cfg = load_config(ScoreConfig, config_path("score", "gpu.yaml")).vllm
     started = time.perf_counter()
-    engine = VLLMEngine(ModelConfig(name_or_path=model_dir, dtype="bfloat16"), cfg, on_gpu=True,
-                        log_stats=True)
+    engine = VLLMEngine(
+        ModelConfig(name_or_path=model_dir, dtype="bfloat16"), cfg, on_gpu=True, log_stats=True
+    )
     startup = time.perf_counter() - started
     out = []
     try:
@@ -112,26 +124,41 @@ def run_vllm(model_dir: str, rows: list[dict], warm: list[dict], device: str,
             r = run_engine(engine, rows, mode, constraint_spec)
             steps = engine.iteration_count() - before
             batch = r["tokens"] / steps if steps else None
-            out.append(record("vllm", mode, r, rows, startup, device)
-                       | roofline(r["tokens"] / r["seconds"], batch, weight_bytes, device))
+            out.append(
+                record("vllm", mode, r, rows, startup, device)
+                | roofline(r["tokens"] / r["seconds"], batch, weight_bytes, device)
+            )
     finally:
         engine.shutdown()
     return out
 
 
-def record(engine: str, mode: str, r: dict, rows: list[dict], startup: float,
-           device: str) -> dict:
-    return {"run": "engine", "engine": engine, "mode": mode, "gpu": device, "rows": len(rows),
-            "tokens": r["tokens"], "tok_s": round(r["tokens"] / r["seconds"], 1),
-            "rows_s": round(len(rows) / r["seconds"], 2), "startup_s": round(startup, 1)}
+def record(engine: str, mode: str, r: dict, rows: list[dict], startup: float, device: str) -> dict:
+    return {
+        "run": "engine",
+        "engine": engine,
+        "mode": mode,
+        "gpu": device,
+        "rows": len(rows),
+        "tokens": r["tokens"],
+        "tok_s": round(r["tokens"] / r["seconds"], 1),
+        "rows_s": round(len(rows) / r["seconds"], 2),
+        "startup_s": round(startup, 1),
+    }
 
 
 def run_job(model_dir: str, engine: str, n: int, workdir: str, device: str) -> dict:
     """A whole ``giellm score`` process with ``gpu.yaml`` and one actor, timed."""
     from benchmarks.engine_runs import run_whole_job
 
-    res = run_whole_job(model_dir, engine, n, source_texts(), workdir,
-                        config=str(ROOT / "jobs/configs/score/gpu.yaml"))
+    res = run_whole_job(
+        model_dir,
+        engine,
+        n,
+        source_texts(),
+        workdir,
+        config=str(ROOT / "jobs/configs/score/gpu.yaml"),
+    )
     return {**res, "gpu": device}
 
 
@@ -154,19 +181,35 @@ def main() -> None:
         started = time.perf_counter()
         model_dir = args.model or build_model(workdir)
         conf = json.loads(Path(model_dir, "config.json").read_text())
-        params = llama_params(conf["hidden_size"], conf["intermediate_size"],
-                              conf["num_hidden_layers"], conf["vocab_size"])
-        print(json.dumps({"run": "setup", "gpu": device, "params_b": round(params / 1e9, 3),
-                          "build_s": round(time.perf_counter() - started, 1)}), flush=True)
+        params = llama_params(
+            conf["hidden_size"],
+            conf["intermediate_size"],
+            conf["num_hidden_layers"],
+            conf["vocab_size"],
+        )
+        print(
+            json.dumps(
+                {
+                    "run": "setup",
+                    "gpu": device,
+                    "params_b": round(params / 1e9, 3),
+                    "build_s": round(time.perf_counter() - started, 1),
+                }
+            ),
+            flush=True,
+        )
         for rec in run_hf(model_dir, rows, warm, device):
             print(json.dumps(rec), flush=True)
         for rec in run_vllm(model_dir, rows, warm, device, params * 2):
             print(json.dumps(rec), flush=True)
         for engine in ("hf", "vllm") if args.job_rows else ():
-            print(json.dumps(run_job(model_dir, engine, args.job_rows, workdir, device)),
-                  flush=True)
-    subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used,memory.total",
-                    "--format=csv,noheader"], check=False)
+            print(
+                json.dumps(run_job(model_dir, engine, args.job_rows, workdir, device)), flush=True
+            )
+    subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.used,memory.total", "--format=csv,noheader"],
+        check=False,
+    )
 
 
 if __name__ == "__main__":

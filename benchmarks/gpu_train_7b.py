@@ -33,20 +33,34 @@ def run(layers: int, offload: bool, args) -> dict:
     from giellm_ray.train.config import TrainConfig
     from giellm_ray.train.deepspeed_config import build_ds_config
 
-    cfg = TrainConfig(zero_stage=3, use_gpu=True, cpu_offload=offload, precision="bf16",
-                      per_device_batch_size=args.batch, lr=1e-5, activation_checkpointing=True)
+    cfg = TrainConfig(
+        zero_stage=3,
+        use_gpu=True,
+        cpu_offload=offload,
+        precision="bf16",
+        per_device_batch_size=args.batch,
+        lr=1e-5,
+        activation_checkpointing=True,
+    )
     ds = build_ds_config(cfg, total_steps=args.steps + 10, world_size=1)
-    conf = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers,
-                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                       max_position_embeddings=max(4096, args.seq))
+    conf = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=layers,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=max(4096, args.seq),
+    )
     torch.cuda.reset_peak_memory_stats()
     with deepspeed.zero.Init(config_dict_or_path=ds, dtype=torch.bfloat16):
         model = LlamaForCausalLM(conf)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    engine, *_ = deepspeed.initialize(model=model, config=ds,
-                                      model_parameters=[p for p in model.parameters()])
+    engine, *_ = deepspeed.initialize(
+        model=model, config=ds, model_parameters=[p for p in model.parameters()]
+    )
     ids = torch.randint(0, conf.vocab_size, (args.batch, args.seq), device="cuda")
     times = []
     for i in range(args.steps):
@@ -64,13 +78,23 @@ def run(layers: int, offload: bool, args) -> dict:
     spec = lookup(device)
     peak_tflops = args.peak_tflops or (spec.bf16_dense_tflops if spec else None)
     result = {
-        "bench": "gpu_train_7b", "device": device, "layers": layers,
-        "params_b": round(n_params / 1e9, 2), "zero_stage": 3, "offload_optimizer": offload,
-        "seq": args.seq, "batch": args.batch, "measured_steps": len(times),
+        "bench": "gpu_train_7b",
+        "device": device,
+        "layers": layers,
+        "params_b": round(n_params / 1e9, 2),
+        "zero_stage": 3,
+        "offload_optimizer": offload,
+        "seq": args.seq,
+        "batch": args.batch,
+        "measured_steps": len(times),
         "tokens_per_s": round(tokens_per_s, 1),
-        "peak": (f"{peak_tflops:g} TFLOP/s bf16 dense" + ("" if args.peak_tflops else f" ({spec.name})")
-                 if peak_tflops else f"unknown device: {device}"),
-        "mfu": round(flops_per_token * tokens_per_s / (peak_tflops * 1e12), 4) if peak_tflops
+        "peak": (
+            f"{peak_tflops:g} TFLOP/s bf16 dense" + ("" if args.peak_tflops else f" ({spec.name})")
+            if peak_tflops
+            else f"unknown device: {device}"
+        ),
+        "mfu": round(flops_per_token * tokens_per_s / (peak_tflops * 1e12), 4)
+        if peak_tflops
         else None,
         "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "final_loss": round(float(loss), 3),
@@ -87,16 +111,22 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="GPU peak BF16 dense TFLOP/s (default: looked up by device name)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="GPU peak BF16 dense TFLOP/s (default: looked up by device name)",
+    )
     p.add_argument("--skip-full", action="store_true", help="only the 8-layer baseline")
     args = p.parse_args()
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_train_7b: no CUDA device here; run it on a GPU machine "
-              "(needs ~80 GB GPU memory and ~120 GB host memory for the offloaded 7B run)",
-              file=sys.stderr)
+        print(
+            "gpu_train_7b: no CUDA device here; run it on a GPU machine "
+            "(needs ~80 GB GPU memory and ~120 GB host memory for the offloaded 7B run)",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29511")

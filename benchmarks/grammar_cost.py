@@ -43,18 +43,26 @@ def tokenizer(texts: list[str], vocab: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=min(vocab, 4000), special_tokens=["<pad>", "<unk>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=min(vocab, 4000),
+            special_tokens=["<pad>", "<unk>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     missing = vocab - tok.get_vocab_size()
     if missing > 0:
-        grams = Counter(t[i:i + n] for t in texts for n in range(2, 9)
-                        for i in range(len(t) - n + 1))
+        grams = Counter(
+            t[i : i + n] for t in texts for n in range(2, 9) for i in range(len(t) - n + 1)
+        )
         have = set(tok.get_vocab())
         extra = [g for g, _ in grams.most_common(missing * 2) if g not in have][:missing]
         tok.add_tokens(extra)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def main() -> None:
@@ -69,9 +77,13 @@ def main() -> None:
 
     torch.set_num_threads(1)
     recs = [r for r in json.loads(NER.read_text(encoding="utf-8")) if r["entities"]]
-    rows = [(r["text"], build_target("社会", [make_item(e["type"], e["name"])
-                                            for e in r["entities"]], SCNM))
-            for r in recs[: args.rows]]
+    rows = [
+        (
+            r["text"],
+            build_target("社会", [make_item(e["type"], e["name"]) for e in r["entities"]], SCNM),
+        )
+        for r in recs[: args.rows]
+    ]
     texts = [r["text"] for r in recs[:3000]] + [t for _, t in rows]
     for vocab in (int(v) for v in args.vocabs.split(",")):
         tok = tokenizer(texts, vocab)
@@ -96,8 +108,7 @@ def main() -> None:
             cost["ours"][1] += time.perf_counter() - t0
             cost["ours"][2] += len(ids)
             t0 = time.perf_counter()
-            m = llguidance.LLMatcher(ll_tok, row_lark(SCNM, text, factory.lead_space),
-                                     log_level=0)
+            m = llguidance.LLMatcher(ll_tok, row_lark(SCNM, text, factory.lead_space), log_level=0)
             cost["llguidance"][0] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for t in ids:
@@ -108,13 +119,21 @@ def main() -> None:
             cost["llguidance"][2] += len(ids)
         base = cost["ours"]
         for name, (build, step, steps) in cost.items():
-            print(json.dumps({
-                "vocab": len(tok), "engine": name, "rows": len(rows), "steps": steps,
-                "tokenizer_setup_s": round(ours_setup if name == "ours" else ll_setup, 3),
-                "build_ms_per_row": round(1000 * build / len(rows), 3),
-                "mask_us_per_token": round(1e6 * step / steps, 1),
-                "vs_ours_per_token": round((step / steps) / (base[1] / base[2]), 2),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "vocab": len(tok),
+                        "engine": name,
+                        "rows": len(rows),
+                        "steps": steps,
+                        "tokenizer_setup_s": round(ours_setup if name == "ours" else ll_setup, 3),
+                        "build_ms_per_row": round(1000 * build / len(rows), 3),
+                        "mask_us_per_token": round(1e6 * step / steps, 1),
+                        "vs_ours_per_token": round((step / steps) / (base[1] / base[2]), 2),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,18 @@ import os
 import tempfile
 import time
 
-MODEL = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
-         "num_attention_heads": 8, "vocab_size": 1500}
+MODEL = {
+    "hidden_size": 512,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "vocab_size": 1500,
+}
 LORA = "lora={r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}"
-LLAMA = {"7B": {"layers": 32, "hidden": 4096, "mlp": 11008, "vocab": 32000, "params": 6.74e9},
-         "13B": {"layers": 40, "hidden": 5120, "mlp": 13824, "vocab": 32000, "params": 13.0e9}}
+LLAMA = {
+    "7B": {"layers": 32, "hidden": 4096, "mlp": 11008, "vocab": 32000, "params": 6.74e9},
+    "13B": {"layers": 40, "hidden": 5120, "mlp": 13824, "vocab": 32000, "params": 13.0e9},
+}
 
 
 def emit(**record) -> None:
@@ -43,8 +50,11 @@ def _checkpoint_bytes(run_dir: str) -> int | None:
     for d in sorted(glob.glob(f"{run_dir}/checkpoint_*/")):
         with open(f"{d}/train_state.json") as f:
             if not json.load(f).get("weights_only"):
-                return sum(os.path.getsize(p) for p in glob.glob(f"{d}/**", recursive=True)
-                           if os.path.isfile(p))
+                return sum(
+                    os.path.getsize(p)
+                    for p in glob.glob(f"{d}/**", recursive=True)
+                    if os.path.isfile(p)
+                )
     return None
 
 
@@ -69,30 +79,50 @@ def section_train(args) -> None:
     results = {}
     try:
         for kind, extra in (("full", []), ("lora", [LORA])):
-            cfg = load_config(TrainConfig, None, [
-                f"model.name_or_path={model}", f"data.train={train}", f"storage_path={tmp}/runs",
-                f"run_name={kind}", "num_workers=1", "epochs=2", "zero_stage=2",
-                f"per_device_batch_size={args.batch}", "export=false", "log_every_steps=1000",
-                "lr=1e-3", "data.max_length=256",
-                "keep_checkpoints=2", "resources_per_worker={CPU: 1}", *extra])
+            cfg = load_config(
+                TrainConfig,
+                None,
+                [
+                    f"model.name_or_path={model}",
+                    f"data.train={train}",
+                    f"storage_path={tmp}/runs",
+                    f"run_name={kind}",
+                    "num_workers=1",
+                    "epochs=2",
+                    "zero_stage=2",
+                    f"per_device_batch_size={args.batch}",
+                    "export=false",
+                    "log_every_steps=1000",
+                    "lr=1e-3",
+                    "data.max_length=256",
+                    "keep_checkpoints=2",
+                    "resources_per_worker={CPU: 1}",
+                    *extra,
+                ],
+            )
             t0 = time.perf_counter()
             m = run_training(cfg).metrics
             results[kind] = rec = {
-                "kind": kind, "steps": m["step"], "train_tokens": m["train_tokens"],
+                "kind": kind,
+                "steps": m["step"],
+                "train_tokens": m["train_tokens"],
                 "tokens_per_s": round(m["train_tokens_per_s"], 1),
                 "peak_rss_mb_rank0": round(m["peak_rss_mb_rank0"], 1),
                 "checkpoint_bytes": _checkpoint_bytes(f"{tmp}/runs/{kind}"),
                 "trainable_params": m.get("trainable_params"),
-                "wall_s": round(time.perf_counter() - t0, 1)}
-            emit(section="train", device="cpu", model="llama h512 l8 (~29M)", rows=args.rows,
-                 **rec)
+                "wall_s": round(time.perf_counter() - t0, 1),
+            }
+            emit(section="train", device="cpu", model="llama h512 l8 (~29M)", rows=args.rows, **rec)
     finally:
         ray.shutdown()
     full, lora = results["full"], results["lora"]
-    emit(section="train", baseline="full fine-tuning, same run",
-         tokens_per_s_ratio=round(lora["tokens_per_s"] / full["tokens_per_s"], 3),
-         peak_rss_ratio=round(lora["peak_rss_mb_rank0"] / full["peak_rss_mb_rank0"], 3),
-         checkpoint_bytes_ratio=round(lora["checkpoint_bytes"] / full["checkpoint_bytes"], 4))
+    emit(
+        section="train",
+        baseline="full fine-tuning, same run",
+        tokens_per_s_ratio=round(lora["tokens_per_s"] / full["tokens_per_s"], 3),
+        peak_rss_ratio=round(lora["peak_rss_mb_rank0"] / full["peak_rss_mb_rank0"], 3),
+        checkpoint_bytes_ratio=round(lora["checkpoint_bytes"] / full["checkpoint_bytes"], 4),
+    )
 
 
 def lora_params(shape: dict, r: int) -> int:
@@ -112,12 +142,18 @@ def section_arithmetic(args) -> None:
         full_per_gpu = (2 * n + (2 + 12 + 4) * n / 8) / gb + act  # ZeRO-2 on 8 GPUs
         lora_gpu = (2 * n + 16 * a) / gb + act
         qlora_gpu = (0.53 * n + 16 * a + 2 * 2 * s["vocab"] * s["hidden"] * 2) / gb + act
-        emit(section="arithmetic", model=f"Llama-2-{name}", params=n, lora_r16_params=a,
-             full_ft_state_gb=round(full_total, 1),
-             full_ft_zero2_8gpu_gb_per_gpu=round(full_per_gpu, 1),
-             lora_1gpu_gb=round(lora_gpu, 1), qlora_1gpu_gb=round(qlora_gpu, 1),
-             full_checkpoint_gb=round((2 + 12) * n / gb, 1),
-             lora_checkpoint_gb=round((2 + 12) * a / gb, 2))
+        emit(
+            section="arithmetic",
+            model=f"Llama-2-{name}",
+            params=n,
+            lora_r16_params=a,
+            full_ft_state_gb=round(full_total, 1),
+            full_ft_zero2_8gpu_gb_per_gpu=round(full_per_gpu, 1),
+            lora_1gpu_gb=round(lora_gpu, 1),
+            qlora_1gpu_gb=round(qlora_gpu, 1),
+            full_checkpoint_gb=round((2 + 12) * n / gb, 1),
+            lora_checkpoint_gb=round((2 + 12) * a / gb, 2),
+        )
 
 
 SECTIONS = {"train": section_train, "arithmetic": section_arithmetic}

@@ -36,18 +36,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-MODELS = {"tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                   "num_attention_heads": 2},
-          "compute": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
-                      "num_attention_heads": 8}}
-VLLM_CPU = {"enforce_eager": True, "gpu_memory_utilization": 0.1, "max_num_seqs": 128,
-            "max_num_batched_tokens": 8192}
+MODELS = {
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    },
+    "compute": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+    },
+}
+VLLM_CPU = {
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.1,
+    "max_num_seqs": 128,
+    "max_num_batched_tokens": 8192,
+}
 NAMES = ("a", "b", "c", "d")
 
 
 def emit(**kw) -> None:
-    print(json.dumps({"bench": "lora_scoring", **kw, "load1": round(os.getloadavg()[0], 2)}),
-          flush=True)
+    print(
+        json.dumps({"bench": "lora_scoring", **kw, "load1": round(os.getloadavg()[0], 2)}),
+        flush=True,
+    )
 
 
 def build(workdir: str, model: str, rank: int, texts: list[str]) -> tuple[str, dict, str]:
@@ -58,8 +74,10 @@ def build(workdir: str, model: str, rank: int, texts: list[str]) -> tuple[str, d
 
     seed = texts + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
     base = build_tiny(f"{workdir}/base", seed, TinyConfig(vocab_size=1500, **MODELS[model]))
-    adapters = {n: build_tiny_adapter(base, f"{workdir}/lora-{n}", seed=k + 1, r=rank,
-                                      alpha=2 * rank) for k, n in enumerate(NAMES)}
+    adapters = {
+        n: build_tiny_adapter(base, f"{workdir}/lora-{n}", seed=k + 1, r=rank, alpha=2 * rank)
+        for k, n in enumerate(NAMES)
+    }
     return base, adapters, merge_adapter(base, adapters["a"], f"{workdir}/merged")
 
 
@@ -69,23 +87,33 @@ def extractor(engine: str, model_dir: str, adapters: dict | None, rank: int):
     from giellm_ray.model.loader import ModelConfig
 
     vllm = VLLMConfig(**VLLM_CPU, max_lora_rank=rank)
-    return build_extractor(engine, ModelConfig(name_or_path=model_dir),
-                           GenerationConfig(batch_size=32), vllm, device="cpu",
-                           adapters=adapters or None)
+    return build_extractor(
+        engine,
+        ModelConfig(name_or_path=model_dir),
+        GenerationConfig(batch_size=32),
+        vllm,
+        device="cpu",
+        adapters=adapters or None,
+    )
 
 
-def run_engine(engine: str, base: str, adapters: dict, merged: str, rows: list[dict],
-               warm: list[dict], args) -> None:
+def run_engine(
+    engine: str, base: str, adapters: dict, merged: str, rows: list[dict], warm: list[dict], args
+) -> None:
     """Every configuration on ``engine``. HF: all four engines held at once and the repeats
     interleaved (a shared machine's load shifts between configurations otherwise); vLLM: one
     engine at a time (each takes its share of RAM for KV), repeats back to back."""
-    plans = [("merged", merged, None, None), ("base", base, None, None),
-             ("adapters_1", base, {"a": adapters["a"]}, ["a"]),
-             ("adapters_4", base, adapters, list(NAMES))]
+    plans = [
+        ("merged", merged, None, None),
+        ("base", base, None, None),
+        ("adapters_1", base, {"a": adapters["a"]}, ["a"]),
+        ("adapters_4", base, adapters, list(NAMES)),
+    ]
 
     def rows_for(cycle):
-        return [{**r, "adapter": cycle[i % len(cycle)] if cycle else None}
-                for i, r in enumerate(rows)]
+        return [
+            {**r, "adapter": cycle[i % len(cycle)] if cycle else None} for i, r in enumerate(rows)
+        ]
 
     best: dict[str, tuple[float, int, list]] = {}
 
@@ -94,8 +122,11 @@ def run_engine(engine: str, base: str, adapters: dict, merged: str, rows: list[d
         out = ex.extract(mine)
         seconds = time.perf_counter() - start
         if config not in best or seconds < best[config][0]:
-            best[config] = (seconds, sum(o["num_generated_tokens"] for o in out),
-                            [o["prediction"] for o in out])
+            best[config] = (
+                seconds,
+                sum(o["num_generated_tokens"] for o in out),
+                [o["prediction"] for o in out],
+            )
 
     if engine == "hf":
         held = [(c, extractor(engine, m, h, args.rank), rows_for(cy)) for c, m, h, cy in plans]
@@ -114,17 +145,26 @@ def run_engine(engine: str, base: str, adapters: dict, merged: str, rows: list[d
             del ex
     merged_tok_s = best["merged"][1] / best["merged"][0]
     for config, (seconds, tokens, _) in best.items():
-        emit(engine=engine, config=config, rows=len(rows), tokens=tokens,
-             seconds=round(seconds, 3), tok_s=round(tokens / seconds, 1),
-             rows_s=round(len(rows) / seconds, 2),
-             vs_merged=round(tokens / seconds / merged_tok_s, 3))
+        emit(
+            engine=engine,
+            config=config,
+            rows=len(rows),
+            tokens=tokens,
+            seconds=round(seconds, 3),
+            tok_s=round(tokens / seconds, 1),
+            rows_s=round(len(rows) / seconds, 2),
+            vs_merged=round(tokens / seconds / merged_tok_s, 3),
+        )
     tok_s = {c: t / s for c, (s, t, _) in best.items()}
     same = sum(a == b for a, b in zip(best["adapters_1"][2], best["merged"][2], strict=True))
-    emit(engine=engine, config="summary",
-         adapter_1_vs_merged=round(tok_s["adapters_1"] / tok_s["merged"], 3),
-         adapters_4_vs_1=round(tok_s["adapters_4"] / tok_s["adapters_1"], 3),
-         base_vs_merged=round(tok_s["base"] / tok_s["merged"], 3),
-         adapter_1_same_outputs_as_merged=round(same / len(rows), 3))
+    emit(
+        engine=engine,
+        config="summary",
+        adapter_1_vs_merged=round(tok_s["adapters_1"] / tok_s["merged"], 3),
+        adapters_4_vs_1=round(tok_s["adapters_4"] / tok_s["adapters_1"], 3),
+        base_vs_merged=round(tok_s["base"] / tok_s["merged"], 3),
+        adapter_1_same_outputs_as_merged=round(same / len(rows), 3),
+    )
 
 
 def main() -> None:
@@ -142,15 +182,23 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     texts = source_texts()
-    as_rows = [{"dataset": r["dataset"], "text": r["text"], "max_new_tokens": r["cap"]}
-               for r in make_rows(texts, args.rows)]
-    warm = [{"dataset": r["dataset"], "text": r["text"], "max_new_tokens": 8}
-            for r in make_rows(texts[::-1], 8)]
+    as_rows = [
+        {"dataset": r["dataset"], "text": r["text"], "max_new_tokens": r["cap"]}
+        for r in make_rows(texts, args.rows)
+    ]
+    warm = [
+        {"dataset": r["dataset"], "text": r["text"], "max_new_tokens": 8}
+        for r in make_rows(texts[::-1], 8)
+    ]
     with tempfile.TemporaryDirectory() as work:
         base, adapters, merged = build(work, args.model, args.rank, texts)
-        emit(config="setup", model=args.model, rank=args.rank, adapters=len(adapters),
-             adapter_bytes=os.path.getsize(os.path.join(adapters["a"],
-                                                        "adapter_model.safetensors")))
+        emit(
+            config="setup",
+            model=args.model,
+            rank=args.rank,
+            adapters=len(adapters),
+            adapter_bytes=os.path.getsize(os.path.join(adapters["a"], "adapter_model.safetensors")),
+        )
         for engine in args.engines:
             run_engine(engine, base, adapters, merged, as_rows, warm, args)
 

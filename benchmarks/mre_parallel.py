@@ -29,8 +29,14 @@ from benchmarks.common import tree_rss_mib
 VARIANTS = {
     "sequential, 2 workers/run (baseline)": [],
     "sequential, 1 worker/run": ["--set", "num_workers=1", "--set", "resources_per_worker.CPU=1"],
-    "parallel 2, 1 worker/run": ["--set", "num_workers=1", "--set", "resources_per_worker.CPU=1",
-                                 "--parallel", "2"],
+    "parallel 2, 1 worker/run": [
+        "--set",
+        "num_workers=1",
+        "--set",
+        "resources_per_worker.CPU=1",
+        "--parallel",
+        "2",
+    ],
 }
 
 
@@ -58,12 +64,17 @@ def run_variant(name: str, extra: list[str], workdir: str) -> dict:
         raise SystemExit(f"{name}: exit {child.returncode}\n{err.decode()[-3000:]}")
     with open(os.path.join(out, "mre.json")) as f:
         mre = json.load(f)
-    return {"bench": "mre_parallel", "variant": name, "runs": len(mre["runs"]),
-            "wall_s": round(wall, 1),
-            "train_s_sum": round(sum(r["seconds"]["train"] for r in mre["runs"]), 1),
-            "score_s_sum": round(sum(r["seconds"]["score"] for r in mre["runs"]), 1),
-            "peak_tree_rss_mib": round(peak), "cpus": os.cpu_count(),
-            "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+    return {
+        "bench": "mre_parallel",
+        "variant": name,
+        "runs": len(mre["runs"]),
+        "wall_s": round(wall, 1),
+        "train_s_sum": round(sum(r["seconds"]["train"] for r in mre["runs"]), 1),
+        "score_s_sum": round(sum(r["seconds"]["score"] for r in mre["runs"]), 1),
+        "peak_tree_rss_mib": round(peak),
+        "cpus": os.cpu_count(),
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+    }
 
 
 def main() -> None:

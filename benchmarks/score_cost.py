@@ -35,10 +35,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
-MODELS = {"tiny": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
-                   "num_attention_heads": 4},
-          "compute": {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 8,
-                      "num_attention_heads": 8}}
+MODELS = {
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
+    "compute": {
+        "hidden_size": 512,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+    },
+}
 CAPS = (24, 40, 56, 72)
 
 
@@ -68,8 +78,14 @@ def make_rows(corpus: list[str], n: int) -> list[dict]:
     from giellm_ray.formats import DEFAULT_REGISTRY
 
     names = sorted(DEFAULT_REGISTRY)
-    return [{"text": corpus[i % len(corpus)], "dataset": names[i % len(names)],
-             "max_new_tokens": CAPS[i % len(CAPS)]} for i in range(n)]
+    return [
+        {
+            "text": corpus[i % len(corpus)],
+            "dataset": names[i % len(names)],
+            "max_new_tokens": CAPS[i % len(CAPS)],
+        }
+        for i in range(n)
+    ]
 
 
 def make_extractor(model_dir: str, model, tok, scores: bool):
@@ -78,8 +94,12 @@ def make_extractor(model_dir: str, model, tok, scores: bool):
     from giellm_ray.generation.config import GenerationConfig
     from giellm_ray.model.loader import ModelConfig
 
-    return hf_extractor(ModelConfig(name_or_path=model_dir),
-                        GenerationConfig(batch_size=32, scores=scores), model=model, tokenizer=tok)
+    return hf_extractor(
+        ModelConfig(name_or_path=model_dir),
+        GenerationConfig(batch_size=32, scores=scores),
+        model=model,
+        tokenizer=tok,
+    )
 
 
 def timed(ex, rows: list[dict]) -> tuple[float, float, list[dict]]:
@@ -99,8 +119,9 @@ def mapping_us_per_row(ex, rows: list[dict]) -> float:
     parsed = [(r, parse(r.text, t[2]), t[2]) for r, t in zip(results, ready, strict=True)]
     start = time.perf_counter()
     for res, p, task in parsed:
-        score_output(ex.tokenizer, res.token_ids, res.token_logprobs, res.text, p.tl_label,
-                     p.items, task)
+        score_output(
+            ex.tokenizer, res.token_ids, res.token_logprobs, res.text, p.tl_label, p.items, task
+        )
     return (time.perf_counter() - start) / max(len(parsed), 1) * 1e6
 
 
@@ -117,26 +138,43 @@ def measure(name: str, model_dir: str, rows: list[dict], repeats: int) -> None:
     outputs: dict[bool, list] = {}
     tokens = 0
     for k in range(repeats):
-        for scores in ((True, False) if k % 2 == 0 else (False, True)):
+        for scores in (True, False) if k % 2 == 0 else (False, True):
             secs, cpu, out = timed(extractors[scores], rows)
             tokens = sum(o["num_generated_tokens"] for o in out)
             rates[scores].append(len(rows) / secs)
             cpu_rates[scores].append(len(rows) / cpu)
             outputs[scores] = [o["prediction"] for o in out]
-            emit(kind="run", model=name, scores=scores, repeat=k, rows=len(rows),
-                 seconds=round(secs, 3), cpu_s=round(cpu, 3), rows_s=round(len(rows) / secs, 2),
-                 tok_s=round(tokens / secs, 1), load1=os.getloadavg()[0])
+            emit(
+                kind="run",
+                model=name,
+                scores=scores,
+                repeat=k,
+                rows=len(rows),
+                seconds=round(secs, 3),
+                cpu_s=round(cpu, 3),
+                rows_s=round(len(rows) / secs, 2),
+                tok_s=round(tokens / secs, 1),
+                load1=os.getloadavg()[0],
+            )
     us = mapping_us_per_row(extractors[True], rows)
     emit(kind="mapping", model=name, us_per_row=round(us, 1), rows=len(rows))
     best_on, best_off = max(rates[True]), max(rates[False])
     med_on, med_off = statistics.median(rates[True]), statistics.median(rates[False])
-    emit(kind="summary", model=name, rows=len(rows), generated_tokens=tokens,
-         rows_s_scores_on=round(best_on, 2), rows_s_scores_off=round(best_off, 2),
-         overhead=round(1 - best_on / best_off, 4), overhead_median=round(1 - med_on / med_off, 4),
-         overhead_cpu=round(1 - max(cpu_rates[True]) / max(cpu_rates[False]), 4),
-         mapping_share=round(us * 1e-6 * best_off, 4),
-         same_outputs=outputs[True] == outputs[False], goal="overhead < 0.03",
-         load1=os.getloadavg()[0])
+    emit(
+        kind="summary",
+        model=name,
+        rows=len(rows),
+        generated_tokens=tokens,
+        rows_s_scores_on=round(best_on, 2),
+        rows_s_scores_off=round(best_off, 2),
+        overhead=round(1 - best_on / best_off, 4),
+        overhead_median=round(1 - med_on / med_off, 4),
+        overhead_cpu=round(1 - max(cpu_rates[True]) / max(cpu_rates[False]), 4),
+        mapping_share=round(us * 1e-6 * best_off, 4),
+        same_outputs=outputs[True] == outputs[False],
+        goal="overhead < 0.03",
+        load1=os.getloadavg()[0],
+    )
 
 
 def main() -> None:
@@ -144,8 +182,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "compute"])
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: torch's own; 1 is steadier on a busy machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's own; 1 is steadier on a busy machine)",
+    )
     args = ap.parse_args()
     if args.threads:
         import torch

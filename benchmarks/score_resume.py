@@ -59,30 +59,53 @@ def bench_filter(n: int, seed: int = 0) -> list[dict]:
 
     t = time.perf_counter()
     ours = np.sort(id_keys(ids.filter(pa.array(done_mask))))
-    out.append({"what": "resume_filter", "impl": "giellm (fixed-width bytes)", "ids": n,
-                "done": int(done_mask.sum()), "build_s": round(time.perf_counter() - t, 3),
-                "held_bytes": int(ours.nbytes), "extra_cpus": 0,
-                "us_per_block": round(_time_blocks(lambda b: drop_done(b, ours, "id"), blocks))})
+    out.append(
+        {
+            "what": "resume_filter",
+            "impl": "giellm (fixed-width bytes)",
+            "ids": n,
+            "done": int(done_mask.sum()),
+            "build_s": round(time.perf_counter() - t, 3),
+            "held_bytes": int(ours.nbytes),
+            "extra_cpus": 0,
+            "us_per_block": round(_time_blocks(lambda b: drop_done(b, ours, "id"), blocks)),
+        }
+    )
 
     hashes = pa.array(rng.integers(0, 2**63, n, dtype=np.uint64))
     t = time.perf_counter()
     ours_u64 = np.sort(id_keys(hashes.filter(pa.array(done_mask))))
     hblocks = [pa.table({"row_hash": hashes.slice(s, BLOCK)}) for s in starts]
-    out.append({"what": "resume_filter", "impl": "giellm (row_hash uint64)", "ids": n,
-                "build_s": round(time.perf_counter() - t, 3), "held_bytes": int(ours_u64.nbytes),
-                "extra_cpus": 0,
-                "us_per_block": round(_time_blocks(
-                    lambda b: drop_done(b, ours_u64, "row_hash"), hblocks))})
+    out.append(
+        {
+            "what": "resume_filter",
+            "impl": "giellm (row_hash uint64)",
+            "ids": n,
+            "build_s": round(time.perf_counter() - t, 3),
+            "held_bytes": int(ours_u64.nbytes),
+            "extra_cpus": 0,
+            "us_per_block": round(
+                _time_blocks(lambda b: drop_done(b, ours_u64, "row_hash"), hblocks)
+            ),
+        }
+    )
 
     t = time.perf_counter()
     theirs = np.sort(ids.filter(pa.array(done_mask)).to_numpy(zero_copy_only=False))
     build = time.perf_counter() - t
     flt = NumpyArrayBasedCheckpointFilter.__new__(NumpyArrayBasedCheckpointFilter)
     flt.checkpointed_ids, flt.id_column = theirs, "id"  # Ray's own filter, minus the ray.get
-    out.append({"what": "resume_filter", "impl": "ray 2.60 NumpyArrayBasedCheckpointFilter",
-                "ids": n, "build_s": round(build, 3), "held_bytes": int(_numpy_size(theirs)),
-                "extra_cpus": "1 per filter actor (1 GiB memory reserved each)",
-                "us_per_block": round(_time_blocks(flt.filter_rows_for_block, blocks))})
+    out.append(
+        {
+            "what": "resume_filter",
+            "impl": "ray 2.60 NumpyArrayBasedCheckpointFilter",
+            "ids": n,
+            "build_s": round(build, 3),
+            "held_bytes": int(_numpy_size(theirs)),
+            "extra_cpus": "1 per filter actor (1 GiB memory reserved each)",
+            "us_per_block": round(_time_blocks(flt.filter_rows_for_block, blocks)),
+        }
+    )
     return out
 
 
@@ -92,24 +115,44 @@ def _write_input(directory: Path, rows: int) -> None:
     from giellm_ray import schema as S
 
     recs = stockmark_records()
-    data = [{S.ID: f"k{i}", S.DATASET: "SCNM", S.TEXT: recs[i % len(recs)]["text"]}
-            for i in range(rows)]
+    data = [
+        {S.ID: f"k{i}", S.DATASET: "SCNM", S.TEXT: recs[i % len(recs)]["text"]} for i in range(rows)
+    ]
     directory.mkdir(parents=True)
     for k in range(0, rows, 1000):
-        pq.write_table(S.dataset_table(data[k:k + 1000]), directory / f"p{k // 1000:03d}.parquet")
+        pq.write_table(S.dataset_table(data[k : k + 1000]), directory / f"p{k // 1000:03d}.parquet")
 
 
 def _cmd(model: str, inp: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "giellm_ray.cli", "score", "--config",
-            str(ROOT / "giellm_ray/configs/score/cpu.yaml"), "--model", model, "--input", str(inp),
-            "--output", str(out), "--set", "generation.max_new_tokens=8", "--set",
-            "rows_per_block=100", "--set", "batch_size=100", "--set", "progress_bars=false"]
+    return [
+        sys.executable,
+        "-m",
+        "giellm_ray.cli",
+        "score",
+        "--config",
+        str(ROOT / "giellm_ray/configs/score/cpu.yaml"),
+        "--model",
+        model,
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--set",
+        "generation.max_new_tokens=8",
+        "--set",
+        "rows_per_block=100",
+        "--set",
+        "batch_size=100",
+        "--set",
+        "progress_bars=false",
+    ]
 
 
 def _run(cmd: list[str]) -> tuple[float, dict, str]:
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
-                          "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
     return time.perf_counter() - t, json.loads(proc.stdout.splitlines()[0]), proc.stderr
@@ -117,8 +160,14 @@ def _run(cmd: list[str]) -> tuple[float, dict, str]:
 
 def _committed(out: Path) -> int:
     ck = out / "_staging" / "checkpoint"
-    return sum(p.name.endswith(".parquet") and not p.name.endswith(".pending.parquet")
-               for p in ck.iterdir()) if ck.is_dir() else 0
+    return (
+        sum(
+            p.name.endswith(".parquet") and not p.name.endswith(".pending.parquet")
+            for p in ck.iterdir()
+        )
+        if ck.is_dir()
+        else 0
+    )
 
 
 def bench_e2e(rows: int, work: Path) -> list[dict]:
@@ -127,8 +176,12 @@ def bench_e2e(rows: int, work: Path) -> list[dict]:
     model = tiny_model(str(work / "tiny"), stockmark_texts())
     _write_input(work / "in", rows)
     clean_s, clean, _ = _run(_cmd(model, work / "in", work / "clean"))
-    proc = subprocess.Popen(_cmd(model, work / "in", work / "out"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        _cmd(model, work / "in", work / "out"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     t = time.perf_counter()
     while _committed(work / "out") < rows // 200:  # about half of the 100-row parts
         if proc.poll() is not None:
@@ -145,12 +198,21 @@ def bench_e2e(rows: int, work: Path) -> list[dict]:
     import pyarrow.dataset as pds
 
     ids = pds.dataset(str(work / "out"), format="parquet").to_table(columns=["id"])["id"]
-    return [{"what": "resume_e2e", "rows": rows, "baseline_clean_run_s": round(clean_s, 1),
-             "killed_after_s": round(killed_after, 1), "resume_run_s": round(resume_s, 1),
-             "resumed_rows": summary["resumed_rows"], "scored_rows": summary["scored_rows"],
-             "left_alive_5s_after_kill": len(left), "alive_after_rerun": len(still),
-             "exactly_once": len(ids) == len(set(ids.to_pylist())) == rows,
-             "clean_rows_per_s": round(clean["rows_per_s"], 1)}]
+    return [
+        {
+            "what": "resume_e2e",
+            "rows": rows,
+            "baseline_clean_run_s": round(clean_s, 1),
+            "killed_after_s": round(killed_after, 1),
+            "resume_run_s": round(resume_s, 1),
+            "resumed_rows": summary["resumed_rows"],
+            "scored_rows": summary["scored_rows"],
+            "left_alive_5s_after_kill": len(left),
+            "alive_after_rerun": len(still),
+            "exactly_once": len(ids) == len(set(ids.to_pylist())) == rows,
+            "clean_rows_per_s": round(clean["rows_per_s"], 1),
+        }
+    ]
 
 
 def main() -> None:

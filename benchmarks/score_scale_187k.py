@@ -24,9 +24,24 @@ import time
 
 from benchmarks.common import ROOT, tree_rss_mib
 
-PIECES = ["この商品は", "値段の割に", "画面が", "とても", "使いやすくて", "すぐに壊れて", "残念です。",
-          "満足しています。", "配送が早く", "説明書が分かりにくい。", "デザインは良いが", "音が大きい。",
-          "また買いたいです。", "期待外れでした。", "家族にも好評です。", "電池の持ちが悪い。"]
+PIECES = [
+    "この商品は",
+    "値段の割に",
+    "画面が",
+    "とても",
+    "使いやすくて",
+    "すぐに壊れて",
+    "残念です。",
+    "満足しています。",
+    "配送が早く",
+    "説明書が分かりにくい。",
+    "デザインは良いが",
+    "音が大きい。",
+    "また買いたいです。",
+    "期待外れでした。",
+    "家族にも好評です。",
+    "電池の持ちが悪い。",
+]
 TASKS = ["SCPOS:RW", "SCPOS:N", "SCPOS:Adj", "SCPOS:N&Adj"]
 
 
@@ -50,10 +65,28 @@ def write_rows(directory: str, rows: int, seed: int = 0) -> None:
 def run(workdir: str, model_dir: str, rows: int, max_new: int) -> dict:
     inp, out = f"{workdir}/in-{rows}", f"{workdir}/out-{rows}"
     write_rows(inp, rows)
-    cmd = [sys.executable, "-m", "giellm_ray.cli", "score", "--model", model_dir, "--input", inp,
-           "--output", out, "--config", str(ROOT / "jobs/configs/score/cpu.yaml"),
-           "--set", f"generation.max_new_tokens={max_new}", "--set", "constrained=false",
-           "--set", "progress_bars=false", "--set", "progress_interval_s=60"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "giellm_ray.cli",
+        "score",
+        "--model",
+        model_dir,
+        "--input",
+        inp,
+        "--output",
+        out,
+        "--config",
+        str(ROOT / "jobs/configs/score/cpu.yaml"),
+        "--set",
+        f"generation.max_new_tokens={max_new}",
+        "--set",
+        "constrained=false",
+        "--set",
+        "progress_bars=false",
+        "--set",
+        "progress_interval_s=60",
+    ]
     samples: list[tuple[float, float]] = []
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -71,10 +104,17 @@ def run(workdir: str, model_dir: str, rows: int, max_new: int) -> dict:
     if rc != 0:
         raise SystemExit(f"giellm score exited {rc}")
     rss = [r for _, r in samples] or [0.0]
-    quart = {f"rss_mib_at_{q}pct": rss[min(len(rss) - 1, int(len(rss) * q / 100))]
-             for q in (25, 50, 75, 100)}
-    return {"rows": rows, "seconds": secs, "rows_per_s": rows / secs,
-            "peak_rss_mib": max(rss), **quart}
+    quart = {
+        f"rss_mib_at_{q}pct": rss[min(len(rss) - 1, int(len(rss) * q / 100))]
+        for q in (25, 50, 75, 100)
+    }
+    return {
+        "rows": rows,
+        "seconds": secs,
+        "rows_per_s": rows / secs,
+        "peak_rss_mib": max(rss),
+        **quart,
+    }
 
 
 def main() -> None:
@@ -91,9 +131,16 @@ def main() -> None:
         print(json.dumps({"run": "baseline_tenth", **small}), flush=True)
         full = run(workdir, model_dir, args.rows, args.max_new_tokens)
         print(json.dumps({"run": "full", **full}), flush=True)
-        print(json.dumps({"run": "memory_growth", "peak_ratio": full["peak_rss_mib"]
-                          / max(small["peak_rss_mib"], 1e-9), "rows_ratio": args.rows
-                          / max(1, args.rows // 10)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "run": "memory_growth",
+                    "peak_ratio": full["peak_rss_mib"] / max(small["peak_rss_mib"], 1e-9),
+                    "rows_ratio": args.rows / max(1, args.rows // 10),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

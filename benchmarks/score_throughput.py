@@ -72,8 +72,16 @@ def gold_rows(model_dir: str, rows: int) -> tuple[list[dict], str | None]:
     for i in range(rows):
         r = built[i % len(built)]
         cap = len(tok(r["target"], add_special_tokens=False)["input_ids"]) + 1
-        out.append({"id": f"{r['id']}#{i}", "dataset": "SCNM", "text": r["text"],
-                    "prompt": r["prompt"], "target": r["target"], "max_new_tokens": cap})
+        out.append(
+            {
+                "id": f"{r['id']}#{i}",
+                "dataset": "SCNM",
+                "text": r["text"],
+                "prompt": r["prompt"],
+                "target": r["target"],
+                "max_new_tokens": cap,
+            }
+        )
     return out, None
 
 
@@ -82,8 +90,12 @@ def short_rows(workdir: str, rows: int, scale: float) -> tuple[list[dict], str]:
     from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, build_prompt
 
     texts = stockmark_texts()
-    registry = TaskRegistry([t.replace(max_new_tokens=max(4, int(t.max_new_tokens * scale)))
-                             for t in DEFAULT_REGISTRY.values()])
+    registry = TaskRegistry(
+        [
+            t.replace(max_new_tokens=max(4, int(t.max_new_tokens * scale)))
+            for t in DEFAULT_REGISTRY.values()
+        ]
+    )
     tasks = f"{workdir}/tasks-{scale}.json"
     Path(tasks).write_text(json.dumps(registry.to_dict(), ensure_ascii=False))
     names = sorted(registry)
@@ -91,8 +103,15 @@ def short_rows(workdir: str, rows: int, scale: float) -> tuple[list[dict], str]:
     for i in range(rows):
         task = registry[names[i % len(names)]]
         text = texts[i % len(texts)]
-        out.append({"id": str(i), "dataset": task.name, "text": text,
-                    "prompt": build_prompt(text, task), "max_new_tokens": task.max_new_tokens})
+        out.append(
+            {
+                "id": str(i),
+                "dataset": task.name,
+                "text": text,
+                "prompt": build_prompt(text, task),
+                "max_new_tokens": task.max_new_tokens,
+            }
+        )
     return out, tasks
 
 
@@ -103,8 +122,9 @@ def write_input(rows: list[dict], directory: str, with_caps: bool) -> None:
     cols = ["id", "dataset", "text", "prompt"] + (["target"] if "target" in rows[0] else [])
     table = pa.table({c: [r[c] for r in rows] for c in cols})
     if with_caps:
-        table = table.append_column("max_new_tokens",
-                                    pa.array([r["max_new_tokens"] for r in rows], pa.int32()))
+        table = table.append_column(
+            "max_new_tokens", pa.array([r["max_new_tokens"] for r in rows], pa.int32())
+        )
     os.makedirs(directory)
     pq.write_table(table, f"{directory}/rows.parquet")
 
@@ -121,14 +141,23 @@ def run_naive(model_dir: str, rows: list[dict]) -> dict:
     with torch.inference_mode():
         for r in rows:
             ids = tok(r["prompt"], return_tensors="pt")
-            out = model.generate(**ids, max_new_tokens=r["max_new_tokens"], do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                **ids,
+                max_new_tokens=r["max_new_tokens"],
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
             tokens += out.shape[1] - ids["input_ids"].shape[1]
     secs = time.perf_counter() - start
-    return {"rows": len(rows), "seconds": secs, "rows_per_s": len(rows) / secs,
-            "generated_tokens": tokens, "tokens_per_s": tokens / secs,
-            "threads": torch.get_num_threads(),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "rows": len(rows),
+        "seconds": secs,
+        "rows_per_s": len(rows) / secs,
+        "generated_tokens": tokens,
+        "tokens_per_s": tokens / secs,
+        "threads": torch.get_num_threads(),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def run_engine(model_dir: str, rows: list[dict], refill: bool) -> dict:
@@ -147,16 +176,36 @@ def run_engine(model_dir: str, rows: list[dict], refill: bool) -> dict:
     engine.generate([GenerationRequest(r["prompt"], r["max_new_tokens"]) for r in rows])
     secs = time.perf_counter() - start
     st = engine.stats
-    return {"rows": len(rows), "seconds": secs, "rows_per_s": len(rows) / secs,
-            "tokens_per_s": st.generated_tokens / secs, "padding_fraction": st.padding_fraction,
-            "waste_fraction": st.waste_fraction, "threads": 1}
+    return {
+        "rows": len(rows),
+        "seconds": secs,
+        "rows_per_s": len(rows) / secs,
+        "tokens_per_s": st.generated_tokens / secs,
+        "padding_fraction": st.padding_fraction,
+        "waste_fraction": st.waste_fraction,
+        "threads": 1,
+    }
 
 
 def run_cli(model_dir: str, inp: str, out: str, tasks: str | None) -> dict:
-    cmd = [sys.executable, "-m", "giellm_ray.cli", "score", "--model", model_dir,
-           "--input", inp, "--output", out,
-           "--config", str(ROOT / "jobs/configs/score/cpu.yaml"),
-           "--set", "constrained=false", "--set", "progress_bars=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "giellm_ray.cli",
+        "score",
+        "--model",
+        model_dir,
+        "--input",
+        inp,
+        "--output",
+        out,
+        "--config",
+        str(ROOT / "jobs/configs/score/cpu.yaml"),
+        "--set",
+        "constrained=false",
+        "--set",
+        "progress_bars=false",
+    ]
     if tasks:
         cmd += ["--set", f"tasks={tasks}"]
     start = time.perf_counter()
@@ -166,13 +215,17 @@ def run_cli(model_dir: str, inp: str, out: str, tasks: str | None) -> dict:
         raise SystemExit(f"giellm score failed:\n{proc.stderr[-4000:]}")
     summary = json.loads(Path(f"{out}/_score.json").read_text())
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"rows": summary["output_rows"], "seconds": secs,
-            "rows_per_s": summary["output_rows"] / secs,
-            "generated_tokens": summary["engine"]["generated_tokens"],
-            "tokens_per_s": summary["engine"]["generated_tokens"] / secs,
-            "padding_fraction": summary["engine"]["padding_fraction"],
-            "waste_fraction": summary["engine"]["waste_fraction"],
-            "metrics_report": "metrics" in summary, "driver_peak_rss_mib": child}
+    return {
+        "rows": summary["output_rows"],
+        "seconds": secs,
+        "rows_per_s": summary["output_rows"] / secs,
+        "generated_tokens": summary["engine"]["generated_tokens"],
+        "tokens_per_s": summary["engine"]["generated_tokens"] / secs,
+        "padding_fraction": summary["engine"]["padding_fraction"],
+        "waste_fraction": summary["engine"]["waste_fraction"],
+        "metrics_report": "metrics" in summary,
+        "driver_peak_rss_mib": child,
+    }
 
 
 def timed_subprocess(code: str) -> float:
@@ -184,25 +237,29 @@ def timed_subprocess(code: str) -> float:
 def run_floor(model_dir: str) -> None:
     ray_s = timed_subprocess(
         "import ray; ray.init(include_dashboard=False, logging_level='ERROR');"
-        "ray.get(ray.remote(lambda: 1).remote()); ray.shutdown()")
+        "ray.get(ray.remote(lambda: 1).remote()); ray.shutdown()"
+    )
     emit(run="ray_start_stop", seconds=ray_s)
     model_s = timed_subprocess(
         "from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer;"
-        f"c = ModelConfig(name_or_path={model_dir!r}); load_tokenizer(c); load_model(c, 'cpu')")
+        f"c = ModelConfig(name_or_path={model_dir!r}); load_tokenizer(c); load_model(c, 'cpu')"
+    )
     emit(run="model_process_start", seconds=model_s)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=2000)
-    ap.add_argument("--workload", nargs="+", choices=["gold", "short", "full"],
-                    default=["gold", "short"])
+    ap.add_argument(
+        "--workload", nargs="+", choices=["gold", "short", "full"], default=["gold", "short"]
+    )
     ap.add_argument("--engine-rows", type=int, default=512)
     ap.add_argument("--bound-scale", type=float, default=0.125)
     args = ap.parse_args()
     if not STOCKMARK_NER.exists():
-        raise SystemExit(f"needs the Stockmark data at {STOCKMARK_NER} (../shared beside the "
-                         "project)")
+        raise SystemExit(
+            f"needs the Stockmark data at {STOCKMARK_NER} (../shared beside the project)"
+        )
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = build_model(workdir)
         gold = None
@@ -214,17 +271,20 @@ def main() -> None:
                 rows, tasks = short_rows(workdir, args.rows, scale)
             gold = rows if workload == "gold" else gold
             write_input(rows, f"{workdir}/{workload}-in", with_caps=workload == "gold")
-            cli = run_cli(model_dir, f"{workdir}/{workload}-in", f"{workdir}/{workload}-out",
-                          tasks)
+            cli = run_cli(model_dir, f"{workdir}/{workload}-in", f"{workdir}/{workload}-out", tasks)
             emit(run="giellm_score", workload=workload, **cli)
             naive = run_naive(model_dir, rows)
             emit(run="naive", workload=workload, **naive)
             # Batched and single-row float sums differ slightly, so a random model may hit EOS
             # on a few rows on one side only: the token ratio shows how close the work was.
-            emit(run="speedup", workload=workload,
-                 giellm_score_over_naive=cli["rows_per_s"] / naive["rows_per_s"], goal=5.0,
-                 token_ratio=cli["generated_tokens"] / max(1, naive["generated_tokens"]))
-        rows = (gold or short_rows(workdir, args.rows, args.bound_scale)[0])[:args.engine_rows]
+            emit(
+                run="speedup",
+                workload=workload,
+                giellm_score_over_naive=cli["rows_per_s"] / naive["rows_per_s"],
+                goal=5.0,
+                token_ratio=cli["generated_tokens"] / max(1, naive["generated_tokens"]),
+            )
+        rows = (gold or short_rows(workdir, args.rows, args.bound_scale)[0])[: args.engine_rows]
         emit(run="engine_static", **run_engine(model_dir, rows, False))
         emit(run="engine_continuous", **run_engine(model_dir, rows, True))
         run_floor(model_dir)

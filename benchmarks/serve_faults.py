@@ -32,8 +32,15 @@ import httpx
 from benchmarks.serve_load import build_model, load_texts, percentile, start_local_serve
 
 
-async def closed_loop(url: str, texts: list[str], clients: int, duration_s: float,
-                      kill_at_s: float | None = None, kill=None, watch=None) -> dict:
+async def closed_loop(
+    url: str,
+    texts: list[str],
+    clients: int,
+    duration_s: float,
+    kill_at_s: float | None = None,
+    kill=None,
+    watch=None,
+) -> dict:
     """``clients`` workers posting until ``duration_s``; ``kill()`` runs at ``kill_at_s``, then
     ``watch()`` (blocking until a replacement replica answers)."""
     done: list[tuple[float, str, float]] = []  # (finished at, status, latency s)
@@ -42,8 +49,10 @@ async def closed_loop(url: str, texts: list[str], clients: int, duration_s: floa
     killed_at: list[float] = []
     replaced_at: list[float] = []
 
-    async with httpx.AsyncClient(base_url=url, timeout=120.0,
-                                 limits=httpx.Limits(max_connections=clients)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120.0, limits=httpx.Limits(max_connections=clients)
+    ) as client:
+
         async def worker(w: int) -> None:
             i = w
             while time.perf_counter() < deadline:
@@ -71,7 +80,8 @@ async def closed_loop(url: str, texts: list[str], clients: int, duration_s: floa
     if killed_at:
         result["killed_at_s"] = round(killed_at[0], 3)
         result["replacement_answered_after_kill_s"] = (
-            round(replaced_at[0] - killed_at[0], 2) if replaced_at else None)
+            round(replaced_at[0] - killed_at[0], 2) if replaced_at else None
+        )
     return result
 
 
@@ -83,20 +93,26 @@ def summarize(done: list[tuple[float, str, float]], duration_s: float) -> dict:
     gaps = [(b - a, a) for a, b in zip(ok, ok[1:], strict=False)]
     longest, at = max(gaps) if gaps else (float("nan"), float("nan"))
     lat = [d * 1000.0 for _, key, d in done if key == "200"]
-    return {"completed": len(done), "statuses": statuses,
-            "errors_500": statuses.get("500", 0),
-            "errors_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
-            "answers_503": statuses.get("503", 0),
-            "ok_per_s": round(len(ok) / duration_s, 2),
-            "p50_ms": round(percentile(lat, 50), 1), "p99_ms": round(percentile(lat, 99), 1),
-            "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
-            "longest_gap_s": round(longest, 3), "longest_gap_starts_s": round(at, 3),
-            # Where the long gaps fall (seconds into the run): read them against killed_at_s and
-            # the replacement's start, which competes for CPUs with the survivor on a small box.
-            "gaps_over_1s": [[round(a, 2), round(g, 2)] for g, a in sorted(gaps, key=lambda x: x[1])
-                             if g > 1.0],
-            "first_ok_s": round(ok[0], 3) if ok else None,
-            "last_ok_s": round(ok[-1], 3) if ok else None}
+    return {
+        "completed": len(done),
+        "statuses": statuses,
+        "errors_500": statuses.get("500", 0),
+        "errors_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
+        "answers_503": statuses.get("503", 0),
+        "ok_per_s": round(len(ok) / duration_s, 2),
+        "p50_ms": round(percentile(lat, 50), 1),
+        "p99_ms": round(percentile(lat, 99), 1),
+        "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
+        "longest_gap_s": round(longest, 3),
+        "longest_gap_starts_s": round(at, 3),
+        # Where the long gaps fall (seconds into the run): read them against killed_at_s and
+        # the replacement's start, which competes for CPUs with the survivor on a small box.
+        "gaps_over_1s": [
+            [round(a, 2), round(g, 2)] for g, a in sorted(gaps, key=lambda x: x[1]) if g > 1.0
+        ],
+        "first_ok_s": round(ok[0], 3) if ok else None,
+        "last_ok_s": round(ok[-1], 3) if ok else None,
+    }
 
 
 def replica_pids(handle, want: int, tries: int = 40) -> dict[int, str]:
@@ -123,8 +139,9 @@ def new_replica_answers(handle, old: set[int], limit_s: float = 180.0) -> bool:
     return False
 
 
-def run_one(args, url: str, model: str, texts: list[str], replicas: int, kill: str | None,
-            retries: int = 1) -> dict:
+def run_one(
+    args, url: str, model: str, texts: list[str], replicas: int, kill: str | None, retries: int = 1
+) -> dict:
     import ray
     from ray import serve
 
@@ -132,14 +149,22 @@ def run_one(args, url: str, model: str, texts: list[str], replicas: int, kill: s
     from giellm_ray.serve.app import build_app
     from giellm_ray.serve.config import ServeConfig
 
-    cfg = load_config(ServeConfig, None, [
-        f"model.name_or_path={model}", f"generation.max_new_tokens={args.max_new_tokens}",
-        "batching.max_batch_size=16", f"replica.num_cpus={args.num_cpus}",
-        f"replica.min_replicas={replicas}", f"replica.max_replicas={replicas}",
-        f"replica.max_ongoing_requests={max(64, args.clients)}",
-        f"ingress.replica_loss_retries={retries}",
-        "app_name=serve-faults", f"http.port={url.rsplit(':', 1)[1]}",
-    ])
+    cfg = load_config(
+        ServeConfig,
+        None,
+        [
+            f"model.name_or_path={model}",
+            f"generation.max_new_tokens={args.max_new_tokens}",
+            "batching.max_batch_size=16",
+            f"replica.num_cpus={args.num_cpus}",
+            f"replica.min_replicas={replicas}",
+            f"replica.max_replicas={replicas}",
+            f"replica.max_ongoing_requests={max(64, args.clients)}",
+            f"ingress.replica_loss_retries={retries}",
+            "app_name=serve-faults",
+            f"http.port={url.rsplit(':', 1)[1]}",
+        ],
+    )
     serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
     handle = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
     try:
@@ -154,13 +179,29 @@ def run_one(args, url: str, model: str, texts: list[str], replicas: int, kill: s
                 ray.kill(ray.get_actor(victim_name, namespace="serve"), no_restart=True)
 
         kill_at = args.kill_at_s if kill else None
-        result = asyncio.run(closed_loop(url, texts, args.clients, args.duration_s, kill_at,
-                                         do_kill, lambda: new_replica_answers(handle, set(pids))))
-        result = {"bench": "serve_faults", "min_replicas": replicas, "kill": kill or "none",
-                  "replica_loss_retries": retries, "clients": args.clients, "duration_s": args.duration_s, **result,
-                  "replicas_seen_before": len(pids),
-                  "goal_no_500": result["errors_500"] == 0,
-                  "goal_gap_under_2s": result["longest_gap_s"] <= 2.0 if replicas >= 2 else None}
+        result = asyncio.run(
+            closed_loop(
+                url,
+                texts,
+                args.clients,
+                args.duration_s,
+                kill_at,
+                do_kill,
+                lambda: new_replica_answers(handle, set(pids)),
+            )
+        )
+        result = {
+            "bench": "serve_faults",
+            "min_replicas": replicas,
+            "kill": kill or "none",
+            "replica_loss_retries": retries,
+            "clients": args.clients,
+            "duration_s": args.duration_s,
+            **result,
+            "replicas_seen_before": len(pids),
+            "goal_no_500": result["errors_500"] == 0,
+            "goal_gap_under_2s": result["longest_gap_s"] <= 2.0 if replicas >= 2 else None,
+        }
         return result
     finally:
         serve.delete(cfg.app_name)
@@ -175,8 +216,11 @@ def main() -> None:
     ap.add_argument("--kill-at-s", type=float, default=20.0)
     ap.add_argument("--kill", choices=("sigkill", "ray_kill"), default="sigkill")
     ap.add_argument("--no-baseline", action="store_true", help="skip the no-kill baseline run")
-    ap.add_argument("--compare-no-retry", action="store_true",
-                    help="also run the largest --replicas with ingress.replica_loss_retries=0")
+    ap.add_argument(
+        "--compare-no-retry",
+        action="store_true",
+        help="also run the largest --replicas with ingress.replica_loss_retries=0",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--num-cpus", type=float, default=0.5, help="CPUs per model replica")
     ap.add_argument("--ray-cpus", type=int, default=2, help="logical CPUs of the local Ray")
@@ -194,15 +238,22 @@ def main() -> None:
     runs += [(max(counts), args.kill, 0)] if args.compare_no_retry else []
     try:
         for replicas, kill, retries in runs:
-            print(json.dumps(run_one(args, url, model, texts, replicas, kill, retries)),
-                  flush=True)
+            print(json.dumps(run_one(args, url, model, texts, replicas, kill, retries)), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
-    print(json.dumps({"bench": "serve_faults", "summary": True,
-                      "driver_peak_rss_mb": round(
-                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "serve_faults",
+                "summary": True,
+                "driver_peak_rss_mb": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                ),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

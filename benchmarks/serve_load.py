@@ -45,8 +45,12 @@ def start_local_serve(ray_cpus: int = 2) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    ray.init(
+        num_cpus=ray_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return f"http://127.0.0.1:{port}"
 
@@ -62,8 +66,10 @@ async def run_level(url: str, texts: list[str], concurrency: int, n: int, limit_
     deadline = time.perf_counter() + limit_s
     queue = iter(range(n))
 
-    async with httpx.AsyncClient(base_url=url, timeout=120.0,
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120.0, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
         async def worker() -> None:
             for i in queue:
                 if time.perf_counter() > deadline:
@@ -82,14 +88,17 @@ async def run_level(url: str, texts: list[str], concurrency: int, n: int, limit_
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     done = len(latencies)
-    return {"completed": done, "elapsed_s": round(elapsed, 3),
-            "throughput_rps": round(done / elapsed, 2) if elapsed else 0.0,
-            "p50_ms": round(percentile(latencies, 50), 1),
-            "p95_ms": round(percentile(latencies, 95), 1),
-            "p99_ms": round(percentile(latencies, 99), 1),
-            "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None,
-            "statuses": statuses,
-            "errors_5xx": sum(v for k, v in statuses.items() if k.startswith("5"))}
+    return {
+        "completed": done,
+        "elapsed_s": round(elapsed, 3),
+        "throughput_rps": round(done / elapsed, 2) if elapsed else 0.0,
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None,
+        "statuses": statuses,
+        "errors_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
+    }
 
 
 def main() -> None:
@@ -101,8 +110,12 @@ def main() -> None:
     ap.add_argument("--level-time-s", type=float, default=25.0, help="stop issuing after this")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--wait-s", type=float, default=0.01, help="batching.batch_wait_timeout_s")
-    ap.add_argument("--concurrent-batches", type=int, default=None,
-                    help="batching.max_concurrent_batches (default: derived from the config)")
+    ap.add_argument(
+        "--concurrent-batches",
+        type=int,
+        default=None,
+        help="batching.max_concurrent_batches (default: derived from the config)",
+    )
     ap.add_argument("--unconstrained", action="store_true", help="decode without the grammar")
     ap.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per model replica")
     args = ap.parse_args()
@@ -122,15 +135,28 @@ def main() -> None:
     results: dict[tuple[int, int], dict] = {}
     try:
         for bs in [int(x) for x in args.batch_sizes.split(",")]:
-            cfg = load_config(ServeConfig, None, [
-                f"model.name_or_path={model}", f"generation.max_new_tokens={args.max_new_tokens}",
-                f"generation.batch_size={max(bs, 1)}", f"constrained={not args.unconstrained}",
-                f"batching.max_batch_size={bs}", f"batching.batch_wait_timeout_s={args.wait_s}",
-                f"replica.num_cpus={args.num_cpus}", "replica.max_replicas=1",
-                f"replica.max_ongoing_requests={max(64, 4 * max(concurrencies))}",
-                "app_name=serve-load", f"http.port={port}",
-            ] + ([f"batching.max_concurrent_batches={args.concurrent_batches}"]
-                 if args.concurrent_batches else []))
+            cfg = load_config(
+                ServeConfig,
+                None,
+                [
+                    f"model.name_or_path={model}",
+                    f"generation.max_new_tokens={args.max_new_tokens}",
+                    f"generation.batch_size={max(bs, 1)}",
+                    f"constrained={not args.unconstrained}",
+                    f"batching.max_batch_size={bs}",
+                    f"batching.batch_wait_timeout_s={args.wait_s}",
+                    f"replica.num_cpus={args.num_cpus}",
+                    "replica.max_replicas=1",
+                    f"replica.max_ongoing_requests={max(64, 4 * max(concurrencies))}",
+                    "app_name=serve-load",
+                    f"http.port={port}",
+                ]
+                + (
+                    [f"batching.max_concurrent_batches={args.concurrent_batches}"]
+                    if args.concurrent_batches
+                    else []
+                ),
+            )
             serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
             handle = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
             asyncio.run(run_level(url, texts, 4, 16, 60.0))  # warm-up
@@ -139,12 +165,17 @@ def main() -> None:
                 level = asyncio.run(run_level(url, texts, c, args.requests, args.level_time_s))
                 after = handle.stats.remote().result()
                 batches = after["batches"] - before["batches"]
-                level |= {"bench": "serve_load", "max_batch_size": bs, "concurrency": c,
-                          "constrained": not args.unconstrained,
-                          "max_new_tokens": args.max_new_tokens,
-                          "mean_batch": round((after["texts"] - before["texts"]) / batches, 2)
-                          if batches else None,
-                          "replica_peak_rss_mb": round(after["peak_rss_mb"], 1)}
+                level |= {
+                    "bench": "serve_load",
+                    "max_batch_size": bs,
+                    "concurrency": c,
+                    "constrained": not args.unconstrained,
+                    "max_new_tokens": args.max_new_tokens,
+                    "mean_batch": round((after["texts"] - before["texts"]) / batches, 2)
+                    if batches
+                    else None,
+                    "replica_peak_rss_mb": round(after["peak_rss_mb"], 1),
+                }
                 results[(bs, c)] = level
                 print(json.dumps(level), flush=True)
             serve.delete(cfg.app_name)
@@ -153,14 +184,27 @@ def main() -> None:
         ray.shutdown()
     top = max(concurrencies)
     base = results.get((1, top), {}).get("throughput_rps")
-    speedups = {str(bs): round(r["throughput_rps"] / base, 2)
-                for (bs, c), r in results.items() if c == top and base}
-    print(json.dumps({"bench": "serve_load", "summary": True, "concurrency": top,
-                      "baseline": "max_batch_size=1", "speedup_vs_batch1": speedups,
-                      "goal_3x_met": bool(speedups) and max(speedups.values()) >= 3.0,
-                      "driver_peak_rss_mb": round(
-                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
-          flush=True)
+    speedups = {
+        str(bs): round(r["throughput_rps"] / base, 2)
+        for (bs, c), r in results.items()
+        if c == top and base
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "serve_load",
+                "summary": True,
+                "concurrency": top,
+                "baseline": "max_batch_size=1",
+                "speedup_vs_batch1": speedups,
+                "goal_3x_met": bool(speedups) and max(speedups.values()) >= 3.0,
+                "driver_peak_rss_mb": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                ),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

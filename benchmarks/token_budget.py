@@ -32,9 +32,14 @@ def byte_bpe(texts, vocab):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return lambda s: len(tok.encode(s).ids)
 
 
@@ -54,18 +59,31 @@ def main() -> None:
             rows.append(build_target(task.tl_labels[0], items, task))
         targets[task.name] = rows
     texts = [r["text"] for r in recs] + targets["SCNM"]
-    counters = {"byte-bpe-1.5k": byte_bpe(texts, 1500), "byte-bpe-8k": byte_bpe(texts, 8000),
-                "utf8-bytes": lambda s: len(s.encode("utf-8"))}
+    counters = {
+        "byte-bpe-1.5k": byte_bpe(texts, 1500),
+        "byte-bpe-8k": byte_bpe(texts, 8000),
+        "utf8-bytes": lambda s: len(s.encode("utf-8")),
+    }
     for task in tasks:
         for name, count in counters.items():
             lengths = sorted(count(t) + 1 for t in targets[task.name])  # + EOS
             over = sum(n > task.max_new_tokens for n in lengths)
-            print(json.dumps({"task": task.name, "tokenizer": name, "rows": len(lengths),
-                              "budget": task.max_new_tokens, "over_budget": over,
-                              "over_share": round(over / len(lengths), 4),
-                              "p50": lengths[len(lengths) // 2],
-                              "p99": lengths[int(len(lengths) * 0.99)],
-                              "max": lengths[-1]}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "task": task.name,
+                        "tokenizer": name,
+                        "rows": len(lengths),
+                        "budget": task.max_new_tokens,
+                        "over_budget": over,
+                        "over_share": round(over / len(lengths), 4),
+                        "p50": lengths[len(lengths) // 2],
+                        "p99": lengths[int(len(lengths) * 0.99)],
+                        "max": lengths[-1],
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -51,34 +51,76 @@ def main() -> None:
     train = os.path.join(tmp, "train.parquet")
     pq.write_table(table, train)
     texts = [t for c in ("prompt", "target") for t in table.column(c).to_pylist()]
-    model = tiny_model(os.path.join(tmp, "model"), texts,
-                       TinyConfig(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                                  num_hidden_layers=args.layers, vocab_size=2000))
+    model = tiny_model(
+        os.path.join(tmp, "model"),
+        texts,
+        TinyConfig(
+            hidden_size=args.hidden,
+            intermediate_size=4 * args.hidden,
+            num_hidden_layers=args.layers,
+            vocab_size=2000,
+        ),
+    )
     ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     results: dict[int, float] = {}
     for n in args.workers:
-        cfg = load_config(TrainConfig, None, [
-            f"model.name_or_path={model}", f"data.train={train}", f"storage_path={tmp}/runs",
-            f"run_name=w{n}", f"num_workers={n}", f"epochs={args.epochs}", "zero_stage=2",
-            f"per_device_batch_size={args.global_batch // n}", "export=false",
-            "log_every_steps=1000", "lr=1e-3", "data.max_length=256",
-            f"resources_per_worker={{CPU: {0.75 if n > 1 else 1}}}"])
+        cfg = load_config(
+            TrainConfig,
+            None,
+            [
+                f"model.name_or_path={model}",
+                f"data.train={train}",
+                f"storage_path={tmp}/runs",
+                f"run_name=w{n}",
+                f"num_workers={n}",
+                f"epochs={args.epochs}",
+                "zero_stage=2",
+                f"per_device_batch_size={args.global_batch // n}",
+                "export=false",
+                "log_every_steps=1000",
+                "lr=1e-3",
+                "data.max_length=256",
+                f"resources_per_worker={{CPU: {0.75 if n > 1 else 1}}}",
+            ],
+        )
         t0 = time.perf_counter()
         m = run_training(cfg).metrics
         wall = time.perf_counter() - t0
         results[n] = m["train_tokens_per_s"]
-        print(json.dumps({"bench": "train_throughput", "device": "cpu", "workers": n,
-                          "zero_stage": 2, "model": f"llama h{args.hidden} l{args.layers}",
-                          "rows": args.rows, "epochs": args.epochs, "steps": m["step"],
-                          "train_tokens": m["train_tokens"],
-                          "tokens_per_s": round(m["train_tokens_per_s"], 1),
-                          "wall_s": round(wall, 1),
-                          "peak_rss_mb_rank0": round(m["peak_rss_mb_rank0"], 1),
-                          "final_loss": m["final_loss"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "train_throughput",
+                    "device": "cpu",
+                    "workers": n,
+                    "zero_stage": 2,
+                    "model": f"llama h{args.hidden} l{args.layers}",
+                    "rows": args.rows,
+                    "epochs": args.epochs,
+                    "steps": m["step"],
+                    "train_tokens": m["train_tokens"],
+                    "tokens_per_s": round(m["train_tokens_per_s"], 1),
+                    "wall_s": round(wall, 1),
+                    "peak_rss_mb_rank0": round(m["peak_rss_mb_rank0"], 1),
+                    "final_loss": m["final_loss"],
+                }
+            ),
+            flush=True,
+        )
     if 1 in results:
         base = results[1]
-        print(json.dumps({"bench": "train_throughput", "baseline": "1 worker", "scaling_efficiency": {
-            str(n): round(tps / (n * base), 3) for n, tps in results.items()}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "train_throughput",
+                    "baseline": "1 worker",
+                    "scaling_efficiency": {
+                        str(n): round(tps / (n * base), 3) for n, tps in results.items()
+                    },
+                }
+            ),
+            flush=True,
+        )
     ray.shutdown()
 
 

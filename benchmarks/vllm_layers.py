@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-RAW = r'''
+RAW = r"""
 import json, os, sys, time
 t0 = time.perf_counter()
 # The engine settings the job's VLLMEngine uses on this machine (all cores, none reserved).
@@ -57,7 +57,7 @@ t2 = time.perf_counter()
 toks = [tok.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in outs]
 print("RAW", json.dumps({"total_s": time.perf_counter() - t0, "generate_s": t2 - t1,
       "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}), flush=True)
-'''
+"""
 
 
 def main() -> None:
@@ -81,32 +81,57 @@ def main() -> None:
         extra += ["--set", f"model.dtype={args.dtype}"]
         job = run_whole_job(path, "vllm", args.rows, texts, work, extra=extra)
         emit(**job, model=args.model, dtype=args.dtype, constrained=True)
-        rows = [{"dataset": names[i % 6], "text": texts[i % len(texts)],
-                 "cap": CAPS[i % len(CAPS)]} for i in range(args.rows)]
+        rows = [
+            {"dataset": names[i % 6], "text": texts[i % len(texts)], "cap": CAPS[i % len(CAPS)]}
+            for i in range(args.rows)
+        ]
         arg = Path(work, "raw.json")
-        arg.write_text(json.dumps({"model": path, "dtype": args.dtype, "vllm": VLLM_CPU,
-                                   "rows": rows}), encoding="utf-8")
+        arg.write_text(
+            json.dumps({"model": path, "dtype": args.dtype, "vllm": VLLM_CPU, "rows": rows}),
+            encoding="utf-8",
+        )
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", RAW, str(arg)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = subprocess.run(
+            [sys.executable, "-c", RAW, str(arg)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         wall = time.perf_counter() - started
         line = [x for x in proc.stdout.splitlines() if x.startswith("RAW ")]
         if not line:
             raise SystemExit(f"raw LLM.generate failed:\n{proc.stderr[-4000:]}")
         raw = json.loads(line[0][4:])
-        emit(run="raw_llm_generate", rows=args.rows, seconds=round(wall, 2),
-             generate_s=round(raw["generate_s"], 2), tokens=raw["tokens"], model=args.model,
-             dtype=args.dtype)
-        emit(run="summary", ratio_raw_over_job=round(wall / job["seconds"], 3),
-             goal=">= 0.9", job_s=round(job["seconds"], 2), raw_s=round(wall, 2))
+        emit(
+            run="raw_llm_generate",
+            rows=args.rows,
+            seconds=round(wall, 2),
+            generate_s=round(raw["generate_s"], 2),
+            tokens=raw["tokens"],
+            model=args.model,
+            dtype=args.dtype,
+        )
+        emit(
+            run="summary",
+            ratio_raw_over_job=round(wall / job["seconds"], 3),
+            goal=">= 0.9",
+            job_s=round(job["seconds"], 2),
+            raw_s=round(wall, 2),
+        )
         if args.hf:
             for engine, constrained in (("hf", True), ("vllm", False), ("hf", False)):
                 sub = f"{work}/{engine}{int(constrained)}"
                 os.makedirs(sub)
                 sets = ["--set", f"constrained={str(constrained).lower()}"]
-                r = run_whole_job(path, engine, args.rows, texts, sub,
-                                  extra=(extra if engine == "vllm" else
-                                         ["--set", f"model.dtype={args.dtype}"]) + sets)
+                r = run_whole_job(
+                    path,
+                    engine,
+                    args.rows,
+                    texts,
+                    sub,
+                    extra=(extra if engine == "vllm" else ["--set", f"model.dtype={args.dtype}"])
+                    + sets,
+                )
                 emit(**r, model=args.model, dtype=args.dtype, constrained=constrained)
 
 

@@ -43,10 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="GIELLM on Ray: data building, training, bulk scoring, serving, evaluation.",
     )
     level = parser.add_mutually_exclusive_group()
-    level.add_argument("-v", "--verbose", action="count", default=0,
-                       help="debug logging (also GIELLM_LOG_LEVEL=DEBUG)")
-    level.add_argument("-q", "--quiet", action="count", default=0,
-                       help="warnings and errors only, no progress lines (-qq: errors only)")
+    level.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="debug logging (also GIELLM_LOG_LEVEL=DEBUG)",
+    )
+    level.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=0,
+        help="warnings and errors only, no progress lines (-qq: errors only)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(sub)
@@ -70,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"giellm: error: {msg} ({type(exc).__name__}; if this looks like a bug, "
-              "giellm -v shows the traceback)", file=sys.stderr)
+        print(
+            f"giellm: error: {msg} ({type(exc).__name__}; if this looks like a bug, "
+            "giellm -v shows the traceback)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("giellm: interrupted", file=sys.stderr)

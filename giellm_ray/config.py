@@ -25,7 +25,9 @@ T = TypeVar("T", bound="StrictModel")
 class StrictModel(BaseModel):
     """Base for every config: unknown keys are errors, field docstrings are descriptions."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True
+    )
 
 
 class ConfigError(UserError):
@@ -45,8 +47,10 @@ def fold_renamed(data: Any, old: str, new: str) -> Any:
     data = dict(data)
     value = data.pop(old)
     if data.get(new) is not None and value is not None and data[new] != value:
-        raise ValueError(f"{old!r} is the old name of {new!r}; set one of them, not both "
-                         f"({data[new]!r} vs {value!r})")
+        raise ValueError(
+            f"{old!r} is the old name of {new!r}; set one of them, not both "
+            f"({data[new]!r} vs {value!r})"
+        )
     if data.get(new) is None:
         data[new] = value
     return data
@@ -82,7 +86,9 @@ def load_config(cls: type[T], path: str | None = None, overrides: Iterable[str] 
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top, found {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping at the top, found {type(loaded).__name__}"
+            )
         data = loaded or {}
     for assignment in overrides or ():
         apply_override(data, assignment)

@@ -19,9 +19,11 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "serve": ("torch", "transformers"),
 }
 ENGINE_MODULES = {"hf": (), "vllm": ("vllm",)}
-INSTALL_HINT = ("install the `cpu` extra on CPU machines (./install.sh, or "
-                "pip install -e '.[cpu]' then see install.sh), the `gpu` extra on GPU clusters "
-                "(pip install -e '.[gpu]', or the project's Docker image)")
+INSTALL_HINT = (
+    "install the `cpu` extra on CPU machines (./install.sh, or "
+    "pip install -e '.[cpu]' then see install.sh), the `gpu` extra on GPU clusters "
+    "(pip install -e '.[gpu]', or the project's Docker image)"
+)
 
 
 class MissingDependency(ImportError):
@@ -51,5 +53,6 @@ def require(stage: str, engine: str = "hf") -> None:
     absent = missing(needed)
     if absent:
         what = f"`giellm {stage}`" + (f" with engine={engine}" if engine != "hf" else "")
-        raise MissingDependency(f"{what} needs {', '.join(absent)}, which is not installed: "
-                                f"{INSTALL_HINT}")
+        raise MissingDependency(
+            f"{what} needs {', '.join(absent)}, which is not installed: {INSTALL_HINT}"
+        )

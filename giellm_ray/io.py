@@ -44,7 +44,7 @@ def resolve(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     path = str(path)
     if is_s3(path):
         fs = pafs.PyFileSystem(pafs.FSSpecHandler(s3fs_filesystem()))
-        return fs, path[len("s3://"):]
+        return fs, path[len("s3://") :]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
@@ -58,20 +58,25 @@ def resolve_native(path: str, endpoint_url: str | None = None) -> tuple[pafs.Fil
     """
     if not is_s3(path):
         return resolve(path)
-    endpoint = (endpoint_url or os.environ.get("GIELLM_S3_ENDPOINT_URL")
-                or os.environ.get("AWS_ENDPOINT_URL"))
+    endpoint = (
+        endpoint_url
+        or os.environ.get("GIELLM_S3_ENDPOINT_URL")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
     kwargs: dict = {}
     if endpoint:
         scheme, _, host = endpoint.partition("://")
         kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
     if os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                      secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
+        kwargs.update(
+            access_key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        )
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs), path[len("s3://"):]
+    return pafs.S3FileSystem(**kwargs), path[len("s3://") :]
 
 
 def absolute(path: str) -> str:
@@ -122,8 +127,9 @@ def write_json(fs: pafs.FileSystem, path: str, value: dict, local: bool | None =
     fs.move(tmp, path)
 
 
-def parallel(fs: pafs.FileSystem, fn: Callable, items: list, threads: int = 16,
-             local: bool | None = None) -> list:
+def parallel(
+    fs: pafs.FileSystem, fn: Callable, items: list, threads: int = 16, local: bool | None = None
+) -> list:
     """``fn`` over ``items``: remote requests in ``threads`` parallel streams, local in order."""
     if _is_local(fs, local) or len(items) < 2:
         return [fn(x) for x in items]
@@ -137,7 +143,7 @@ def _decode_bytes(value: bytes | None, name: str) -> tuple[str | None, str | Non
     try:
         return value.decode("utf-8"), None
     except UnicodeDecodeError as exc:
-        bad = value[exc.start:exc.start + 4]
+        bad = value[exc.start : exc.start + 4]
         return None, f"column '{name}' is not valid UTF-8 (byte {exc.start}: {bad!r})"
 
 
@@ -180,8 +186,9 @@ def copy_dir(src: str, dest: str) -> None:
     if is_s3(dest):
         fs, path = resolve(dest)
         fs.create_dir(path, recursive=True)
-        pafs.copy_files(src, path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=fs)
+        pafs.copy_files(
+            src, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
+        )
         return
     if os.path.exists(dest):
         shutil.rmtree(dest)
@@ -214,7 +221,7 @@ def read_text(path: str) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(
-            f"{path} is not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 4]!r}); "
+            f"{path} is not UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 4]!r}); "
             "convert it first, e.g. `iconv -f CP932 -t UTF-8`"
         ) from None
 
@@ -245,9 +252,11 @@ def list_parquet(fs: pafs.FileSystem, path: str) -> list[str]:
     if info.type == pafs.FileType.File:
         return [path]
     files = sorted(
-        f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
-        and not any(part.startswith((".", "_")) for part in f.path[len(path):].split("/"))
+        f.path
+        for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if f.type == pafs.FileType.File
+        and f.path.endswith(".parquet")
+        and not any(part.startswith((".", "_")) for part in f.path[len(path) :].split("/"))
     )
     if not files:
         raise FileNotFoundError(f"no .parquet files under {path}")
@@ -263,17 +272,16 @@ def parquet_files(path: str) -> list[str]:
     return [("s3://" + f) if is_s3(path) else f for f in files]
 
 
-def iter_parquet_batches(path: str, columns: list[str] | None = None,
-                         batch_size: int = 4096) -> Iterator[pa.RecordBatch]:
+def iter_parquet_batches(
+    path: str, columns: list[str] | None = None, batch_size: int = 4096
+) -> Iterator[pa.RecordBatch]:
     """Stream record batches from a Parquet file or directory (constant memory)."""
     for f in parquet_files(path):
         fs, p = resolve(f)
         pf = pq.ParquetFile(fs.open_input_file(p))
         missing = [c for c in columns or [] if c not in pf.schema_arrow.names]
         if missing:
-            raise UserError(
-                f"{f}: missing column(s) {missing}; found {pf.schema_arrow.names}"
-            )
+            raise UserError(f"{f}: missing column(s) {missing}; found {pf.schema_arrow.names}")
         yield from pf.iter_batches(batch_size=batch_size, columns=columns)
 
 

@@ -70,8 +70,9 @@ def setup_logging(level: str | None = None, *, handler: bool = True) -> str:
         root.addHandler(stderr)
     root.setLevel(name)
     os.environ[ENV_LEVEL] = name
-    quiet_level = logging.DEBUG if name == "DEBUG" else max(logging.WARNING,
-                                                           logging.getLevelName(name))
+    quiet_level = (
+        logging.DEBUG if name == "DEBUG" else max(logging.WARNING, logging.getLevelName(name))
+    )
     for other in THIRD_PARTY:
         logging.getLogger(other).setLevel(quiet_level)
     logging.getLogger(SERVE_LOGGER).setLevel(name)  # our replica modules log there (see above)
@@ -117,15 +118,18 @@ def quiet_serve_batch_bound_notice() -> None:
     ``max_ongoing_requests``" warning in a model replica. Our coalescer hands ``@serve.batch``
     one-row fragments, so that product is not a row count (``serve.config.BatchingConfig``);
     every replica start printed the warning, suggesting a misconfiguration that is not one."""
-    drop_notice(logging.getLogger(SERVE_LOGGER), SERVE_BATCH_BOUND_NOTICE,
-                contains="max_ongoing_requests")
+    drop_notice(
+        logging.getLogger(SERVE_LOGGER), SERVE_BATCH_BOUND_NOTICE, contains="max_ongoing_requests"
+    )
 
 
 def drop_notice(target: logging.Filterer, prefix: str, contains: str = "") -> None:
     """Drop records whose message starts with ``prefix`` (and holds ``contains``) at ``target``,
     a logger or a handler; adding the same notice twice adds one filter."""
-    if not any(isinstance(f, _DropNotice) and (f.prefix, f.contains) == (prefix, contains)
-               for f in target.filters):
+    if not any(
+        isinstance(f, _DropNotice) and (f.prefix, f.contains) == (prefix, contains)
+        for f in target.filters
+    ):
         target.addFilter(_DropNotice(prefix, contains))
 
 

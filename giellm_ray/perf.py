@@ -70,13 +70,19 @@ def llama_params(hidden: int, mlp: int, layers: int, vocab: int, tied: bool = Fa
     return layers * per_layer + (1 if tied else 2) * vocab * hidden + hidden
 
 
-ONE_B_LLAMA = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 20,
-               "num_attention_heads": 16}
+ONE_B_LLAMA = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 20,
+    "num_attention_heads": 16,
+}
 """The ~1.03B random-init Llama ``benchmarks/gpu_score.py`` builds (16 heads of 128, no grouped
 KV; with an 8,000-token vocabulary and untied embeddings)."""
 
 
-def decode_roofline_tokens_per_s(weight_bytes: float, batch: float, device_name: str) -> float | None:
+def decode_roofline_tokens_per_s(
+    weight_bytes: float, batch: float, device_name: str
+) -> float | None:
     """Decode tokens/s if every step only streamed the weights once from HBM (KV reads ignored):
     ``batch x bandwidth / weight_bytes``. ``None`` for an unknown device."""
     spec = lookup(device_name)
@@ -93,9 +99,20 @@ def roofline(tok_s: float, batch: float | None, weight_bytes: int, device: str) 
     roof = decode_roofline_tokens_per_s(weight_bytes, batch, device)
     if roof is None:
         return {"roofline_note": f"unknown device {device!r} (add it to giellm_ray/perf.py)"}
-    return {"mean_batch": round(batch, 1), "roofline_tok_s": round(roof, 1),
-            "roofline_fraction": round(tok_s / roof, 4)}
+    return {
+        "mean_batch": round(batch, 1),
+        "roofline_tok_s": round(roof, 1),
+        "roofline_fraction": round(tok_s / roof, 4),
+    }
 
 
-__all__ = ["DEVICE_TABLE", "ONE_B_LLAMA", "DeviceSpec", "decode_roofline_tokens_per_s",
-           "llama_params", "lookup", "mfu", "roofline"]
+__all__ = [
+    "DEVICE_TABLE",
+    "ONE_B_LLAMA",
+    "DeviceSpec",
+    "decode_roofline_tokens_per_s",
+    "llama_params",
+    "lookup",
+    "mfu",
+    "roofline",
+]

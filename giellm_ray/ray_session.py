@@ -36,8 +36,17 @@ import os
 
 log = logging.getLogger(__name__)
 
-FORWARDED_PREFIXES = ("AWS_", "GIELLM_", "HF_", "HUGGING_FACE_", "TRANSFORMERS_", "DS_",
-                      "VLLM_", "NCCL_", "TOKENIZERS_PARALLELISM")
+FORWARDED_PREFIXES = (
+    "AWS_",
+    "GIELLM_",
+    "HF_",
+    "HUGGING_FACE_",
+    "TRANSFORMERS_",
+    "DS_",
+    "VLLM_",
+    "NCCL_",
+    "TOKENIZERS_PARALLELISM",
+)
 # Set by Ray's job manager in a submitted job's driver: the job's config, runtime env included.
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Read by the raylet at start: a dead worker's process group is killed (module docstring).
@@ -58,8 +67,9 @@ def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) and k not in taken}
 
 
-def connect_ray(address: str | None = None, *, num_cpus: float | None = None,
-                dashboard: bool = True) -> bool:
+def connect_ray(
+    address: str | None = None, *, num_cpus: float | None = None, dashboard: bool = True
+) -> bool:
     """Join ``address`` / ``RAY_ADDRESS`` or start a local Ray; True if this call started it."""
     import ray
 
@@ -69,8 +79,12 @@ def connect_ray(address: str | None = None, *, num_cpus: float | None = None,
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         env = forwarded_env()
-        log.info("joining Ray at %s (forwarding %d environment variables: %s)", address,
-                 len(env), ", ".join(sorted(env)) or "none")
+        log.info(
+            "joining Ray at %s (forwarding %d environment variables: %s)",
+            address,
+            len(env),
+            ", ".join(sorted(env)) or "none",
+        )
         ray.init(address=address, runtime_env={"env_vars": env}, logging_level="WARNING")
     else:
         for key, value in RAYLET_ENV.items():  # the raylet ray.init starts inherits it

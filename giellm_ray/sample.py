@@ -225,7 +225,7 @@ def resolve_uri(path: str | None) -> str | None:
     directory and from an installed wheel; config validators call this.
     """
     if isinstance(path, str) and path.startswith(SCHEME):
-        return sample_path(path[len(SCHEME):])
+        return sample_path(path[len(SCHEME) :])
     return path
 
 

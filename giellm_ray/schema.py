@@ -48,9 +48,7 @@ SCORE = "score"  # the field of a scored item
 MAX_NEW_TOKENS = "max_new_tokens"
 ADAPTER = "adapter"
 
-ITEM_TYPE = pa.struct(
-    [("label", pa.string()), ("span", pa.string()), ("tail", pa.string())]
-)
+ITEM_TYPE = pa.struct([("label", pa.string()), ("span", pa.string()), ("tail", pa.string())])
 GROUNDED_ITEM_TYPE = pa.struct(
     [
         ("label", pa.string()),
@@ -96,8 +94,14 @@ SCORED_NAMES = [f.name for f in SCORED_FIELDS]
 
 def empty_scored(error: str | None) -> dict:
     """The scored columns of a row that was not generated (``error`` says why)."""
-    return {PREDICTION: None, PRED_TL_LABEL: None, PRED_ITEMS: None, ERROR: error,
-            NUM_GENERATED_TOKENS: 0, TL_SCORE: None}
+    return {
+        PREDICTION: None,
+        PRED_TL_LABEL: None,
+        PRED_ITEMS: None,
+        ERROR: error,
+        NUM_GENERATED_TOKENS: 0,
+        TL_SCORE: None,
+    }
 
 
 # ``giellm eval``'s per-row analysis file (``DIR/rows.parquet``): parsed target and prediction,
@@ -137,8 +141,9 @@ def with_score_columns(table: pa.Table) -> pa.Table:
     """A scored table from before confidence scores, read as a current one: a null ``tl_score``
     column and a null ``score`` in every item of ``pred_items`` where they are missing."""
     if TL_SCORE not in table.column_names:
-        table = table.append_column(pa.field(TL_SCORE, pa.float64()),
-                                    pa.nulls(table.num_rows, pa.float64()))
+        table = table.append_column(
+            pa.field(TL_SCORE, pa.float64()), pa.nulls(table.num_rows, pa.float64())
+        )
     if PRED_ITEMS not in table.column_names:
         return table
     col = table.column(PRED_ITEMS)
@@ -155,9 +160,13 @@ def with_score_columns(table: pa.Table) -> pa.Table:
         fields = [items.field(i) for i in range(items.type.num_fields)]
         scored = pa.StructArray.from_arrays(
             [*fields, pa.nulls(len(items), pa.float64())],
-            fields=list(new_type.value_type), mask=items.is_null())
-        chunks.append(pa.ListArray.from_arrays(offsets, scored, type=new_type,
-                                               mask=chunk.is_null()))
+            fields=list(new_type.value_type),
+            mask=items.is_null(),
+        )
+        chunks.append(
+            pa.ListArray.from_arrays(offsets, scored, type=new_type, mask=chunk.is_null())
+        )
     index = table.column_names.index(PRED_ITEMS)
-    return table.set_column(index, pa.field(PRED_ITEMS, new_type),
-                            pa.chunked_array(chunks, type=new_type))
+    return table.set_column(
+        index, pa.field(PRED_ITEMS, new_type), pa.chunked_array(chunks, type=new_type)
+    )

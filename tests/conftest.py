@@ -72,14 +72,19 @@ def tiny_vllm_model_dir(tmp_path_factory) -> str:
     from giellm_ray.model.tiny import TinyConfig, build_tiny
 
     out = tmp_path_factory.mktemp("tiny-vllm-model")
-    return build_tiny(str(out), _tokenizer_texts(), TinyConfig(vocab_size=1500,
-                                                               num_attention_heads=2))
+    return build_tiny(
+        str(out), _tokenizer_texts(), TinyConfig(vocab_size=1500, num_attention_heads=2)
+    )
 
 
 # vLLM on this CPU: no torch.compile (start-up ~20 s instead of ~60 s), a small share of the RAM
 # for weights + KV cache (0.10 of 24 GB leaves ~1.2 GB of KV: ~300k tokens of the tiny model).
-VLLM_TEST_SETTINGS = {"enforce_eager": True, "gpu_memory_utilization": 0.1,
-                      "max_num_seqs": 64, "max_num_batched_tokens": 4096}
+VLLM_TEST_SETTINGS = {
+    "enforce_eager": True,
+    "gpu_memory_utilization": 0.1,
+    "max_num_seqs": 64,
+    "max_num_batched_tokens": 4096,
+}
 
 
 def _free_port() -> int:
@@ -139,8 +144,9 @@ def ray_cluster(s3_server):
     if not ray.is_initialized():
         os.environ.update(RAYLET_ENV)
         env = {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false", **s3_env(s3_server)}
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
+        ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env}
+        )
     yield ray
     try:
         from ray import serve

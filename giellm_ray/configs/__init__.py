@@ -14,5 +14,7 @@ def config_path(*parts: str) -> str:
     """Path of a shipped config, e.g. ``config_path("train", "tiny-cpu.yaml")``."""
     path = resources.files(__name__).joinpath(*parts)
     if not path.is_file():
-        raise FileNotFoundError(f"no shipped config {'/'.join(parts)} in {resources.files(__name__)}")
+        raise FileNotFoundError(
+            f"no shipped config {'/'.join(parts)} in {resources.files(__name__)}"
+        )
     return str(path)

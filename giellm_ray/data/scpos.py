@@ -49,10 +49,12 @@ from giellm_ray.formats import (
 SCPOS_TASKS = ("SCPOS:RW", "SCPOS:N", "SCPOS:Adj", "SCPOS:N&Adj")
 
 DEFAULT_LABEL_MAP = {
-    **dict.fromkeys(("positive", "pos", "p", "1", "+1", "true", "ポジティブ", "積極", "肯定"),
-                    "積極"),
-    **dict.fromkeys(("negative", "neg", "n", "0", "-1", "false", "ネガティブ", "消極", "否定"),
-                    "消極"),
+    **dict.fromkeys(
+        ("positive", "pos", "p", "1", "+1", "true", "ポジティブ", "積極", "肯定"), "積極"
+    ),
+    **dict.fromkeys(
+        ("negative", "neg", "n", "0", "-1", "false", "ネガティブ", "消極", "否定"), "消極"
+    ),
 }
 
 
@@ -77,8 +79,12 @@ def task_pos(task: TaskSpec, cfg: PosConfig) -> tuple[str, ...] | None:
     return tuple(tag for p in task.pos for tag in expand.get(p, (p,)))
 
 
-def extract_items(tokens: Iterable[Token], pos_tags: tuple[str, ...] | None,
-                  lexicon: PolarityLexicon, cfg: PosConfig) -> list[dict]:
+def extract_items(
+    tokens: Iterable[Token],
+    pos_tags: tuple[str, ...] | None,
+    lexicon: PolarityLexicon,
+    cfg: PosConfig,
+) -> list[dict]:
     """The task's items for one tagged text (order and duplicates are fixed by render)."""
     items = []
     for tok in tokens:
@@ -96,9 +102,16 @@ def map_label(value: str | None, label_map: dict[str, str]) -> str | None:
     return None if value is None else label_map.get(value.strip().lower())
 
 
-def build_rows(chunk: list[dict], text_col: str, label_col: str, tasks: list[TaskSpec],
-               tagger: PosTagger, lexicon: PolarityLexicon, cfg: ScposConfig,
-               registry: TaskRegistry = DEFAULT_REGISTRY) -> dict[str, list[dict]]:
+def build_rows(
+    chunk: list[dict],
+    text_col: str,
+    label_col: str,
+    tasks: list[TaskSpec],
+    tagger: PosTagger,
+    lexicon: PolarityLexicon,
+    cfg: ScposConfig,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+) -> dict[str, list[dict]]:
     """Dataset rows per task name for one chunk of input rows. Never raises for a bad row."""
     out: dict[str, list[dict]] = {t.name: [] for t in tasks}
     label_map = {k.strip().lower(): v for k, v in cfg.label_map.items()}
@@ -111,20 +124,29 @@ def build_rows(chunk: list[dict], text_col: str, label_col: str, tasks: list[Tas
         if error is None and (text is None or not text.strip()):
             error = "text is empty or missing"
         if error is None and tl is None:
-            error = (f"unknown sentiment label {raw_label!r}; known values: "
-                     f"{sorted(label_map)} (set label_map to add one)")
+            error = (
+                f"unknown sentiment label {raw_label!r}; known values: "
+                f"{sorted(label_map)} (set label_map to add one)"
+            )
         if error is None:
             try:
                 tokens = tagger.tokens(text)
             except Exception as exc:  # one odd text must not stop a 187k-row build
                 error = f"POS tagging failed: {type(exc).__name__}: {exc}"
         for task in tasks:
-            row = {"id": f"{prefixes[task.name]}-{rec[ROW]}", "dataset": task.name,
-                   "text": text, "tl_label": tl, "items": [], "error": error}
+            row = {
+                "id": f"{prefixes[task.name]}-{rec[ROW]}",
+                "dataset": task.name,
+                "text": text,
+                "tl_label": tl,
+                "items": [],
+                "error": error,
+            }
             if error is None:
                 # stored as the target writes them: de-duplicated, cp932-sorted
                 row["items"] = normalize_items(
-                    extract_items(tokens, task_pos(task, cfg.pos), lexicon, cfg.pos), task)
+                    extract_items(tokens, task_pos(task, cfg.pos), lexicon, cfg.pos), task
+                )
                 try:
                     row["prompt"], row["target"] = render(row, registry)
                 except ValueError as exc:
@@ -133,8 +155,9 @@ def build_rows(chunk: list[dict], text_col: str, label_col: str, tasks: list[Tas
     return out
 
 
-def resolve_tasks(names: Iterable[str], registry: TaskRegistry = DEFAULT_REGISTRY
-                  ) -> list[TaskSpec]:
+def resolve_tasks(
+    names: Iterable[str], registry: TaskRegistry = DEFAULT_REGISTRY
+) -> list[TaskSpec]:
     tasks = []
     for name in names:
         if name not in SCPOS_TASKS:
@@ -145,10 +168,16 @@ def resolve_tasks(names: Iterable[str], registry: TaskRegistry = DEFAULT_REGISTR
     return tasks
 
 
-def build_scpos(input_path: str, text_col: str, label_col: str, output: str,
-                cfg: ScposConfig | None = None, limit: int | None = None,
-                registry: TaskRegistry = DEFAULT_REGISTRY,
-                lexicon: PolarityLexicon | None = None) -> dict:
+def build_scpos(
+    input_path: str,
+    text_col: str,
+    label_col: str,
+    output: str,
+    cfg: ScposConfig | None = None,
+    limit: int | None = None,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+    lexicon: PolarityLexicon | None = None,
+) -> dict:
     """Stream ``input_path`` into SCPOS Parquet at ``output``; return a summary dict."""
     cfg = cfg or ScposConfig()
     tasks = resolve_tasks(cfg.tasks, registry)
@@ -157,8 +186,11 @@ def build_scpos(input_path: str, text_col: str, label_col: str, output: str,
     chunks = iter_chunks(input_path, [text_col, label_col], cfg.chunk_size)
     first = next(chunks, None)  # fail fast (missing columns, not UTF-8) before creating output
     single = output.rstrip("/").endswith(".parquet")
-    sinks = ({"*": ParquetSink(output)} if single else
-             {t.name: ParquetSink(io.join(output, f"{safe_name(t.name)}.parquet")) for t in tasks})
+    sinks = (
+        {"*": ParquetSink(output)}
+        if single
+        else {t.name: ParquetSink(io.join(output, f"{safe_name(t.name)}.parquet")) for t in tasks}
+    )
     progress = Progress("giellm data scpos")
     errors: Counter[str] = Counter()
     rows_in = 0
@@ -173,8 +205,7 @@ def build_scpos(input_path: str, text_col: str, label_col: str, output: str,
             for name, rows in built.items():
                 sinks["*" if single else name].write_rows(rows)
             # count input rows, not output rows: the same error repeats once per task
-            errors.update(r["error"].split(";")[0][:60] for r in built[tasks[0].name]
-                          if r["error"])
+            errors.update(r["error"].split(";")[0][:60] for r in built[tasks[0].name] if r["error"])
             progress.add(len(chunk))
     except BaseException:
         for sink in sinks.values():
@@ -183,6 +214,11 @@ def build_scpos(input_path: str, text_col: str, label_col: str, output: str,
     for sink in sinks.values():
         sink.close()
     rate = progress.done()
-    return {"input_rows": rows_in, "tasks": [t.name for t in tasks],
-            "outputs": [s.path for s in sinks.values()], "rows_per_s": round(rate, 1),
-            "error_input_rows": sum(errors.values()), "errors": dict(errors.most_common(10))}
+    return {
+        "input_rows": rows_in,
+        "tasks": [t.name for t in tasks],
+        "outputs": [s.path for s in sinks.values()],
+        "rows_per_s": round(rate, 1),
+        "error_input_rows": sum(errors.values()),
+        "errors": dict(errors.most_common(10)),
+    }

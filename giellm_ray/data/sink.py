@@ -43,8 +43,11 @@ class ParquetSink:
 
     def write_rows(self, rows: list[dict]) -> None:
         if rows:
-            self.write_table(dataset_table(rows) if self.schema == DATASET_SCHEMA
-                             else pa.Table.from_pylist(rows, schema=self.schema))
+            self.write_table(
+                dataset_table(rows)
+                if self.schema == DATASET_SCHEMA
+                else pa.Table.from_pylist(rows, schema=self.schema)
+            )
 
     def write_table(self, table: pa.Table) -> None:
         if table.num_rows:

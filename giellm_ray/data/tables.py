@@ -29,8 +29,14 @@ ROW_ERROR = "_error"
 def detect_format(path: str) -> str:
     """``csv``, ``tsv``, ``jsonl``, ``json`` or ``parquet`` from the path (a directory: Parquet)."""
     lower = str(path).lower().rstrip("/")
-    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
-                     (".json", "json"), (".parquet", "parquet")):
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "json"),
+        (".parquet", "parquet"),
+    ):
         if lower.endswith(ext):
             return fmt
     fs, p = io.resolve(path)
@@ -80,13 +86,17 @@ def _csv_records(path: str, columns: list[str], delimiter: str) -> Iterator[dict
         with fs.open_input_stream(p) as probe:
             names = pcsv.open_csv(probe, read_options=read, parse_options=parse).schema.names
         _missing(path, columns, names)
-        convert = pcsv.ConvertOptions(include_columns=columns,
-                                      column_types={c: pa.string() for c in columns},
-                                      strings_can_be_null=False, quoted_strings_can_be_null=False)
+        convert = pcsv.ConvertOptions(
+            include_columns=columns,
+            column_types={c: pa.string() for c in columns},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        )
         row = 0
         with fs.open_input_stream(p) as raw:
-            reader = pcsv.open_csv(raw, read_options=read, parse_options=parse,
-                                   convert_options=convert)
+            reader = pcsv.open_csv(
+                raw, read_options=read, parse_options=parse, convert_options=convert
+            )
             for batch in reader:
                 for rec in batch.to_pylist():
                     rec[ROW] = row
@@ -95,8 +105,9 @@ def _csv_records(path: str, columns: list[str], delimiter: str) -> Iterator[dict
     except pa.ArrowInvalid as exc:
         msg = str(exc)
         if "UTF8" in msg or "UTF-8" in msg:
-            raise UserError(f"{path} is not UTF-8 ({msg}); convert it first, e.g. "
-                             "`iconv -f CP932 -t UTF-8`") from None
+            raise UserError(
+                f"{path} is not UTF-8 ({msg}); convert it first, e.g. `iconv -f CP932 -t UTF-8`"
+            ) from None
         raise UserError(f"{path}: not a readable CSV file: {msg}") from None
 
 
@@ -115,16 +126,19 @@ def json_records(path: str) -> Iterator[tuple[dict | None, str | None]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                             f"{exc.msg}") from None
+            raise UserError(
+                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+            ) from None
         for rec in data:
             yield (rec, None) if isinstance(rec, dict) else (None, f"not an object: {rec!r:.60}")
         return
     try:
         rec = json.loads(first)
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: expected JSON Lines (one object per line) or a JSON array; "
-                         f"the first line is not JSON ({exc.msg}): {first[:80]!r}") from None
+        raise UserError(
+            f"{path}: expected JSON Lines (one object per line) or a JSON array; "
+            f"the first line is not JSON ({exc.msg}): {first[:80]!r}"
+        ) from None
     yield (rec, None) if isinstance(rec, dict) else (None, f"not an object: {rec!r:.60}")
     for n, line in enumerate(lines, start=2):
         if not line.strip():

@@ -17,8 +17,9 @@ from giellm_ray.decoding.constraint import FormatConstraint, FormatConstraintFac
 from giellm_ray.formats.tasks import TaskRegistry
 
 
-def build_constraint_factory(tokenizer, registry: TaskRegistry | None = None,
-                             max_span_bytes: int = 256) -> FormatConstraintFactory:
+def build_constraint_factory(
+    tokenizer, registry: TaskRegistry | None = None, max_span_bytes: int = 256
+) -> FormatConstraintFactory:
     """A factory of per-row format constraints for ``tokenizer`` (tables built once, here)."""
     return FormatConstraintFactory(tokenizer, registry, max_span_bytes)
 

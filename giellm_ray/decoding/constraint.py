@@ -50,10 +50,10 @@ class _Entry:
         out = self.tight.get(left)
         if out is None:
             # After this token `left - 1` remain: its own `need` tokens at most, then EOS.
-            out = self.ids[:bisect_right(self.needs, left - 2)]
+            out = self.ids[: bisect_right(self.needs, left - 2)]
             out += (eos_id,) if self.accepting else ()
             if not out:  # budget below the shortest completion: keep to the format regardless
-                out = self.ids[:bisect_right(self.needs, INF - 1)] or (eos_id,)
+                out = self.ids[: bisect_right(self.needs, INF - 1)] or (eos_id,)
             self.tight[left] = out
         return out
 
@@ -61,9 +61,16 @@ class _Entry:
 class FormatConstraint:
     """A :class:`~giellm_ray.decoding.base.RowConstraint` for one row's output."""
 
-    def __init__(self, grammar: RowGrammar, trie: TrieNode, table: list[bytes | None],
-                 eos_id: int, max_new_tokens: int, shared: dict[States, _Entry] | None = None,
-                 sep_trie: TrieNode | None = None) -> None:
+    def __init__(
+        self,
+        grammar: RowGrammar,
+        trie: TrieNode,
+        table: list[bytes | None],
+        eos_id: int,
+        max_new_tokens: int,
+        shared: dict[States, _Entry] | None = None,
+        sep_trie: TrieNode | None = None,
+    ) -> None:
         self.grammar = grammar
         self.trie = trie
         # The tokens holding ``:`` or ``;`` (a trie of their own), if given: then the tokens of a
@@ -100,7 +107,7 @@ class FormatConstraint:
         tb, n = g.text, g.n
         room = g.cap - nb  # bytes the span may still take
         hits: dict[TrieNode, list[int]] = {}
-        for q in (g.char_starts if pos is None else pos):
+        for q in g.char_starts if pos is None else pos:
             node = self.trie
             for r in range(q, min(n, q + room)):
                 b = tb[r]
@@ -120,14 +127,18 @@ class FormatConstraint:
         for node, ends in hits.items():
             after, nb2 = tuple(ends[1:]), nb + ends[1] - ends[0]
             if span_kind == "W":  # the state is built if the token is taken (see `advance`)
-                nxt, need = ("S", "W", after, nb2), 0 if boundary[after[0]] else to_boundary[after[0]]
+                nxt, need = (
+                    ("S", "W", after, nb2),
+                    0 if boundary[after[0]] else to_boundary[after[0]],
+                )
             else:
                 nxt, need = g.span_next(span_kind, after, nb2)
             found.extend((need, t, nxt) for t in node.ids)
         return found
 
-    def _trie_walk(self, trie: TrieNode, states: States
-                   ) -> tuple[list[tuple[int, int, States]], bool]:
+    def _trie_walk(
+        self, trie: TrieNode, states: States
+    ) -> tuple[list[tuple[int, int, States]], bool]:
         """The generic walk: the trie from its root, each node with the automaton's state."""
         g = self.grammar
         found: list[tuple[int, int, States]] = []
@@ -217,12 +228,14 @@ class FormatConstraint:
 class FormatConstraintFactory:
     """Per-tokenizer token bytes and trie; per-task literal tries; one constraint per row."""
 
-    def __init__(self, tokenizer, registry: TaskRegistry | None = None,
-                 max_span_bytes: int = 256) -> None:
+    def __init__(
+        self, tokenizer, registry: TaskRegistry | None = None, max_span_bytes: int = 256
+    ) -> None:
         self.table = token_bytes(tokenizer)
         self.trie = build_token_trie(self.table)
         self.sep_trie = build_token_trie(
-            [d if d and (COLON in d or SEMI in d) else None for d in self.table])
+            [d if d and (COLON in d or SEMI in d) else None for d in self.table]
+        )
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no EOS token; constrained decoding needs one")
@@ -253,13 +266,15 @@ class FormatConstraintFactory:
                     best[i] = best[j + 1] + 1
         return best[0]
 
-    def for_row(self, text: str, task: TaskSpec,
-                max_new_tokens: int | None = None) -> FormatConstraint:
+    def for_row(
+        self, text: str, task: TaskSpec, max_new_tokens: int | None = None
+    ) -> FormatConstraint:
         """A fresh constraint; ``max_new_tokens`` (default the task's) must match the engine's."""
         budget = task.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
         row = RowGrammar(self._grammar(task), text or "", self.max_span_bytes, self.lead_space)
         # Literal-state entries depend on the task and, through ``need``, the text's shortest
         # character only; rows that agree on both share them.
         shared = self._shared.setdefault((task, row.min_char), {})
-        return FormatConstraint(row, self.trie, self.table, self.eos_id, budget, shared,
-                                self.sep_trie)
+        return FormatConstraint(
+            row, self.trie, self.table, self.eos_id, budget, shared, self.sep_trie
+        )

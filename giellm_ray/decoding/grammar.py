@@ -108,8 +108,9 @@ class TaskGrammar:
 class RowGrammar:
     """The automaton for one row: :class:`TaskGrammar` plus the row's text bytes."""
 
-    def __init__(self, grammar: TaskGrammar, text: str, max_span_bytes: int = 256,
-                 lead_space: bool = False) -> None:
+    def __init__(
+        self, grammar: TaskGrammar, text: str, max_span_bytes: int = 256, lead_space: bool = False
+    ) -> None:
         self.g = grammar
         self.text = tb = text.encode("utf-8")
         self.n = n = len(tb)
@@ -173,7 +174,7 @@ class RowGrammar:
             if s[3] and self.boundary[s[2][0]]:
                 if s[1] == "W":
                     out.add(("A",))
-                elif self.text[s[2][0] - s[3]:s[2][0]] not in g.head_forbidden:
+                elif self.text[s[2][0] - s[3] : s[2][0]] not in g.head_forbidden:
                     out.add(("R", 0))
         return frozenset(out)
 

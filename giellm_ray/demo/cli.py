@@ -32,11 +32,21 @@ def register(subparsers) -> None:
         "down. A demonstration of the system; paper-level accuracy needs a pretrained 7B/13B base "
         "on GPUs.",
     )
-    p.add_argument("--workdir", default="runs/demo",
-                   help="where the demo writes everything (default: runs/demo; reruns replace it)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="training epochs (default 12; more: better scores, longer run)")
-    p.add_argument("--quick", action="store_true",
-                   help="a much smaller run (tiny corpus, 2 epochs) that checks the path, as CI does")
+    p.add_argument(
+        "--workdir",
+        default="runs/demo",
+        help="where the demo writes everything (default: runs/demo; reruns replace it)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="training epochs (default 12; more: better scores, longer run)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a much smaller run (tiny corpus, 2 epochs) that checks the path, as CI does",
+    )
     p.add_argument("--port", type=int, default=None, help="Serve HTTP port (default: a free one)")
     p.set_defaults(handler=handle)

@@ -66,8 +66,13 @@ class DemoConfig(StrictModel):
 # Sample targets are at most ~40 tokens; an undertrained model would otherwise babble up to each
 # task's budget (128-224 tokens) on every row.
 MAX_NEW_TOKENS = 64
-QUICK = {"epochs": 2, "train_rows_per_dataset": 24, "test_rows_per_dataset": 3,
-         "hidden_size": 64, "num_hidden_layers": 2}
+QUICK = {
+    "epochs": 2,
+    "train_rows_per_dataset": 24,
+    "test_rows_per_dataset": 3,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+}
 
 
 @contextmanager
@@ -121,11 +126,19 @@ def train(cfg: DemoConfig, work: Path, train_path: str) -> str:
     from giellm_ray.train.driver import run_training
 
     overrides = [
-        f"storage_path={work / 'runs'}", "run_name=demo", f"data.train={train_path}",
-        "data.eval=null", f"epochs={cfg.epochs}", f"lr={cfg.lr}", f"num_workers={cfg.num_workers}",
-        f"tiny.hidden_size={cfg.hidden_size}", f"tiny.intermediate_size={4 * cfg.hidden_size}",
-        f"tiny.num_hidden_layers={cfg.num_hidden_layers}", "checkpoint_every_steps=null",
-        "keep_checkpoints=1", "log_every_steps=20",
+        f"storage_path={work / 'runs'}",
+        "run_name=demo",
+        f"data.train={train_path}",
+        "data.eval=null",
+        f"epochs={cfg.epochs}",
+        f"lr={cfg.lr}",
+        f"num_workers={cfg.num_workers}",
+        f"tiny.hidden_size={cfg.hidden_size}",
+        f"tiny.intermediate_size={4 * cfg.hidden_size}",
+        f"tiny.num_hidden_layers={cfg.num_hidden_layers}",
+        "checkpoint_every_steps=null",
+        "keep_checkpoints=1",
+        "log_every_steps=20",
     ]
     tcfg = load_config(TrainConfig, config_path("train", "tiny-cpu.yaml"), overrides)
     result = run_training(tcfg)
@@ -140,14 +153,19 @@ def score(work: Path, model: str, heldout: str) -> dict:
     from giellm_ray.score.config import ScoreConfig
     from giellm_ray.score.driver import run_score
 
-    scfg = load_config(ScoreConfig, config_path("score", "cpu.yaml"),
-                       ["progress_bars=false", f"generation.max_new_tokens={MAX_NEW_TOKENS}"])
+    scfg = load_config(
+        ScoreConfig,
+        config_path("score", "cpu.yaml"),
+        ["progress_bars=false", f"generation.max_new_tokens={MAX_NEW_TOKENS}"],
+    )
     scfg.model.name_or_path = model
     scfg.input = [heldout]
     scfg.output = str(work / "scored")
     summary = run_score(scfg)
-    print(f"scored {summary['output_rows']} rows in {summary['seconds']:.1f} s "
-          f"({summary['rows_per_s']:.1f} rows/s) -> {scfg.output}")
+    print(
+        f"scored {summary['output_rows']} rows in {summary['seconds']:.1f} s "
+        f"({summary['rows_per_s']:.1f} rows/s) -> {scfg.output}"
+    )
     print()
     print(markdown_table(summary["metrics"], title="giellm demo: tiny model vs the paper"))
     print(f"report (JSON, Markdown, chart): {work / 'scored' / '_metrics'}/metrics.*")
@@ -163,16 +181,22 @@ def serve_one(cfg: DemoConfig, model: str, heldout: str) -> dict:
     from giellm_ray.serve.driver import start_service, stop_service
 
     port = cfg.serve_port or _free_port()
-    overrides = [f"model.name_or_path={model}", f"http.port={port}", "replica.num_cpus=0.5",
-                 "replica.max_replicas=1", f"generation.max_new_tokens={MAX_NEW_TOKENS}"]
+    overrides = [
+        f"model.name_or_path={model}",
+        f"http.port={port}",
+        "replica.num_cpus=0.5",
+        "replica.max_replicas=1",
+        f"generation.max_new_tokens={MAX_NEW_TOKENS}",
+    ]
     scfg = load_config(ServeConfig, config_path("serve", "giellm.yaml"), overrides)
     row = pq.read_table(heldout).slice(0, 1).to_pylist()[0]
     url = start_service(scfg)
     try:
         body = json.dumps({"text": row["text"], "dataset": row["dataset"]}, ensure_ascii=False)
         print(f"POST {url}/v1/extract {body}")
-        req = urllib.request.Request(f"{url}/v1/extract", data=body.encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{url}/v1/extract", data=body.encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=120) as resp:
             answer = json.loads(resp.read())
         print(json.dumps(answer, ensure_ascii=False, indent=2))
@@ -203,8 +227,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         with step(2, 6, "Start a local Ray cluster", timings):
             started_ray = connect_ray()
             print(f"Ray {ray.__version__}: {ray.cluster_resources()}")
-        with step(3, 6, f"Fine-tune the tiny model: Ray Train + DeepSpeed, {cfg.epochs} epochs",
-                  timings):
+        with step(
+            3, 6, f"Fine-tune the tiny model: Ray Train + DeepSpeed, {cfg.epochs} epochs", timings
+        ):
             model = train(cfg, work, train_path)
         with step(4, 6, "Bulk-score the held-out Parquet with Ray Data", timings):
             summary = score(work, model, heldout)
@@ -215,9 +240,13 @@ def run_demo(cfg: DemoConfig) -> dict:
             if started_ray:
                 ray.shutdown()
     result = {
-        "workdir": str(work), "model": model, "timings_s": timings,
-        "total_s": round(time.perf_counter() - total, 1), "metrics": summary["metrics"],
-        "serve_answer": answer, "config": cfg.model_dump(),
+        "workdir": str(work),
+        "model": model,
+        "timings_s": timings,
+        "total_s": round(time.perf_counter() - total, 1),
+        "metrics": summary["metrics"],
+        "serve_answer": answer,
+        "config": cfg.model_dump(),
     }
     (work / "demo_summary.json").write_text(json.dumps(result, ensure_ascii=False, indent=2))
     steps = "; ".join(f"{name}: {sec:.0f} s" for name, sec in timings.items())

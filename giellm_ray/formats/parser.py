@@ -90,18 +90,21 @@ def parse(output: str, task: TaskSpec) -> ParseResult:
         if not output.startswith("<"):
             return ParseResult(None, error="output does not start with '<TL label>'")
         tl = next(
-            (lab for lab in sorted(task.tl_labels, key=len, reverse=True)
-             if output.startswith(f"<{lab}>")),
+            (
+                lab
+                for lab in sorted(task.tl_labels, key=len, reverse=True)
+                if output.startswith(f"<{lab}>")
+            ),
             None,
         )
         if tl is None:
             close = output.find(">")
             shown = output[1:close] if close > 0 else output[1:21]
             return ParseResult(None, error=f"unknown TL label {shown!r}")
-        rest = output[len(tl) + 2:]
+        rest = output[len(tl) + 2 :]
         if not rest.startswith(task.instruction):
             return ParseResult(tl, error=f"missing instruction word {task.instruction!r}")
-        items, error = _parse_items(rest[len(task.instruction):], task)
+        items, error = _parse_items(rest[len(task.instruction) :], task)
         return ParseResult(tl, items, error)
     except Exception as exc:  # a parser bug must not fail a 187k-row job
         return ParseResult(None, error=f"parser error: {type(exc).__name__}: {exc}")

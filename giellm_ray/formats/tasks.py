@@ -20,7 +20,16 @@ from giellm_ray.errors import UserError
 ItemOrder = Literal["source", "cp932"]
 
 SCNM_TL = ("社会", "文芸", "学問", "技術", "自然")
-SCNM_WL = ("人名", "法人名", "政治的組織名", "その他の組織名", "地名", "施設名", "製品名", "イベント名")
+SCNM_WL = (
+    "人名",
+    "法人名",
+    "政治的組織名",
+    "その他の組織名",
+    "地名",
+    "施設名",
+    "製品名",
+    "イベント名",
+)
 SCPOS_TL = ("積極", "消極")
 SCPOS_WL = ("ポジティブ", "中立", "ネガティブ")
 # [I] livedoor news corpus categories: the TCREE topic text comes from there.
@@ -59,8 +68,9 @@ class TaskSpec:
 
     def replace(self, **changes: object) -> TaskSpec:
         """A copy with some fields changed (sequences are turned into tuples)."""
-        fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in changes.items()}
+        fixed: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()
+        }
         return dataclasses.replace(self, **fixed)
 
     def to_dict(self) -> dict:
@@ -83,12 +93,33 @@ DEFAULT_TASKS: dict[str, TaskSpec] = {
     for t in (
         TaskSpec("SCNM", SCNM_TL, SCNM_WL, "固有表現抽出", none_marker="無い", max_new_tokens=128),
         TaskSpec("SCPOS:RW", SCPOS_TL, SCPOS_WL, "関連語", item_order="cp932", max_new_tokens=192),
-        TaskSpec("SCPOS:N", SCPOS_TL, SCPOS_WL, "名詞", item_order="cp932", max_new_tokens=192,
-                 pos=("名詞",)),
-        TaskSpec("SCPOS:Adj", SCPOS_TL, SCPOS_WL, "形容詞", item_order="cp932", max_new_tokens=96,
-                 pos=("形容詞",)),
-        TaskSpec("SCPOS:N&Adj", SCPOS_TL, SCPOS_WL, "名詞と形容詞", item_order="cp932",
-                 max_new_tokens=224, pos=("名詞", "形容詞")),
+        TaskSpec(
+            "SCPOS:N",
+            SCPOS_TL,
+            SCPOS_WL,
+            "名詞",
+            item_order="cp932",
+            max_new_tokens=192,
+            pos=("名詞",),
+        ),
+        TaskSpec(
+            "SCPOS:Adj",
+            SCPOS_TL,
+            SCPOS_WL,
+            "形容詞",
+            item_order="cp932",
+            max_new_tokens=96,
+            pos=("形容詞",),
+        ),
+        TaskSpec(
+            "SCPOS:N&Adj",
+            SCPOS_TL,
+            SCPOS_WL,
+            "名詞と形容詞",
+            item_order="cp932",
+            max_new_tokens=224,
+            pos=("名詞", "形容詞"),
+        ),
         # [D] TCREE's relation/event inventories are not published: learn them from the data.
         TaskSpec("TCREE", TCREE_TL, (), "関係抽出", max_new_tokens=160),
     )
@@ -163,8 +194,9 @@ class TaskRegistry(Mapping[str, TaskSpec]):
         try:
             return cls.from_dict(json.loads(text))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{path}: not a tasks.json written by giellm "
-                             f"(TaskRegistry.to_dict): {exc}") from None
+            raise UserError(
+                f"{path}: not a tasks.json written by giellm (TaskRegistry.to_dict): {exc}"
+            ) from None
 
 
 DEFAULT_REGISTRY = TaskRegistry()

@@ -53,8 +53,10 @@ def check_adapter_map(adapters: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, source in adapters.items():
         if not NAME_RE.fullmatch(name):
-            raise ValueError(f"adapter name {name!r}: use letters, digits and . _ : + - "
-                             "(starting with a letter or digit, at most 128 characters)")
+            raise ValueError(
+                f"adapter name {name!r}: use letters, digits and . _ : + - "
+                "(starting with a letter or digit, at most 128 characters)"
+            )
         if not isinstance(source, str) or not source.strip():
             raise ValueError(f"adapter {name!r}: the source must be a directory or s3:// URI")
         out[name] = source
@@ -90,8 +92,10 @@ def localize_adapters(adapters: Mapping[str, str]) -> dict[str, str]:
         path = os.path.expanduser(localize(source))
         peft_type = read_adapter_config(path).get("peft_type", "LORA")
         if str(peft_type).upper() != "LORA":
-            raise ValueError(f"adapter {name!r} ({source}) is a {peft_type} adapter; only LoRA "
-                             "adapters are served")
+            raise ValueError(
+                f"adapter {name!r} ({source}) is a {peft_type} adapter; only LoRA "
+                "adapters are served"
+            )
         local[name] = path
     return local
 
@@ -118,8 +122,9 @@ class PeftAdapterEngine:
         if not adapters:
             raise ValueError("PeftAdapterEngine needs at least one adapter")
         names = list(adapters)
-        peft_model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0],
-                                               is_trainable=False)
+        peft_model = PeftModel.from_pretrained(
+            model, adapters[names[0]], adapter_name=names[0], is_trainable=False
+        )
         for name in names[1:]:
             peft_model.load_adapter(adapters[name], adapter_name=name, is_trainable=False)
         self.peft_model = peft_model.eval()
@@ -145,13 +150,15 @@ class PeftAdapterEngine:
         results: list[GenerationResult | None] = [None] * len(requests)
         with self._lock:
             for name, idx in groups.items():
-                for i, res in zip(idx, self._generate_group(name, [requests[i] for i in idx]),
-                                  strict=True):
+                for i, res in zip(
+                    idx, self._generate_group(name, [requests[i] for i in idx]), strict=True
+                ):
                     results[i] = res
         return results  # type: ignore[return-value]
 
-    def _generate_group(self, name: str | None, group: list[GenerationRequest]
-                        ) -> list[GenerationResult]:
+    def _generate_group(
+        self, name: str | None, group: list[GenerationRequest]
+    ) -> list[GenerationResult]:
         problem = adapter_problem(name, self.adapter_names)
         if problem is not None:
             return [GenerationResult("", 0, False, problem) for _ in group]
@@ -198,8 +205,10 @@ def identity_adapter(template: str) -> str:
             tmp = f"{target}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.makedirs(tmp)
             try:
-                save_file({k: v.zero_() for k, v in load_file(weights).items()},
-                          os.path.join(tmp, "adapter_model.safetensors"))
+                save_file(
+                    {k: v.zero_() for k, v in load_file(weights).items()},
+                    os.path.join(tmp, "adapter_model.safetensors"),
+                )
                 shutil.copy(os.path.join(template, ADAPTER_CONFIG), tmp)
                 with open(os.path.join(tmp, MARKER), "w") as f:
                     json.dump({"identity_of": template}, f)
@@ -210,8 +219,9 @@ def identity_adapter(template: str) -> str:
     return target
 
 
-def vllm_lora_setup(adapters: Mapping[str, str] | None, cfg, on_gpu: bool
-                    ) -> tuple[tuple[str, ...], dict, dict]:
+def vllm_lora_setup(
+    adapters: Mapping[str, str] | None, cfg, on_gpu: bool
+) -> tuple[tuple[str, ...], dict, dict]:
     """``(adapter names, {row adapter (None: base) -> LoRARequest or None}, engine keywords)``
     for a :class:`~giellm_ray.generation.vllm_engine.VLLMEngine` (``cfg``: its ``VLLMConfig``)."""
     local = localize_adapters(adapters or {})
@@ -219,12 +229,14 @@ def vllm_lora_setup(adapters: Mapping[str, str] | None, cfg, on_gpu: bool
         return (), {None: None}, cfg.lora_kwargs(0, 0)
     from vllm.lora.request import LoRARequest
 
-    requests: dict = {name: LoRARequest(name, k + 1, path)
-                      for k, (name, path) in enumerate(local.items())}
+    requests: dict = {
+        name: LoRARequest(name, k + 1, path) for k, (name, path) in enumerate(local.items())
+    }
     requests[None] = None
     if not on_gpu:
-        requests[None] = LoRARequest(BASE_SLOT_NAME, len(local) + 1,
-                                     identity_adapter(next(iter(local.values()))))
+        requests[None] = LoRARequest(
+            BASE_SLOT_NAME, len(local) + 1, identity_adapter(next(iter(local.values())))
+        )
     slots = len(local) + (not on_gpu)
     kw = cfg.lora_kwargs(slots, max(adapter_rank(p) for p in local.values()))
     return tuple(local), requests, kw

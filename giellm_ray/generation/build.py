@@ -28,10 +28,16 @@ def constraint_spec(text: str, task, budget: int) -> ConstraintSpec:
     return ConstraintSpec(text, task)
 
 
-def hf_extractor(model_cfg: ModelConfig, gen_cfg: GenerationConfig | None = None,
-                 registry: TaskRegistry = DEFAULT_REGISTRY, constrained: bool = True,
-                 device: str | None = None, model=None, tokenizer=None,
-                 adapters: Mapping[str, str] | None = None) -> Extractor:
+def hf_extractor(
+    model_cfg: ModelConfig,
+    gen_cfg: GenerationConfig | None = None,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+    constrained: bool = True,
+    device: str | None = None,
+    model=None,
+    tokenizer=None,
+    adapters: Mapping[str, str] | None = None,
+) -> Extractor:
     """The Extractor on our HF engine; ``model`` / ``tokenizer``: already loaded ones (training
     evaluation, tests), else loaded from ``model_cfg`` (``device`` ``None``: CUDA if any);
     ``adapters``: LoRA adapters held in one PEFT model, rows grouped by adapter."""
@@ -49,29 +55,51 @@ def hf_extractor(model_cfg: ModelConfig, gen_cfg: GenerationConfig | None = None
         from giellm_ray.generation.hf import HFEngine
 
         engine = HFEngine(model, tokenizer, gen_cfg)
-    return Extractor(engine, tokenizer, registry, gen_cfg,
-                     factory.for_row if factory is not None else None)
+    return Extractor(
+        engine, tokenizer, registry, gen_cfg, factory.for_row if factory is not None else None
+    )
 
 
-def vllm_extractor(model_cfg: ModelConfig, gen_cfg: GenerationConfig | None = None,
-                   vllm_cfg: VLLMConfig | None = None, registry: TaskRegistry = DEFAULT_REGISTRY,
-                   constrained: bool = True, device: str | None = None,
-                   adapters: Mapping[str, str] | None = None) -> Extractor:
+def vllm_extractor(
+    model_cfg: ModelConfig,
+    gen_cfg: GenerationConfig | None = None,
+    vllm_cfg: VLLMConfig | None = None,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+    constrained: bool = True,
+    device: str | None = None,
+    adapters: Mapping[str, str] | None = None,
+) -> Extractor:
     """The Extractor on a new vLLM engine (``device`` ``None``: CUDA if any; ``adapters``: LoRA
     adapters it holds, one ``LoRARequest`` per row)."""
     from giellm_ray.generation.vllm_engine import VLLMEngine
 
     on_gpu = None if device is None else device != "cpu"
-    eng = VLLMEngine(model_cfg, vllm_cfg or VLLMConfig(), on_gpu=on_gpu, constrained=constrained,
-                     adapters=adapters)
-    return Extractor(eng, eng.tokenizer, registry, gen_cfg or GenerationConfig(),
-                     constraint_spec if constrained else None)
+    eng = VLLMEngine(
+        model_cfg,
+        vllm_cfg or VLLMConfig(),
+        on_gpu=on_gpu,
+        constrained=constrained,
+        adapters=adapters,
+    )
+    return Extractor(
+        eng,
+        eng.tokenizer,
+        registry,
+        gen_cfg or GenerationConfig(),
+        constraint_spec if constrained else None,
+    )
 
 
-def build_extractor(engine: str, model_cfg: ModelConfig, gen_cfg: GenerationConfig,
-                    vllm_cfg: VLLMConfig | None = None, registry: TaskRegistry = DEFAULT_REGISTRY,
-                    constrained: bool = True, device: str | None = None,
-                    adapters: Mapping[str, str] | None = None) -> Extractor:
+def build_extractor(
+    engine: str,
+    model_cfg: ModelConfig,
+    gen_cfg: GenerationConfig,
+    vllm_cfg: VLLMConfig | None = None,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+    constrained: bool = True,
+    device: str | None = None,
+    adapters: Mapping[str, str] | None = None,
+) -> Extractor:
     """The Extractor on ``engine`` (``hf`` or ``vllm``); ``device``: ``cpu``/``cuda``, ``None``:
     CUDA when there is one."""
     if engine == "hf":

@@ -62,8 +62,9 @@ def _probability(sum_logprob: float) -> float:
     return min(1.0, max(0.0, math.exp(sum_logprob)))
 
 
-def output_ranges(output: str, tl_label: str | None, items: Sequence[Mapping],
-                  task: TaskSpec) -> tuple[tuple[int, int] | None, list[tuple[int, int] | None]]:
+def output_ranges(
+    output: str, tl_label: str | None, items: Sequence[Mapping], task: TaskSpec
+) -> tuple[tuple[int, int] | None, list[tuple[int, int] | None]]:
     """Character ranges in ``output`` of the TL label (``<LABEL>``) and of each parsed item's
     segment, in order; ``None`` for one that cannot be found where the format puts it."""
     tl = (0, len(tl_label) + 2) if tl_label and output.startswith(f"<{tl_label}>") else None
@@ -73,8 +74,11 @@ def output_ranges(output: str, tl_label: str | None, items: Sequence[Mapping],
     cursor = tl[1] + len(task.instruction)
     for k, it in enumerate(items):
         tail = it.get("tail")
-        seg = (f":{it['label']};{it['span']}" if tail is None
-               else f":{it['span']};{it['label']};{tail}")
+        seg = (
+            f":{it['label']};{it['span']}"
+            if tail is None
+            else f":{it['span']};{it['label']};{tail}"
+        )
         if not output.startswith(seg, cursor):
             break  # the rest cannot be placed either
         ranges[k] = (cursor, cursor + len(seg))
@@ -84,8 +88,11 @@ def output_ranges(output: str, tl_label: str | None, items: Sequence[Mapping],
 
 def _byte_alphabet() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the character standing for each byte."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars, n = list(keep), 0
     for b in range(256):
         if b not in keep:
@@ -189,8 +196,13 @@ def pieces_for(tokenizer) -> TokenPieces:
     return hit[1]
 
 
-def range_scores(pieces: TokenPieces, token_ids: Sequence[int], logprobs: Sequence[float],
-                 text: str, ranges: Sequence[tuple[int, int] | None]) -> list[float | None]:
+def range_scores(
+    pieces: TokenPieces,
+    token_ids: Sequence[int],
+    logprobs: Sequence[float],
+    text: str,
+    ranges: Sequence[tuple[int, int] | None],
+) -> list[float | None]:
     """The joint probability of the tokens overlapping each character range of
     ``text`` (the output the tokens spell); ``None`` where it cannot be mapped."""
     if not token_ids or len(token_ids) != len(logprobs):
@@ -213,9 +225,15 @@ def range_scores(pieces: TokenPieces, token_ids: Sequence[int], logprobs: Sequen
     return out
 
 
-def score_output(tokenizer, token_ids: Sequence[int] | None, logprobs: Sequence[float] | None,
-                 output: str, tl_label: str | None, items: Sequence[Mapping],
-                 task: TaskSpec) -> tuple[float | None, list[float | None]]:
+def score_output(
+    tokenizer,
+    token_ids: Sequence[int] | None,
+    logprobs: Sequence[float] | None,
+    output: str,
+    tl_label: str | None,
+    items: Sequence[Mapping],
+    task: TaskSpec,
+) -> tuple[float | None, list[float | None]]:
     """``(tl_score, item scores)`` of a parsed output; ``None`` where none can be given (no
     token log-probabilities, an unparsed label, tokens that do not spell ``output``)."""
     if token_ids is None or logprobs is None:

@@ -146,7 +146,8 @@ class VLLMConfig(StrictModel):
         if dtype == "auto":  # one meaning of auto for both knobs: the HF loader's
             dtype = "bfloat16" if on_gpu else "float32"
         kw: dict[str, Any] = {
-            "dtype": dtype, "max_num_seqs": self.max_num_seqs,
+            "dtype": dtype,
+            "max_num_seqs": self.max_num_seqs,
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "gpu_memory_utilization": self.gpu_memory_utilization or (0.90 if on_gpu else 0.10),
             "tensor_parallel_size": self.tensor_parallel_size,
@@ -163,11 +164,17 @@ class VLLMConfig(StrictModel):
         """The ``AsyncEngineArgs`` LoRA keywords for ``n_adapters`` (``{}``: LoRA off)."""
         if self.enable_lora is False or (self.enable_lora is None and n_adapters == 0):
             if n_adapters:
-                raise ValueError(f"{n_adapters} adapter(s) configured but vllm.enable_lora is "
-                                 "false")
+                raise ValueError(
+                    f"{n_adapters} adapter(s) configured but vllm.enable_lora is false"
+                )
             return {}
         if max_rank > self.max_lora_rank:
-            raise ValueError(f"an adapter has rank {max_rank}, above vllm.max_lora_rank "
-                             f"{self.max_lora_rank}; raise it (1, 8, 16, 32, 64, 128, ...)")
-        return {"enable_lora": True, "max_loras": max(1, min(self.max_loras, n_adapters)),
-                "max_lora_rank": self.max_lora_rank}
+            raise ValueError(
+                f"an adapter has rank {max_rank}, above vllm.max_lora_rank "
+                f"{self.max_lora_rank}; raise it (1, 8, 16, 32, 64, 128, ...)"
+            )
+        return {
+            "enable_lora": True,
+            "max_loras": max(1, min(self.max_loras, n_adapters)),
+            "max_lora_rank": self.max_lora_rank,
+        }

@@ -49,7 +49,7 @@ def claim_cores(count: int, lock_dir: str = LOCK_DIR) -> tuple[list[int], str] |
     count = max(1, min(count, len(cores)))
     os.makedirs(lock_dir, exist_ok=True)
     for i in range(0, len(cores) - count + 1, count):
-        block = cores[i:i + count]
+        block = cores[i : i + count]
         path = os.path.join(lock_dir, f"{block[0]}-{block[-1]}.lock")
         for _ in range(2):  # a second try after removing a dead owner's lock
             try:

@@ -60,8 +60,9 @@ def empty_output(error: str | None) -> dict:
     return S.empty_scored(error)
 
 
-def prepare_row(row: Mapping, registry: TaskRegistry, cap_all: int | None
-                ) -> tuple[str, object, str, int] | str:
+def prepare_row(
+    row: Mapping, registry: TaskRegistry, cap_all: int | None
+) -> tuple[str, object, str, int] | str:
     """``(prompt, task, text, budget)`` for a row that can be generated, else the error."""
     dataset = row.get(S.DATASET)
     if dataset is None or dataset not in registry:
@@ -98,8 +99,15 @@ def finish_row(res: GenerationResult, task, text: str, tokenizer=None) -> dict:
     tl_score, item_scores = None, [None] * len(items)
     if tokenizer is not None and res.token_logprobs is not None:
         try:
-            tl_score, item_scores = score_output(tokenizer, res.token_ids, res.token_logprobs,
-                                                 res.text, parsed.tl_label, parsed.items, task)
+            tl_score, item_scores = score_output(
+                tokenizer,
+                res.token_ids,
+                res.token_logprobs,
+                res.text,
+                parsed.tl_label,
+                parsed.items,
+                task,
+            )
         except Exception:  # a score is an extra: its failure leaves it null, never the row
             log.warning("could not score a row's output", exc_info=True)
     for it, score in zip(items, item_scores, strict=True):
@@ -124,9 +132,14 @@ class Extractor:
     (``None``: unconstrained). :mod:`giellm_ray.generation.build` builds one from a config.
     """
 
-    def __init__(self, engine: Engine, tokenizer, registry: TaskRegistry = DEFAULT_REGISTRY,
-                 gen_cfg: GenerationConfig | None = None, constrain: Callable | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tokenizer,
+        registry: TaskRegistry = DEFAULT_REGISTRY,
+        gen_cfg: GenerationConfig | None = None,
+        constrain: Callable | None = None,
+    ) -> None:
         self.engine, self.tokenizer, self.registry = engine, tokenizer, registry
         self.gen_cfg = gen_cfg or GenerationConfig()
         self.max_positions = engine.max_positions
@@ -162,7 +175,8 @@ class Extractor:
         for i, row in enumerate(rows):
             try:
                 prepared = adapter_problem(row.get(S.ADAPTER), self.adapters) or prepare_row(
-                    row, self.registry, self.gen_cfg.max_new_tokens)
+                    row, self.registry, self.gen_cfg.max_new_tokens
+                )
             except Exception as exc:  # a hostile value fails its own row only
                 prepared = _internal(i, "preparing the prompt", exc)
             if isinstance(prepared, str):
@@ -171,13 +185,15 @@ class Extractor:
                 todo.append((i, *prepared, row.get(S.ADAPTER)))
         ready = []
         for (i, prompt, task, text, budget, adapter), ids in zip(
-                todo, self._prompt_ids([t[1] for t in todo]), strict=True):
+            todo, self._prompt_ids([t[1] for t in todo]), strict=True
+        ):
             if ids is None:
                 outputs[i] = empty_output(UNTOKENIZABLE)
             elif len(ids) > self.max_positions - budget:
                 outputs[i] = empty_output(
                     f"prompt too long: {len(ids)} tokens; the model takes {self.max_positions} "
-                    f"positions, {budget} kept for the output")
+                    f"positions, {budget} kept for the output"
+                )
             else:
                 ready.append((i, prompt, task, text, budget, ids, adapter))
         return outputs, ready
@@ -199,12 +215,14 @@ class Extractor:
             log.warning("a prompt cannot be tokenized: %s: %s", type(exc).__name__, exc)
             return None
 
-    def _request(self, prompt: str, task, text: str, budget: int, ids,
-                 adapter: str | None = None) -> GenerationRequest:
+    def _request(
+        self, prompt: str, task, text: str, budget: int, ids, adapter: str | None = None
+    ) -> GenerationRequest:
         # The constraint closes the output in time when it knows the engine's token budget.
         constraint = self._constrain(text, task, budget) if self._constrain else None
-        return GenerationRequest(prompt, budget, constraint, ids, scores=self.gen_cfg.scores,
-                                 adapter=adapter)
+        return GenerationRequest(
+            prompt, budget, constraint, ids, scores=self.gen_cfg.scores, adapter=adapter
+        )
 
     def _requests(self, ready: list[tuple]) -> tuple[list, dict[int, GenerationRequest]]:
         results: list[GenerationResult | None] = [None] * len(ready)
@@ -213,12 +231,14 @@ class Extractor:
             try:
                 requests[k] = self._request(*r[1:])
             except Exception as exc:
-                results[k] = GenerationResult("", 0, False,
-                                              _internal(r[0], "building its constraint", exc))
+                results[k] = GenerationResult(
+                    "", 0, False, _internal(r[0], "building its constraint", exc)
+                )
         return results, requests
 
-    def _finish(self, outputs: list, ready: list[tuple], results: list[GenerationResult]
-                ) -> list[dict]:
+    def _finish(
+        self, outputs: list, ready: list[tuple], results: list[GenerationResult]
+    ) -> list[dict]:
         for (i, _, task, text, *_), res in zip(ready, results, strict=True):
             try:
                 outputs[i] = finish_row(res, task, text, self.tokenizer)
@@ -259,8 +279,9 @@ class Extractor:
         except Exception as exc:
             if len(requests) == 1:
                 log.exception("engine raised on one row")
-                return [GenerationResult("", 0, False,
-                                         f"engine error: {type(exc).__name__}: {exc}")]
+                return [
+                    GenerationResult("", 0, False, f"engine error: {type(exc).__name__}: {exc}")
+                ]
             log.exception("engine raised on a batch of %d; retrying each row alone", len(requests))
             return [self._engine_generate([r])[0] for r in requests]
 
@@ -281,8 +302,9 @@ class Extractor:
             done = await self.engine.generate_async(list(requests.values()))
         except Exception as exc:  # the engine promises not to raise; if it does, rows say why
             log.exception("engine raised on %d rows", len(requests))
-            done = [GenerationResult("", 0, False, f"engine error: {type(exc).__name__}: {exc}")
-                    ] * len(requests)
+            done = [
+                GenerationResult("", 0, False, f"engine error: {type(exc).__name__}: {exc}")
+            ] * len(requests)
         for k, res in zip(requests, done, strict=True):
             results[k] = res
         return self._finish(outputs, ready, results)
@@ -300,8 +322,9 @@ class Extractor:
             return
         import os
 
-        log.error("%s: the engine is dead (%s); exiting so Ray restarts this process",
-                  owner, self.dead)
+        log.error(
+            "%s: the engine is dead (%s); exiting so Ray restarts this process", owner, self.dead
+        )
         self.engine.kill_processes()
         os._exit(1)
 
@@ -314,4 +337,3 @@ class Extractor:
         """Stop the engine's processes (a continuous engine has some; the HF one runs here)."""
         if self.continuous:
             self.engine.shutdown()
-

@@ -190,8 +190,9 @@ class HFEngine:
         prompt_ids = {i: requests[i].prompt_ids for i in idx if requests[i].prompt_ids}
         todo = [i for i in idx if i not in prompt_ids]
         if todo:
-            ids = self.tokenizer([requests[i].prompt for i in todo],
-                                 add_special_tokens=True)["input_ids"]
+            ids = self.tokenizer([requests[i].prompt for i in todo], add_special_tokens=True)[
+                "input_ids"
+            ]
             prompt_ids.update(zip(todo, ids, strict=True))
         limits = {}
         for i in idx:
@@ -213,17 +214,22 @@ class HFEngine:
                 alive = len(b.rows) - n_done
                 if pending and (alive == 0 or size - alive >= threshold):
                     state = (len(b.rows), n_done)
-                    fit = 0 if state == blocked else self._kv_fit(
-                        b, pending, prompt_ids, limits, size - alive)
+                    fit = (
+                        0
+                        if state == blocked
+                        else self._kv_fit(b, pending, prompt_ids, limits, size - alive)
+                    )
                     # A refill waits until a useful group fits: ``refill_threshold`` of the
                     # batch it makes (the budget may hold fewer rows than ``batch_size``).
-                    need = min(threshold, len(pending),
-                               math.ceil(self.config.refill_threshold * (alive + fit)))
+                    need = min(
+                        threshold,
+                        len(pending),
+                        math.ceil(self.config.refill_threshold * (alive + fit)),
+                    )
                     if alive == 0 or (fit > 0 and fit >= need):
                         blocked = None
                         self._evict(b, requests)
-                        self._admit(b, pending, fit, prompt_ids, limits, requests, results,
-                                    touched)
+                        self._admit(b, pending, fit, prompt_ids, limits, requests, results, touched)
                         continue
                     blocked = state
                 if n_done >= threshold and alive > 0 and (not pending or blocked is not None):
@@ -234,8 +240,9 @@ class HFEngine:
                     break
                 self._decode_step(b, limits, requests, results, touched)
 
-    def _finish(self, b: _Batch, slot: int, requests, results, finished: bool,
-                forced_eos: bool = False) -> None:
+    def _finish(
+        self, b: _Batch, slot: int, requests, results, finished: bool, forced_eos: bool = False
+    ) -> None:
         b.done[slot] = True
         i = b.rows[slot]
         toks = [t for t in b.out[slot] if t not in self.eos_ids]
@@ -244,13 +251,17 @@ class HFEngine:
         results[i] = GenerationResult(text, n, finished)
         if requests[i].scores:
             results[i].token_ids = toks
-            results[i].token_logprobs = [lp for t, lp in zip(b.out[slot], b.logprobs[slot],
-                                                             strict=True) if t not in self.eos_ids]
+            results[i].token_logprobs = [
+                lp
+                for t, lp in zip(b.out[slot], b.logprobs[slot], strict=True)
+                if t not in self.eos_ids
+            ]
         self.stats.rows += 1
         self.stats.generated_tokens += n
 
-    def _pick(self, logits, slots: list[int], b: _Batch, requests, touched: set[int]
-              ) -> tuple[list[int], list[float] | None]:
+    def _pick(
+        self, logits, slots: list[int], b: _Batch, requests, touched: set[int]
+    ) -> tuple[list[int], list[float] | None]:
         """Greedy token per slot (``logits`` rows align with ``slots``), constraints applied, and
         its log-probability under the masked logits where a row asked for scores (else None)."""
         import torch
@@ -269,8 +280,9 @@ class HFEngine:
         lp = top.float() - torch.logsumexp(masked.float(), dim=-1)
         return best.tolist(), lp.tolist()
 
-    def _record(self, b: _Batch, slot: int, tok: int, lp: float | None, limits, requests,
-                results) -> None:
+    def _record(
+        self, b: _Batch, slot: int, tok: int, lp: float | None, limits, requests, results
+    ) -> None:
         b.out[slot].append(tok)
         if lp is not None:
             b.logprobs[slot].append(lp)
@@ -294,8 +306,11 @@ class HFEngine:
         ones = torch.ones((len(b.rows), 1), dtype=b.mask.dtype, device=b.mask.device)
         b.mask = torch.cat([b.mask, ones], dim=1)
         out = self.model(
-            input_ids=b.last[:, None], attention_mask=b.mask, position_ids=b.pos[:, None],
-            cache=b.cache, use_cache=True,
+            input_ids=b.last[:, None],
+            attention_mask=b.mask,
+            position_ids=b.pos[:, None],
+            cache=b.cache,
+            use_cache=True,
         )
         b.cache = out.cache
         slots = list(range(len(b.rows)))
@@ -333,8 +348,9 @@ class HFEngine:
             layer.keys = layer.keys[sel, :, lead:]
             layer.values = layer.values[sel, :, lead:]
 
-    def _admit(self, b: _Batch, pending: deque, free: int, prompt_ids, limits, requests, results,
-               touched) -> None:
+    def _admit(
+        self, b: _Batch, pending: deque, free: int, prompt_ids, limits, requests, results, touched
+    ) -> None:
         """Prefill the next rows (shortest prompts first, at most ``free``) and merge them in."""
         import torch
         from transformers import DynamicCache
@@ -347,8 +363,10 @@ class HFEngine:
             cells = width * (len(take) + 1)
             # A group stops where it would pad too much or grow too big; the next group follows
             # at once (the refill check in ``_run`` still sees free slots).
-            if take and (cells > self.config.max_prefill_tokens
-                         or 1 - (real + n) / cells > self.config.max_prefill_padding):
+            if take and (
+                cells > self.config.max_prefill_tokens
+                or 1 - (real + n) / cells > self.config.max_prefill_padding
+            ):
                 break
             take.append(pending.popleft())
             real += n
@@ -357,14 +375,20 @@ class HFEngine:
         mask = torch.zeros((len(take), width), dtype=torch.long)
         for k, i in enumerate(take):
             p = prompt_ids[i]
-            input_ids[k, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
-            mask[k, width - len(p):] = 1
+            input_ids[k, width - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+            mask[k, width - len(p) :] = 1
             self.stats.prompt_tokens += len(p)
             self.stats.prompt_pad_tokens += width - len(p)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos,
-                         cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=pos,
+            cache=DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         new_last = pos[:, -1] + 1
         self._merge(b, take, out.cache, mask, new_last)
         b.scored = b.scored or any(requests[i].scores for i in take)
@@ -396,12 +420,20 @@ class HFEngine:
             return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
         for old, new in zip(b.cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([left_pad(old.keys, width - old_len, 2),
-                                  left_pad(new.keys, width - new_len, 2)], dim=0)
-            old.values = torch.cat([left_pad(old.values, width - old_len, 2),
-                                    left_pad(new.values, width - new_len, 2)], dim=0)
-        b.mask = torch.cat([left_pad(b.mask, width - old_len, 1),
-                            left_pad(mask, width - new_len, 1)], dim=0)
+            old.keys = torch.cat(
+                [left_pad(old.keys, width - old_len, 2), left_pad(new.keys, width - new_len, 2)],
+                dim=0,
+            )
+            old.values = torch.cat(
+                [
+                    left_pad(old.values, width - old_len, 2),
+                    left_pad(new.values, width - new_len, 2),
+                ],
+                dim=0,
+            )
+        b.mask = torch.cat(
+            [left_pad(b.mask, width - old_len, 1), left_pad(mask, width - new_len, 1)], dim=0
+        )
         b.pos = torch.cat([b.pos, pos])
         b.last = torch.cat([b.last, last])
         b.rows += take

@@ -44,8 +44,12 @@ class MaskCache:
 
         if allowed is not None:
             hit = self._by_id.get(id(allowed))
-            if hit is not None and hit[0] is allowed and hit[1].shape[0] == vocab \
-                    and hit[1].device == device:
+            if (
+                hit is not None
+                and hit[0] is allowed
+                and hit[1].shape[0] == vocab
+                and hit[1].device == device
+            ):
                 self.hits += 1
                 return hit[1]
         key = allowed if allowed is None or isinstance(allowed, tuple) else tuple(allowed)
@@ -78,8 +82,9 @@ class MaskCache:
         return logits.masked_fill_(forbid, float("-inf"))
 
 
-def scatter_mask(logits, allowed_per_row: Sequence[Sequence[int] | None], pin: bool = False,
-                 fallback_id: int = 0):
+def scatter_mask(
+    logits, allowed_per_row: Sequence[Sequence[int] | None], pin: bool = False, fallback_id: int = 0
+):
     """Mask ``logits`` in place exactly like :meth:`MaskCache.apply`, building the mask by one
     scatter: ids outside ``[0, vocab)`` are ignored, and a constrained row left with no allowed
     id keeps ``fallback_id`` (EOS) open, so it ends instead of picking token 0."""

@@ -62,8 +62,10 @@ from giellm_ray.model.loader import ModelConfig, load_tokenizer, localize
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-STRUCTURED_FAILED = ("engine error: the structured-output grammar failed for this row "
-                     "(vLLM finished it with finish_reason=error; see the engine log)")
+STRUCTURED_FAILED = (
+    "engine error: the structured-output grammar failed for this row "
+    "(vLLM finished it with finish_reason=error; see the engine log)"
+)
 
 
 def lead_space(tokenizer) -> bool:
@@ -78,9 +80,16 @@ class VLLMEngine:
 
     continuous = True
 
-    def __init__(self, model_cfg: ModelConfig, cfg: VLLMConfig | None = None,
-                 on_gpu: bool | None = None, constrained: bool = True, tokenizer=None,
-                 log_stats: bool = False, adapters: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        cfg: VLLMConfig | None = None,
+        on_gpu: bool | None = None,
+        constrained: bool = True,
+        tokenizer=None,
+        log_stats: bool = False,
+        adapters: Mapping[str, str] | None = None,
+    ) -> None:
         # vLLM logs to stdout by default; stdout is for command results (``giellm score`` prints
         # its summary there, and Ray forwards actors' stdout to the driver's). Set before vLLM's
         # first import, which configures its logger; its engine-core process inherits it.
@@ -105,12 +114,18 @@ class VLLMEngine:
         # LoRA: ``adapters`` {name: dir or s3://}; each row's LoRARequest (``generation.adapters``).
         self.adapter_names, self._loras, lora_kw = vllm_lora_setup(adapters, cfg, on_gpu)
         kw.update(lora_kw)
-        kw.update(model=path, tokenizer=path, revision=model_cfg.revision,
-                  trust_remote_code=model_cfg.trust_remote_code, disable_log_stats=not log_stats,
-                  structured_outputs_config=StructuredOutputsConfig(backend="guidance"))
+        kw.update(
+            model=path,
+            tokenizer=path,
+            revision=model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
+            disable_log_stats=not log_stats,
+            structured_outputs_config=StructuredOutputsConfig(backend="guidance"),
+        )
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
-                                        name="giellm-vllm-loop")
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, daemon=True, name="giellm-vllm-loop"
+        )
         self._thread.start()
         started = time.perf_counter()
         try:
@@ -128,11 +143,16 @@ class VLLMEngine:
         self.stats = EngineStats()
         self.in_flight = 0  # rows submitted and not yet finished (read by Serve for metrics)
         self._ids = itertools.count()
-        log.info("vLLM engine up in %.1f s (%s, max_model_len %d, constraint: %s)",
-                 self.startup_s,
-                 ", ".join(f"{k}={kw[k]}" for k in ("dtype", "max_num_seqs",
-                                                     "max_num_batched_tokens", "enforce_eager")),
-                 self.max_positions, "guidance grammars" if constrained else "off")
+        log.info(
+            "vLLM engine up in %.1f s (%s, max_model_len %d, constraint: %s)",
+            self.startup_s,
+            ", ".join(
+                f"{k}={kw[k]}"
+                for k in ("dtype", "max_num_seqs", "max_num_batched_tokens", "enforce_eager")
+            ),
+            self.max_positions,
+            "guidance grammars" if constrained else "off",
+        )
 
     def _bind_cores(self, count: int) -> None:
         """Bind this engine's OpenMP threads to a block of cores no other engine here holds
@@ -141,8 +161,9 @@ class VLLMEngine:
 
         claimed = claim_cores(count)
         if claimed is None:
-            log.warning("no free block of %d cores on this node; vLLM binds its default cores",
-                        count)
+            log.warning(
+                "no free block of %d cores on this node; vLLM binds its default cores", count
+            )
             return
         cores, self._cores_lock = claimed
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind_string(cores)
@@ -209,16 +230,24 @@ class VLLMEngine:
         structured = None
         if req.constraint is not None and self.constrained:
             if not isinstance(req.constraint, ConstraintSpec):
-                raise TypeError(f"the vLLM engine takes a ConstraintSpec, not a "
-                                f"{type(req.constraint).__name__}")
+                raise TypeError(
+                    f"the vLLM engine takes a ConstraintSpec, not a {type(req.constraint).__name__}"
+                )
             structured = StructuredOutputsParams(grammar=self.grammar(req.constraint))
         ids = req.prompt_ids or self.tokenizer(req.prompt)["input_ids"]
-        params = SamplingParams(max_tokens=req.max_new_tokens, temperature=0.0, detokenize=False,
-                                output_kind=RequestOutputKind.FINAL_ONLY,
-                                structured_outputs=structured,
-                                logprobs=0 if req.scores else None)
-        return {"prompt": {"prompt_token_ids": list(ids)}, "sampling_params": params,
-                "request_id": f"g{next(self._ids)}"}
+        params = SamplingParams(
+            max_tokens=req.max_new_tokens,
+            temperature=0.0,
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+            structured_outputs=structured,
+            logprobs=0 if req.scores else None,
+        )
+        return {
+            "prompt": {"prompt_token_ids": list(ids)},
+            "sampling_params": params,
+            "request_id": f"g{next(self._ids)}",
+        }
 
     async def _one(self, req: GenerationRequest) -> GenerationResult:
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -231,8 +260,9 @@ class VLLMEngine:
             args = self.request_args(req)
             lora = self._loras[req.adapter]  # KeyError: an adapter this engine does not hold
         except Exception as exc:
-            return GenerationResult("", 0, False, f"engine error: bad request: "
-                                                  f"{type(exc).__name__}: {exc}")
+            return GenerationResult(
+                "", 0, False, f"engine error: bad request: {type(exc).__name__}: {exc}"
+            )
         final = None
         self.in_flight += 1
         try:
@@ -243,8 +273,9 @@ class VLLMEngine:
             log.error("vLLM engine is dead: %s", self.dead)
             return GenerationResult("", 0, False, f"engine error: {self.dead}")
         except Exception as exc:  # VLLMValidationError (a grammar llguidance rejects): this row
-            return GenerationResult("", 0, False, f"engine error: vLLM refused the row: "
-                                                  f"{type(exc).__name__}: {exc}")
+            return GenerationResult(
+                "", 0, False, f"engine error: vLLM refused the row: {type(exc).__name__}: {exc}"
+            )
         finally:
             self.in_flight -= 1
         if final is None:
@@ -258,8 +289,9 @@ class VLLMEngine:
             return GenerationResult("", len(toks), False, "engine error: the row was aborted")
         if comp.finish_reason == "error":
             return GenerationResult("", len(toks), False, STRUCTURED_FAILED)
-        text = self.tokenizer.decode([t for t in toks if t != self.eos_id],
-                                     skip_special_tokens=True)
+        text = self.tokenizer.decode(
+            [t for t in toks if t != self.eos_id], skip_special_tokens=True
+        )
         res = GenerationResult(text, len(toks), comp.finish_reason == "stop")
         if scores and comp.logprobs is not None:
             kept = [(t, lp) for t, lp in zip(toks, comp.logprobs, strict=False) if t != self.eos_id]

@@ -45,8 +45,9 @@ def _where(item: Mapping) -> tuple:
     return (item["span"], item.get("tail"))
 
 
-def match_items(gold: Sequence[Mapping], pred: Sequence[Mapping]
-                ) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+def match_items(
+    gold: Sequence[Mapping], pred: Sequence[Mapping]
+) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """Marks for gold items (``ok``/``mislabelled``/``missing``), for predicted items
     (``ok``/``mislabelled``/``extra``) and the (gold label, predicted label) pairs of the WL
     confusion. Exact matches first (as item P/R/F1 counts them), then same span and tail."""
@@ -124,8 +125,9 @@ def _bump(table: dict, gold: str | None, pred: str | None) -> None:
 class Analysis:
     """Counts, score bins, confusions and an error sample, accumulated row by row."""
 
-    def __init__(self, registry: TaskRegistry = DEFAULT_REGISTRY,
-                 sample_size: int = DEFAULT_SAMPLE) -> None:
+    def __init__(
+        self, registry: TaskRegistry = DEFAULT_REGISTRY, sample_size: int = DEFAULT_SAMPLE
+    ) -> None:
         self.registry = registry
         self.sample_size = sample_size
         self.counts: dict[str, dict[str, int]] = {}
@@ -136,10 +138,17 @@ class Analysis:
         self.synthetic: Counter[str] = Counter()
         self.samples: dict[str, list[tuple[int, dict]]] = {}  # heap of (-rank, row)
 
-    def add(self, dataset: str, target: str | None, prediction: str | None, *,
-            row_id: str | None = None, text: str | None = None,
-            scored_items: Sequence[Mapping] | None = None,
-            tl_score: float | None = None) -> dict:
+    def add(
+        self,
+        dataset: str,
+        target: str | None,
+        prediction: str | None,
+        *,
+        row_id: str | None = None,
+        text: str | None = None,
+        scored_items: Sequence[Mapping] | None = None,
+        tl_score: float | None = None,
+    ) -> dict:
         """Score one row and fold it in; return the :func:`score_row` result, items grounded."""
         row = score_row(dataset, target, prediction, self.registry)
         row["target"], row["prediction"] = target, prediction
@@ -153,11 +162,14 @@ class Analysis:
         gmarks, pmarks, pairs = match_items(gold, pred)
         scores = item_scores(pred, scored_items)
         judged_tl = row["pred_tl_label"] is not None
-        add_scores(self.scores.setdefault(dataset, empty_score_counts()),
-                   zip(scores, (m == "ok" for m in pmarks), strict=True),
-                   (tl_score, row["tl_match"]) if judged_tl else None)
-        _bump(self.tl_confusion.setdefault(dataset, {}), row["target_tl_label"],
-              row["pred_tl_label"])
+        add_scores(
+            self.scores.setdefault(dataset, empty_score_counts()),
+            zip(scores, (m == "ok" for m in pmarks), strict=True),
+            (tl_score, row["tl_match"]) if judged_tl else None,
+        )
+        _bump(
+            self.tl_confusion.setdefault(dataset, {}), row["target_tl_label"], row["pred_tl_label"]
+        )
         wl = self.wl_confusion.setdefault(dataset, {})
         for g, p in pairs:
             _bump(wl, g, p)
@@ -172,15 +184,24 @@ class Analysis:
         if len(heap) >= self.sample_size and -heap[0][0] <= rank:
             return
         record = {
-            "id": row_id, "dataset": dataset, "text": text, "rank": rank,
-            "target": row.get("target"), "prediction": row.get("prediction"),
-            "gold_tl": row["target_tl_label"], "pred_tl": row["pred_tl_label"],
-            "tl_score": tl_score, "tl_match": row["tl_match"],
+            "id": row_id,
+            "dataset": dataset,
+            "text": text,
+            "rank": rank,
+            "target": row.get("target"),
+            "prediction": row.get("prediction"),
+            "gold_tl": row["target_tl_label"],
+            "pred_tl": row["pred_tl_label"],
+            "tl_score": tl_score,
+            "tl_match": row["tl_match"],
             "prediction_error": row["prediction_error"],
-            "gold_items": [{**g, "mark": m} for g, m in zip(row["target_items"], gmarks,
-                                                           strict=True)],
-            "pred_items": [{**p, "mark": m, "score": s} for p, m, s in
-                           zip(row["pred_items"], pmarks, scores, strict=True)],
+            "gold_items": [
+                {**g, "mark": m} for g, m in zip(row["target_items"], gmarks, strict=True)
+            ],
+            "pred_items": [
+                {**p, "mark": m, "score": s}
+                for p, m, s in zip(row["pred_items"], pmarks, scores, strict=True)
+            ],
         }
         entry = (-rank, record)
         if len(heap) < self.sample_size:
@@ -192,8 +213,10 @@ class Analysis:
         """Fold another shard's analysis into this one (in place); return self."""
         self.counts = merge_counts([self.counts, other.counts])
         self.scores = merge_score_counts([self.scores, other.scores])
-        for mine, theirs in ((self.tl_confusion, other.tl_confusion),
-                             (self.wl_confusion, other.wl_confusion)):
+        for mine, theirs in (
+            (self.tl_confusion, other.tl_confusion),
+            (self.wl_confusion, other.wl_confusion),
+        ):
             for ds, table in theirs.items():
                 acc = mine.setdefault(ds, {})
                 for g, row in table.items():
@@ -204,8 +227,7 @@ class Analysis:
         self.synthetic.update(other.synthetic)
         for ds, heap in other.samples.items():
             rows = sorted(self.samples.get(ds, []) + heap, key=lambda e: -e[0])
-            self.samples[ds] = [(-r["rank"], r) for r in
-                                (e[1] for e in rows[:self.sample_size])]
+            self.samples[ds] = [(-r["rank"], r) for r in (e[1] for e in rows[: self.sample_size])]
             heapq.heapify(self.samples[ds])
         return self
 

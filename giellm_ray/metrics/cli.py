@@ -13,8 +13,10 @@ def handle(args: argparse.Namespace) -> int:
 
     metrics = evaluate(args.predictions, args.output, TaskRegistry.load(args.tasks))
     print(markdown_table(metrics))
-    print(f"wrote {io.join(args.output, 'metrics.json')}, metrics.md, metrics.png, rows.parquet, "
-          "report.html (+ report-*.html pages; reliability.png when the output has scores)")
+    print(
+        f"wrote {io.join(args.output, 'metrics.json')}, metrics.md, metrics.png, rows.parquet, "
+        "report.html (+ report-*.html pages; reliability.png when the output has scores)"
+    )
     return 0
 
 
@@ -29,6 +31,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("predictions", help="Parquet file or directory (local or s3://)")
     p.add_argument("--output", required=True, help="report directory (local or s3://)")
-    p.add_argument("--tasks", default=None,
-                   help="tasks.json with label inventories (default: the built-in registry)")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="tasks.json with label inventories (default: the built-in registry)",
+    )
     p.set_defaults(handler=handle)

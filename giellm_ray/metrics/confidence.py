@@ -29,8 +29,13 @@ KINDS = ("item", "tl")
 
 def empty_bins() -> dict:
     """One kind's counts: per bin ``n``/``correct``/``score_sum``, plus unscored answers."""
-    return {"n": [0] * BINS, "correct": [0] * BINS, "score_sum": [0.0] * BINS,
-            "unscored": 0, "unscored_correct": 0}
+    return {
+        "n": [0] * BINS,
+        "correct": [0] * BINS,
+        "score_sum": [0.0] * BINS,
+        "unscored": 0,
+        "unscored_correct": 0,
+    }
 
 
 def empty_score_counts() -> dict:
@@ -54,8 +59,11 @@ def add_answer(bins: dict, score: float | None, correct: bool) -> None:
     bins["score_sum"][k] += float(score)
 
 
-def add_scores(counts: dict, item_results: Iterable[tuple[float | None, bool]],
-               tl: tuple[float | None, bool] | None) -> None:
+def add_scores(
+    counts: dict,
+    item_results: Iterable[tuple[float | None, bool]],
+    tl: tuple[float | None, bool] | None,
+) -> None:
     """Fold one row: its predicted items as ``(score, right)`` pairs and its TL ``(score, right)``
     (``None`` when the row has no TL prediction to judge)."""
     for score, ok in item_results:
@@ -93,8 +101,12 @@ def confidence(bins: Mapping, gold_items: int | None = None) -> dict:
     for k in range(BINS):
         kept = sum(bins["n"][k:])
         right = sum(bins["correct"][k:])
-        entry = {"threshold": round(k / BINS, 2), "kept": kept, "precision": _frac(right, kept),
-                 "coverage": _frac(kept, total)}
+        entry = {
+            "threshold": round(k / BINS, 2),
+            "kept": kept,
+            "precision": _frac(right, kept),
+            "coverage": _frac(kept, total),
+        }
         if gold_items is not None:
             entry["recall"] = _frac(right, gold_items)
         precision_at.append(entry)
@@ -105,22 +117,36 @@ def confidence(bins: Mapping, gold_items: int | None = None) -> dict:
         acc = _frac(bins["correct"][k], n)
         if n and acc is not None and mean is not None:
             ece += n / total * abs(acc - mean)
-        calibration.append({"low": round(k / BINS, 2), "high": round((k + 1) / BINS, 2), "n": n,
-                            "mean_score": mean, "accuracy": acc})
-    return {"scored": total, "unscored": bins["unscored"],
-            "accuracy": _frac(sum(bins["correct"]), total),
-            "ece": ece if total else None, "precision_at": precision_at,
-            "calibration": calibration}
+        calibration.append(
+            {
+                "low": round(k / BINS, 2),
+                "high": round((k + 1) / BINS, 2),
+                "n": n,
+                "mean_score": mean,
+                "accuracy": acc,
+            }
+        )
+    return {
+        "scored": total,
+        "unscored": bins["unscored"],
+        "accuracy": _frac(sum(bins["correct"]), total),
+        "ece": ece if total else None,
+        "precision_at": precision_at,
+        "calibration": calibration,
+    }
 
 
-def confidence_report(score_counts: Mapping[str, Mapping],
-                      gold_items: Mapping[str, int] | None = None) -> dict[str, dict]:
+def confidence_report(
+    score_counts: Mapping[str, Mapping], gold_items: Mapping[str, int] | None = None
+) -> dict[str, dict]:
     """``{dataset: {"item": confidence(...), "tl": confidence(...)}}`` for datasets with any
     scored answer (outputs without scores give an empty report)."""
     out = {}
     for ds, kinds in score_counts.items():
         if not any(sum(kinds[k]["n"]) for k in KINDS):
             continue
-        out[ds] = {"item": confidence(kinds["item"], (gold_items or {}).get(ds)),
-                   "tl": confidence(kinds["tl"])}
+        out[ds] = {
+            "item": confidence(kinds["item"], (gold_items or {}).get(ds)),
+            "tl": confidence(kinds["tl"]),
+        }
     return out

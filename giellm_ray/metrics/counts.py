@@ -41,14 +41,27 @@ def _item_key(item: Mapping) -> tuple:
     return (item["label"], item["span"], item.get("tail"))
 
 
-def score_row(dataset: str, target: str | None, prediction: str | None,
-              registry: TaskRegistry = DEFAULT_REGISTRY) -> dict:
+def score_row(
+    dataset: str,
+    target: str | None,
+    prediction: str | None,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+) -> dict:
     """Parse one target/prediction pair and say which levels match (never raises)."""
     row: dict[str, Any] = {
-        "dataset": dataset, "target_tl_label": None, "target_items": [],
-        "pred_tl_label": None, "pred_items": [], "tl_match": False, "wl_match": False,
-        "all_match": False, "item_tp": 0, "item_fp": 0, "item_fn": 0,
-        "target_error": None, "prediction_error": None,
+        "dataset": dataset,
+        "target_tl_label": None,
+        "target_items": [],
+        "pred_tl_label": None,
+        "pred_items": [],
+        "tl_match": False,
+        "wl_match": False,
+        "all_match": False,
+        "item_tp": 0,
+        "item_fp": 0,
+        "item_fn": 0,
+        "target_error": None,
+        "prediction_error": None,
     }
     try:
         task = registry[dataset]
@@ -77,9 +90,13 @@ def score_row(dataset: str, target: str | None, prediction: str | None,
     pred_bag = Counter(_item_key(i) for i in pred.items)
     tp = sum((gold_bag & pred_bag).values())
     row.update(
-        pred_tl_label=pred.tl_label, pred_items=pred.items,
-        tl_match=pred.tl_label == gold.tl_label, wl_match=pred_bag == gold_bag,
-        item_tp=tp, item_fp=sum(pred_bag.values()) - tp, item_fn=sum(gold_bag.values()) - tp,
+        pred_tl_label=pred.tl_label,
+        pred_items=pred.items,
+        tl_match=pred.tl_label == gold.tl_label,
+        wl_match=pred_bag == gold_bag,
+        item_tp=tp,
+        item_fp=sum(pred_bag.values()) - tp,
+        item_fn=sum(gold_bag.values()) - tp,
     )
     row["all_match"] = row["tl_match"] and row["wl_match"]
     return row
@@ -102,9 +119,12 @@ def add_row(counts: dict[str, int], row: Mapping) -> None:
         counts[key] += row[key]
 
 
-def count_rows(datasets: Iterable[str], targets: Iterable[str | None],
-               predictions: Iterable[str | None],
-               registry: TaskRegistry = DEFAULT_REGISTRY) -> dict[str, dict[str, int]]:
+def count_rows(
+    datasets: Iterable[str],
+    targets: Iterable[str | None],
+    predictions: Iterable[str | None],
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+) -> dict[str, dict[str, int]]:
     """Counts per dataset for parallel columns (an Arrow batch's columns as Python lists)."""
     out: dict[str, dict[str, int]] = {}
     for ds, tgt, pred in zip(datasets, targets, predictions, strict=True):

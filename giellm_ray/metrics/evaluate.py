@@ -57,11 +57,14 @@ def _columns(batch: pa.RecordBatch, where: str, first_id: int = 0) -> dict[str, 
     """The batch's columns as lists (absent optional ones as nulls; absent ids numbered)."""
     missing = [c for c in REQUIRED if c not in batch.schema.names]
     if missing:
-        raise UserError(f"{where}: missing column(s) {missing}; need {REQUIRED}, "
-                         f"found {batch.schema.names}")
+        raise UserError(
+            f"{where}: missing column(s) {missing}; need {REQUIRED}, found {batch.schema.names}"
+        )
     n = batch.num_rows
-    cols = {c: (_pylist(batch.column(c)) if c in batch.schema.names else [None] * n)
-            for c in REQUIRED + OPTIONAL}
+    cols = {
+        c: (_pylist(batch.column(c)) if c in batch.schema.names else [None] * n)
+        for c in REQUIRED + OPTIONAL
+    }
     if schema.ID not in batch.schema.names:
         cols[schema.ID] = [str(first_id + i) for i in range(n)]
     return cols
@@ -72,16 +75,24 @@ def add_batch(analysis: Analysis, cols: dict[str, list]) -> list[dict]:
     out = []
     for i, ds in enumerate(cols[schema.DATASET]):
         rid = None if cols[schema.ID][i] is None else str(cols[schema.ID][i])
-        out.append(analysis.add(str(ds), cols[schema.TARGET][i], cols[schema.PREDICTION][i],
-                                row_id=rid, text=cols[schema.TEXT][i],
-                                scored_items=cols[schema.PRED_ITEMS][i],
-                                tl_score=cols[schema.TL_SCORE][i]))
+        out.append(
+            analysis.add(
+                str(ds),
+                cols[schema.TARGET][i],
+                cols[schema.PREDICTION][i],
+                row_id=rid,
+                text=cols[schema.TEXT][i],
+                scored_items=cols[schema.PRED_ITEMS][i],
+                tl_score=cols[schema.TL_SCORE][i],
+            )
+        )
         out[-1][schema.ID] = rid
     return out
 
 
-def finish(analysis: Analysis, output: str, registry: TaskRegistry,
-           title: str = "GIELLM evaluation") -> tuple[dict[str, dict], list[str]]:
+def finish(
+    analysis: Analysis, output: str, registry: TaskRegistry, title: str = "GIELLM evaluation"
+) -> tuple[dict[str, dict], list[str]]:
     """Write metrics.* (+ reliability.png) and report*.html into ``output``; return
     the metrics and the names written."""
     confidence = confidence_report(analysis.scores, analysis.gold_items())
@@ -92,9 +103,13 @@ def finish(analysis: Analysis, output: str, registry: TaskRegistry,
     return metrics, names
 
 
-def evaluate(predictions: str, output: str, registry: TaskRegistry = DEFAULT_REGISTRY,
-             progress_every_s: float = 10.0,
-             sample_size: int = DEFAULT_SAMPLE) -> dict[str, dict]:
+def evaluate(
+    predictions: str,
+    output: str,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+    progress_every_s: float = 10.0,
+    sample_size: int = DEFAULT_SAMPLE,
+) -> dict[str, dict]:
     """Score ``predictions`` into ``output``; return the metrics object (see ``metrics.json``)."""
     io.parquet_files(predictions)  # fail fast: missing path / no Parquet files
     analysis = Analysis(registry, sample_size)
@@ -121,9 +136,13 @@ def _file_batches(fs: pafs.FileSystem, files: Iterable[str]):
         yield from pf.iter_batches(columns=[c for c in REQUIRED + OPTIONAL if c in names])
 
 
-def write_scored_report(fs: pafs.FileSystem, files: list[str], output: str,
-                        registry: TaskRegistry = DEFAULT_REGISTRY,
-                        sample_size: int = DEFAULT_SAMPLE) -> tuple[dict[str, dict], list[str]]:
+def write_scored_report(
+    fs: pafs.FileSystem,
+    files: list[str],
+    output: str,
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+    sample_size: int = DEFAULT_SAMPLE,
+) -> tuple[dict[str, dict], list[str]]:
     """The eval report over a scored output's Parquet ``files`` (on ``fs``), into ``output``:
     ``(metrics, names written)``."""
     analysis = Analysis(registry, sample_size)

@@ -27,8 +27,20 @@ from giellm_ray.formats import TaskRegistry
 from giellm_ray.metrics.analysis import NONE_LABEL, Analysis
 
 PAGE_SIZE = 50
-PALETTE = ("#8dd3c7", "#ffffb3", "#bebada", "#fb8072", "#80b1d3", "#fdb462", "#b3de69",
-           "#fccde5", "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f")
+PALETTE = (
+    "#8dd3c7",
+    "#ffffb3",
+    "#bebada",
+    "#fb8072",
+    "#80b1d3",
+    "#fdb462",
+    "#b3de69",
+    "#fccde5",
+    "#d9d9d9",
+    "#bc80bd",
+    "#ccebc5",
+    "#ffed6f",
+)
 
 CSS = """
 body{font-family:system-ui,'Noto Sans CJK JP','Hiragino Sans',sans-serif;margin:1.5em;color:#222}
@@ -103,13 +115,18 @@ def highlighted(text: str | None, items: Sequence[Mapping], colours: Mapping[str
             parts.append(html.escape(piece))
             continue
         first = items[covering[0]]
-        title = "; ".join(f"{items[i]['label']} ({items[i].get('mark')}, score "
-                          f"{_fmt_score(items[i].get('score'))})" for i in covering)
-        parts.append(f'<mark class="{first.get("mark", "")}" style="background:'
-                     f'{colours.get(first["label"], "#ddd")}" data-items="'
-                     f'{",".join(map(str, covering))}" data-start="{start}" data-end="{at}" '
-                     f'title="{html.escape(title)}">'
-                     f"{html.escape(piece)}</mark>")
+        title = "; ".join(
+            f"{items[i]['label']} ({items[i].get('mark')}, score "
+            f"{_fmt_score(items[i].get('score'))})"
+            for i in covering
+        )
+        parts.append(
+            f'<mark class="{first.get("mark", "")}" style="background:'
+            f'{colours.get(first["label"], "#ddd")}" data-items="'
+            f'{",".join(map(str, covering))}" data-start="{start}" data-end="{at}" '
+            f'title="{html.escape(title)}">'
+            f"{html.escape(piece)}</mark>"
+        )
     return "".join(parts)
 
 
@@ -120,26 +137,31 @@ def _item_list(items: Sequence[Mapping], colours: Mapping[str, str], scored: boo
     for it in items:
         where = "" if it.get("start") is not None else " (not in text)"
         score = f" · {_fmt_score(it.get('score'))}" if scored else ""
-        out.append(f'<span class="it {it["mark"]}" style="background:'
-                   f'{colours.get(it["label"], "#ddd")}" title="{it["mark"]}">'
-                   f"{html.escape(_item_text(it))}{where} <b>{it['mark']}</b>{score}</span>")
+        out.append(
+            f'<span class="it {it["mark"]}" style="background:'
+            f'{colours.get(it["label"], "#ddd")}" title="{it["mark"]}">'
+            f"{html.escape(_item_text(it))}{where} <b>{it['mark']}</b>{score}</span>"
+        )
     return "".join(out)
 
 
 def _row_html(r: Mapping, colours: Mapping[str, str]) -> str:
-    tl = ("ok" if r["tl_match"] else "wrong")
-    err = (f'<div class="meta">prediction error: {html.escape(r["prediction_error"])}</div>'
-           if r["prediction_error"] else "")
+    tl = "ok" if r["tl_match"] else "wrong"
+    err = (
+        f'<div class="meta">prediction error: {html.escape(r["prediction_error"])}</div>'
+        if r["prediction_error"]
+        else ""
+    )
     return (
         f'<div class="row" id="{html.escape(str(r["id"]))}"><div class="meta">id '
-        f'<b>{html.escape(str(r["id"]))}</b> · TL gold <b>{html.escape(str(r["gold_tl"]))}</b>'
-        f' · predicted <b>{html.escape(str(r["pred_tl"]))}</b> (score '
+        f"<b>{html.escape(str(r['id']))}</b> · TL gold <b>{html.escape(str(r['gold_tl']))}</b>"
+        f" · predicted <b>{html.escape(str(r['pred_tl']))}</b> (score "
         f'{_fmt_score(r["tl_score"])}, {tl})</div>{err}<div class="side">'
         f'<div><h4>gold</h4><div class="text gold">{highlighted(r["text"], r["gold_items"], colours)}'
         f'</div><div class="items">{_item_list(r["gold_items"], colours, False)}</div></div>'
         f'<div><h4>predicted</h4><div class="text pred">'
         f'{highlighted(r["text"], r["pred_items"], colours)}</div><div class="items">'
-        f'{_item_list(r["pred_items"], colours, True)}</div></div></div>'
+        f"{_item_list(r['pred_items'], colours, True)}</div></div></div>"
         f'<div class="meta">raw output: <code>{html.escape(str(r["prediction"]))}</code></div>'
         "</div>"
     )
@@ -159,8 +181,10 @@ def _confusion_html(table: Mapping[str, Mapping[str, int]], title: str) -> str:
             cls = "diag" if g == p else ("off" if n else "")
             cells.append(f'<td class="{cls}">{n or ""}</td>')
         body.append(f'<tr><th class="l">{html.escape(g)}</th>{"".join(cells)}</tr>')
-    return (f"<h4>{title} (rows: gold, columns: predicted)</h4><table><tr><th class=l>gold \\ "
-            f"pred</th>{head}</tr>{''.join(body)}</table>")
+    return (
+        f"<h4>{title} (rows: gold, columns: predicted)</h4><table><tr><th class=l>gold \\ "
+        f"pred</th>{head}</tr>{''.join(body)}</table>"
+    )
 
 
 def _slug(name: str) -> str:
@@ -168,8 +192,10 @@ def _slug(name: str) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>'
-            f"{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")
+    return (
+        f'<!doctype html><html lang="ja"><head><meta charset="utf-8"><title>'
+        f"{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
 
 
 def _confidence_html(conf: Mapping | None) -> str:
@@ -179,39 +205,52 @@ def _confidence_html(conf: Mapping | None) -> str:
     for kind in ("item", "tl"):
         c = conf[kind]
         pa = {e["threshold"]: e for e in c["precision_at"]}
-        cells = "".join(f"<td>{_pct(pa[t]['precision'])} ({pa[t]['kept']})</td>"
-                        for t in (0.0, 0.5, 0.7, 0.9))
-        rows.append(f'<tr><th class="l">{kind}</th><td>{c["scored"]}</td><td>'
-                    f'{_fmt_score(c["ece"])}</td>{cells}</tr>')
-    return ("<table><tr><th class=l>kind</th><th>scored</th><th>ECE</th><th>P (kept) all</th>"
-            "<th>P@0.5</th><th>P@0.7</th><th>P@0.9</th></tr>" + "".join(rows) + "</table>")
+        cells = "".join(
+            f"<td>{_pct(pa[t]['precision'])} ({pa[t]['kept']})</td>" for t in (0.0, 0.5, 0.7, 0.9)
+        )
+        rows.append(
+            f'<tr><th class="l">{kind}</th><td>{c["scored"]}</td><td>'
+            f"{_fmt_score(c['ece'])}</td>{cells}</tr>"
+        )
+    return (
+        "<table><tr><th class=l>kind</th><th>scored</th><th>ECE</th><th>P (kept) all</th>"
+        "<th>P@0.5</th><th>P@0.7</th><th>P@0.9</th></tr>" + "".join(rows) + "</table>"
+    )
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def write_html_report(analysis: Analysis, out_dir: str, registry: TaskRegistry,
-                      confidence: Mapping[str, Mapping] | None = None, caveat: str | None = None,
-                      page_size: int = PAGE_SIZE) -> list[str]:
+def write_html_report(
+    analysis: Analysis,
+    out_dir: str,
+    registry: TaskRegistry,
+    confidence: Mapping[str, Mapping] | None = None,
+    caveat: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> list[str]:
     """Write ``report.html`` and ``report-*.html`` into ``out_dir``; return the names written."""
     written = []
     sections = []
     for ds in analysis.counts:
         sample = analysis.sample(ds)
         colours = _colours(registry, ds, sample)
-        pages = [sample[i:i + page_size] for i in range(0, len(sample), page_size)]
+        pages = [sample[i : i + page_size] for i in range(0, len(sample), page_size)]
         links = []
         for k, rows in enumerate(pages, 1):
             name = f"report-{_slug(ds)}-{k}.html"
-            nav = " ".join(f'<a href="report-{_slug(ds)}-{j}.html">{j}</a>' if j != k
-                           else f"<b>{j}</b>"
-                           for j in range(1, len(pages) + 1))
-            body = (f'<p><a href="report.html">← report</a> · {html.escape(ds)} · page {k} of '
-                    f"{len(pages)}: {nav}</p><h2>{html.escape(ds)}: wrong rows "
-                    f"{(k - 1) * page_size + 1}–{(k - 1) * page_size + len(rows)} of "
-                    f"{len(sample)} shown ({analysis.wrong[ds]} wrong in all)</h2>"
-                    + "".join(_row_html(r, colours) for r in rows))
+            nav = " ".join(
+                f'<a href="report-{_slug(ds)}-{j}.html">{j}</a>' if j != k else f"<b>{j}</b>"
+                for j in range(1, len(pages) + 1)
+            )
+            body = (
+                f'<p><a href="report.html">← report</a> · {html.escape(ds)} · page {k} of '
+                f"{len(pages)}: {nav}</p><h2>{html.escape(ds)}: wrong rows "
+                f"{(k - 1) * page_size + 1}–{(k - 1) * page_size + len(rows)} of "
+                f"{len(sample)} shown ({analysis.wrong[ds]} wrong in all)</h2>"
+                + "".join(_row_html(r, colours) for r in rows)
+            )
             io.write_text(io.join(out_dir, name), _page(f"{ds} errors {k}", body))
             written.append(name)
             links.append(f'<a href="{name}">{k}</a>')
@@ -222,18 +261,29 @@ def write_html_report(analysis: Analysis, out_dir: str, registry: TaskRegistry,
             f"(a fixed sample by row id){': pages ' + ' '.join(links) if links else ''}</p>"
             + _confidence_html((confidence or {}).get(ds))
             + _confusion_html(analysis.tl_confusion.get(ds, {}), "TL labels")
-            + _confusion_html(analysis.wl_confusion.get(ds, {}),
-                              f"WL labels, {NONE_LABEL}: missing / extra item"))
-    legend = ('<p class="meta">Marks: <mark class="missing" style="background:#eee">missing'
-              '</mark> gold item not predicted · <mark class="extra" style="background:#eee">'
-              'extra</mark> predicted item not in gold · <mark class="mislabelled" '
-              'style="background:#eee">mislabelled</mark> same span, other label · unmarked: '
-              'right. Scores: the model\'s confidence in [0, 1] (– where the output has none).'
-              "</p>")
+            + _confusion_html(
+                analysis.wl_confusion.get(ds, {}), f"WL labels, {NONE_LABEL}: missing / extra item"
+            )
+        )
+    legend = (
+        '<p class="meta">Marks: <mark class="missing" style="background:#eee">missing'
+        '</mark> gold item not predicted · <mark class="extra" style="background:#eee">'
+        'extra</mark> predicted item not in gold · <mark class="mislabelled" '
+        'style="background:#eee">mislabelled</mark> same span, other label · unmarked: '
+        "right. Scores: the model's confidence in [0, 1] (– where the output has none)."
+        "</p>"
+    )
     warn = f'<p class="caveat">{html.escape(caveat)}</p>' if caveat else ""
-    reliability = ('<p><img src="reliability.png" alt="reliability plot" style="max-width:100%">'
-                   "</p>" if confidence else "")
-    io.write_text(io.join(out_dir, "report.html"),
-                  _page("GIELLM error report", "<h1>GIELLM error report</h1>" + warn + legend
-                        + reliability + "".join(sections)))
+    reliability = (
+        '<p><img src="reliability.png" alt="reliability plot" style="max-width:100%"></p>'
+        if confidence
+        else ""
+    )
+    io.write_text(
+        io.join(out_dir, "report.html"),
+        _page(
+            "GIELLM error report",
+            "<h1>GIELLM error report</h1>" + warn + legend + reliability + "".join(sections),
+        ),
+    )
     return ["report.html", *written]

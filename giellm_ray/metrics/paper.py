@@ -56,8 +56,11 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
 }
 
 # MRE check on TCREE (spec §3): mixed vs single-task training.
-MRE_TCREE = {"mixed": {"TL": 96.49, "WL": 73.12, "ALL": 71.72},
-             "single_TC": {"TL": 95.89}, "single_REE": {"WL": 58.73}}
+MRE_TCREE = {
+    "mixed": {"TL": 96.49, "WL": 73.12, "ALL": 71.72},
+    "single_TC": {"TL": 95.89},
+    "single_REE": {"WL": 58.73},
+}
 
 
 def paper_levels(dataset: str, model: str) -> tuple[float | None, float | None, float | None]:

@@ -32,9 +32,11 @@ def _ordered(names) -> list[str]:
     return known + sorted(n for n in names if n not in DATASET_ORDER)
 
 
-def build_metrics(counts: Mapping[str, Mapping[str, int]],
-                  confidence: Mapping[str, Mapping] | None = None,
-                  synthetic: Mapping[str, int] | None = None) -> dict[str, dict]:
+def build_metrics(
+    counts: Mapping[str, Mapping[str, int]],
+    confidence: Mapping[str, Mapping] | None = None,
+    synthetic: Mapping[str, int] | None = None,
+) -> dict[str, dict]:
     """The ``metrics.json`` object: ratios plus raw counts, per dataset (and, when given, the
     dataset's ``confidence`` report and its count of ``synthetic_rows``)."""
     out: dict[str, dict] = {}
@@ -57,9 +59,11 @@ def synthetic_caveat(metrics: Mapping[str, Mapping]) -> str | None:
         return None
     n = sum(int(m["n"]) for m in metrics.values())
     share = "All" if syn >= n else f"{syn} of"
-    return (f"{share} {n} scored rows are the shipped synthetic sample (templated sentences "
-            "written by this project, giellm_ray/resources/sample), not the paper's test data: "
-            "these numbers are not comparable with the paper's.")
+    return (
+        f"{share} {n} scored rows are the shipped synthetic sample (templated sentences "
+        "written by this project, giellm_ray/resources/sample), not the paper's test data: "
+        "these numbers are not comparable with the paper's."
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -74,7 +78,8 @@ def markdown_table(metrics: Mapping[str, Mapping], title: str = "GIELLM evaluati
         "",
         *([f"**{caveat}**", ""] if caveat else []),
         "| dataset | n | TL | WL (exact set) | ALL | item P | item R | item F1 | parse fail | "
-        + " | ".join(f"paper {m} TL/WL/ALL" for m in PAPER_COLUMNS) + " |",
+        + " | ".join(f"paper {m} TL/WL/ALL" for m in PAPER_COLUMNS)
+        + " |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---|" * len(PAPER_COLUMNS),
     ]
     for ds, m in metrics.items():
@@ -95,7 +100,9 @@ def markdown_table(metrics: Mapping[str, Mapping], title: str = "GIELLM evaluati
     ]
     bad = {ds: m["invalid_targets"] for ds, m in metrics.items() if m.get("invalid_targets")}
     if bad:
-        lines.append(f"\nRows left out because their gold target is missing or does not parse: {bad}")
+        lines.append(
+            f"\nRows left out because their gold target is missing or does not parse: {bad}"
+        )
     conf = confidence_markdown(metrics)
     return "\n".join(lines) + "\n" + (f"\n{conf}" if conf else "")
 
@@ -106,8 +113,13 @@ def _score(x: float | None) -> str:
 
 def confidence_markdown(metrics: Mapping[str, Mapping]) -> str:
     """Precision at score thresholds and calibration per dataset and kind ('' without scores)."""
-    rows = [(ds, kind, m["confidence"][kind]) for ds, m in metrics.items() if m.get("confidence")
-            for kind in ("item", "tl") if m["confidence"][kind]["scored"]]
+    rows = [
+        (ds, kind, m["confidence"][kind])
+        for ds, m in metrics.items()
+        if m.get("confidence")
+        for kind in ("item", "tl")
+        if m["confidence"][kind]["scored"]
+    ]
     if not rows:
         return ""
     ths = [e["threshold"] for e in rows[0][2]["precision_at"]]
@@ -115,24 +127,37 @@ def confidence_markdown(metrics: Mapping[str, Mapping]) -> str:
         "### Confidence: precision at score thresholds",
         "",
         "| dataset | kind | scored | unscored | ECE | "
-        + " | ".join(f"P@{t:.1f} (kept)" for t in ths) + " |",
+        + " | ".join(f"P@{t:.1f} (kept)" for t in ths)
+        + " |",
         "|---|---|---:|---:|---:|" + "---:|" * len(ths),
     ]
     for ds, kind, c in rows:
         cells = " | ".join(f"{_pct(e['precision'])} ({e['kept']})" for e in c["precision_at"])
-        lines.append(f"| {ds} | {kind} | {c['scored']} | {c['unscored']} | {_score(c['ece'])} "
-                     f"| {cells} |")
-    lines += ["", "### Confidence: calibration (share right % / count, per score bin)", "",
-              "| dataset | kind | " + " | ".join(
-                  f"{b['low']:.1f}–{b['high']:.1f}" for b in rows[0][2]["calibration"]) + " |",
-              "|---|---|" + "---:|" * len(rows[0][2]["calibration"])]
+        lines.append(
+            f"| {ds} | {kind} | {c['scored']} | {c['unscored']} | {_score(c['ece'])} | {cells} |"
+        )
+    lines += [
+        "",
+        "### Confidence: calibration (share right % / count, per score bin)",
+        "",
+        "| dataset | kind | "
+        + " | ".join(f"{b['low']:.1f}–{b['high']:.1f}" for b in rows[0][2]["calibration"])
+        + " |",
+        "|---|---|" + "---:|" * len(rows[0][2]["calibration"]),
+    ]
     for ds, kind, c in rows:
-        lines.append(f"| {ds} | {kind} | " + " | ".join(
-            f"{_pct(b['accuracy'])} / {b['n']}" for b in c["calibration"]) + " |")
-    lines += ["", "P@t: share of answers scored at least t that are right (kind item: a predicted "
-              "item matching a gold one; tl: the TL label); kept: how many such answers. ECE: "
-              "expected calibration error over the ten bins. unscored: answers with no score "
-              "(outputs written before scores existed)."]
+        lines.append(
+            f"| {ds} | {kind} | "
+            + " | ".join(f"{_pct(b['accuracy'])} / {b['n']}" for b in c["calibration"])
+            + " |"
+        )
+    lines += [
+        "",
+        "P@t: share of answers scored at least t that are right (kind item: a predicted "
+        "item matching a gold one; tl: the TL label); kept: how many such answers. ECE: "
+        "expected calibration error over the ten bins. unscored: answers with no score "
+        "(outputs written before scores existed).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -152,9 +177,12 @@ def render_reliability(metrics: Mapping[str, Mapping]) -> bytes | None:
         for ds, conf in scored.items():
             bins = [b for b in conf[kind]["calibration"] if b["n"]]
             if bins:
-                ax.plot([b["mean_score"] for b in bins], [b["accuracy"] for b in bins],
-                        marker="o", label=f"{ds} (n={conf[kind]['scored']}, "
-                        f"ECE {_score(conf[kind]['ece'])})")
+                ax.plot(
+                    [b["mean_score"] for b in bins],
+                    [b["accuracy"] for b in bins],
+                    marker="o",
+                    label=f"{ds} (n={conf[kind]['scored']}, ECE {_score(conf[kind]['ece'])})",
+                )
         if not any(conf[kind]["scored"] for conf in scored.values()):
             ax.text(0.5, 0.5, "no scores in this output", ha="center", color="#888")
         ax.set_xlim(0, 1)
@@ -163,8 +191,11 @@ def render_reliability(metrics: Mapping[str, Mapping]) -> bytes | None:
         ax.set_ylabel("share right")
         ax.set_title("items" if kind == "item" else "TL labels")
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Reliability of confidence scores"
-                 + (f" ({SYNTHETIC_NOTE})" if synthetic_caveat(metrics) else ""), fontsize=10)
+    fig.suptitle(
+        "Reliability of confidence scores"
+        + (f" ({SYNTHETIC_NOTE})" if synthetic_caveat(metrics) else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
@@ -196,8 +227,15 @@ def render_chart(metrics: Mapping[str, Mapping], title: str = "GIELLM evaluation
         paper = [PAPER.get(d, {}).get("GIELLM-13B-JP", {}).get(level) for d in names]
         xs = [j + (i - 1) * 2 * width for j in range(len(names))]
         ax.bar([x - width / 2 for x in xs], ours, width, color=colors[i], label=f"ours {level}")
-        ax.bar([x + width / 2 for x in xs], [p or 0 for p in paper], width, color=colors[i],
-               alpha=0.35, hatch="//", label=f"paper 13B-JP {level}")
+        ax.bar(
+            [x + width / 2 for x in xs],
+            [p or 0 for p in paper],
+            width,
+            color=colors[i],
+            alpha=0.35,
+            hatch="//",
+            label=f"paper 13B-JP {level}",
+        )
     ax.set_xticks(range(len(names)), [f"{d}\n(n={metrics[d]['n']})" for d in names])
     ax.set_ylim(0, 105)
     ax.set_ylabel("accuracy (%)")
@@ -213,15 +251,19 @@ def render_chart(metrics: Mapping[str, Mapping], title: str = "GIELLM evaluation
     return buf.getvalue()
 
 
-def write_report(counts: Mapping[str, Mapping[str, int]], out_dir: str,
-                 title: str = "GIELLM evaluation",
-                 confidence: Mapping[str, Mapping] | None = None,
-                 synthetic: Mapping[str, int] | None = None) -> dict[str, dict]:
+def write_report(
+    counts: Mapping[str, Mapping[str, int]],
+    out_dir: str,
+    title: str = "GIELLM evaluation",
+    confidence: Mapping[str, Mapping] | None = None,
+    synthetic: Mapping[str, int] | None = None,
+) -> dict[str, dict]:
     """Write metrics.json, metrics.md, metrics.png (and reliability.png with scores) into
     ``out_dir``; return the metrics."""
     metrics = build_metrics(counts, confidence, synthetic)
-    io.write_text(io.join(out_dir, "metrics.json"),
-                  json.dumps(metrics, ensure_ascii=False, indent=2) + "\n")
+    io.write_text(
+        io.join(out_dir, "metrics.json"), json.dumps(metrics, ensure_ascii=False, indent=2) + "\n"
+    )
     io.write_text(io.join(out_dir, "metrics.md"), markdown_table(metrics, title))
     if metrics:
         io.write_bytes(io.join(out_dir, "metrics.png"), render_chart(metrics, title))

@@ -20,8 +20,11 @@ from giellm_ray.metrics.counts import count_rows, merge_counts
 COLUMNS = (schema.DATASET, schema.TARGET, schema.PREDICTION)
 
 
-def count_scored(files: Iterable[str], registry: TaskRegistry = DEFAULT_REGISTRY,
-                 fs: pafs.FileSystem | None = None) -> dict[str, dict[str, int]]:
+def count_scored(
+    files: Iterable[str],
+    registry: TaskRegistry = DEFAULT_REGISTRY,
+    fs: pafs.FileSystem | None = None,
+) -> dict[str, dict[str, int]]:
     """Per-dataset counts of ``files`` (paths within ``fs``; without it, local paths or
     ``s3://`` URIs), merged."""
     parts = []
@@ -29,8 +32,7 @@ def count_scored(files: Iterable[str], registry: TaskRegistry = DEFAULT_REGISTRY
         file_fs, path = (fs, f) if fs is not None else io.resolve(f)
         pf = pq.ParquetFile(file_fs.open_input_file(path))
         for batch in pf.iter_batches(columns=list(COLUMNS)):
-            ds, tgt, pred = (io.decode_column(batch.column(i), n)[0]
-                             for i, n in enumerate(COLUMNS))
+            ds, tgt, pred = (io.decode_column(batch.column(i), n)[0] for i, n in enumerate(COLUMNS))
             parts.append(count_rows([str(x) for x in ds], tgt, pred, registry))
     return merge_counts(parts)
 

@@ -14,8 +14,9 @@ from giellm_ray.formats import parse
 from giellm_ray.formats.tasks import TaskSpec
 
 
-def format_validity(texts: Iterable[str | None], predictions: Iterable[str | None],
-                    task: TaskSpec) -> dict[str, float]:
+def format_validity(
+    texts: Iterable[str | None], predictions: Iterable[str | None], task: TaskSpec
+) -> dict[str, float]:
     """``{"parse", "labels", "spans"}`` shares over the rows; a ``None`` prediction fails all three."""
     n = parsed = labels = spans = 0
     for text, prediction in zip(texts, predictions, strict=True):
@@ -25,7 +26,8 @@ def format_validity(texts: Iterable[str | None], predictions: Iterable[str | Non
             continue
         parsed += 1
         labels += p.tl_label in task.tl_labels and all(
-            it["label"] in task.wl_labels for it in p.items)
+            it["label"] in task.wl_labels for it in p.items
+        )
         spans += all(it["span"] and it["span"] in (text or "") for it in p.items)
     if not n:
         return {"parse": 0.0, "labels": 0.0, "spans": 0.0}

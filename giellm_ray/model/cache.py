@@ -89,8 +89,9 @@ def node_lock(path: str) -> Iterator[None]:
                     time.sleep(POLL_S)
                     if time.monotonic() - last_log >= WAIT_LOG_EVERY_S:
                         last_log = time.monotonic()
-                        logger.info("%s: still waiting for %s (%.0f s)", _who(), path,
-                                    last_log - start)
+                        logger.info(
+                            "%s: still waiting for %s (%.0f s)", _who(), path, last_log - start
+                        )
             logger.info("%s: got %s after %.1f s", _who(), path, time.monotonic() - start)
         try:
             f.seek(0)
@@ -109,11 +110,15 @@ def is_complete(local_dir: str) -> bool:
 
 def list_objects(fs, prefix: str) -> dict[str, int]:
     """``{path relative to prefix: size}`` of every object under ``s3://`` ``prefix``."""
-    root = prefix[len("s3://"):].rstrip("/")
+    root = prefix[len("s3://") :].rstrip("/")
     found = fs.find(root, detail=True)
-    return {full[len(root) + 1:]: int(info["size"]) for full, info in found.items()
-            if full.startswith(root + "/") and not full.endswith("/")
-            and info.get("type", "file") == "file"}
+    return {
+        full[len(root) + 1 :]: int(info["size"])
+        for full, info in found.items()
+        if full.startswith(root + "/")
+        and not full.endswith("/")
+        and info.get("type", "file") == "file"
+    }
 
 
 def verify(listing: dict[str, int], local_dir: str) -> None:
@@ -147,14 +152,20 @@ def _download(prefix: str, target: str) -> None:
     total = sum(listing.values())
     _remove_leftovers(target)
     tmp = f"{target}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    logger.info("%s: downloading %s (%d files, %.2f GB) into %s", _who(), prefix, len(listing),
-                total / 1e9, target)
+    logger.info(
+        "%s: downloading %s (%d files, %.2f GB) into %s",
+        _who(),
+        prefix,
+        len(listing),
+        total / 1e9,
+        target,
+    )
     start = time.monotonic()
     try:
         lpaths = [os.path.join(tmp, rel) for rel in listing]
         for d in {os.path.dirname(p) for p in lpaths}:
             os.makedirs(d, exist_ok=True)
-        root = prefix[len("s3://"):]
+        root = prefix[len("s3://") :]
         fs.get([f"{root}/{rel}" for rel in listing], lpaths)
         verify(listing, tmp)
         manifest = {"source": prefix, "files": listing, "bytes": total, "by": _who()}
@@ -165,8 +176,13 @@ def _download(prefix: str, target: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.monotonic() - start
-    logger.info("%s: downloaded %s in %.1f s (%.0f MB/s)", _who(), prefix, seconds,
-                total / 1e6 / max(seconds, 1e-9))
+    logger.info(
+        "%s: downloaded %s in %.1f s (%.0f MB/s)",
+        _who(),
+        prefix,
+        seconds,
+        total / 1e6 / max(seconds, 1e-9),
+    )
 
 
 def localize(name_or_path: str, cache_dir: str | None = None) -> str:
@@ -186,8 +202,9 @@ def localize(name_or_path: str, cache_dir: str | None = None) -> str:
     os.makedirs(cache, exist_ok=True)
     with node_lock(target + ".lock"):
         if is_complete(target):
-            logger.info("%s: reusing %s, downloaded by another process into %s", _who(), prefix,
-                        target)
+            logger.info(
+                "%s: reusing %s, downloaded by another process into %s", _who(), prefix, target
+            )
             return target
         _download(prefix, target)
     return target

@@ -53,8 +53,8 @@ def resolve_dtype(name: str, device: str | None = None):
 
 
 def _check_local(path: str) -> None:
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path and os.path.exists(
-        path.split(os.sep)[0]
+    looks_local = (
+        path.startswith((".", "/", "~")) or os.sep in path and os.path.exists(path.split(os.sep)[0])
     )
     if looks_local and not os.path.isdir(os.path.expanduser(path)):
         raise FileNotFoundError(f"model directory not found: {path}")

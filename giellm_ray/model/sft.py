@@ -69,7 +69,7 @@ def build_example(
         bos = tokenizer.bos_token_id
         keep_bos = bos is not None and prompt_ids[:1] == [bos] and room >= 2
         # Cut from the left: the end of the prompt (task words) is what the answer depends on.
-        prompt_ids = [bos] + prompt_ids[-(room - 1):] if keep_bos else prompt_ids[-room:]
+        prompt_ids = [bos] + prompt_ids[-(room - 1) :] if keep_bos else prompt_ids[-room:]
         stats.truncated_prompt += 1
     stats.kept += 1
     stats.target_tokens += len(target_ids)
@@ -113,8 +113,8 @@ def length_grouped_batches(
     chunk = max(batch_size * group_factor, batch_size)
     batches: list[list[int]] = []
     for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: lengths[i], reverse=True)
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i], reverse=True)
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
 

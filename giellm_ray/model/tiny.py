@@ -68,8 +68,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-        padding_side="left", model_max_length=1024,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        padding_side="left",
+        model_max_length=1024,
     )
 
 
@@ -107,8 +111,9 @@ def build_tiny(output_dir: str, texts: Iterable[str], config: TinyConfig | None 
 TINY_MARKER = "tiny.json"
 
 
-def build_tiny_from_corpus(dest: str, corpora: list[str], config: TinyConfig | None = None,
-                           reuse: bool = False) -> str:
+def build_tiny_from_corpus(
+    dest: str, corpora: list[str], config: TinyConfig | None = None, reuse: bool = False
+) -> str:
     """The tiny model built from the ``prompt`` and ``target`` texts of ``corpora`` (Parquet
     files or directories, local or ``s3://``) into ``dest`` (local or ``s3://``); returns ``dest``.
 
@@ -126,9 +131,14 @@ def build_tiny_from_corpus(dest: str, corpora: list[str], config: TinyConfig | N
     marker = io.join(dest, TINY_MARKER)
     if reuse and io.exists(marker) and io.read_text(marker) == spec:
         return dest
-    texts = [t for path in corpora
-             for batch in io.iter_parquet_batches(path, columns=[PROMPT, TARGET])
-             for c in (PROMPT, TARGET) for t in batch.column(c).to_pylist() if t]
+    texts = [
+        t
+        for path in corpora
+        for batch in io.iter_parquet_batches(path, columns=[PROMPT, TARGET])
+        for c in (PROMPT, TARGET)
+        for t in batch.column(c).to_pylist()
+        if t
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny(tmp, texts, cfg)
         with open(os.path.join(tmp, TINY_MARKER), "w") as f:

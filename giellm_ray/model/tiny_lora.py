@@ -13,8 +13,14 @@ from __future__ import annotations
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def build_tiny_adapter(base_dir: str, out_dir: str, seed: int = 1, r: int = 8,
-                       alpha: int = 16, target_modules: tuple[str, ...] = ALL_LINEAR) -> str:
+def build_tiny_adapter(
+    base_dir: str,
+    out_dir: str,
+    seed: int = 1,
+    r: int = 8,
+    alpha: int = 16,
+    target_modules: tuple[str, ...] = ALL_LINEAR,
+) -> str:
     """Save a random LoRA adapter for the model in ``base_dir`` into ``out_dir``; returns it."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -22,8 +28,13 @@ def build_tiny_adapter(base_dir: str, out_dir: str, seed: int = 1, r: int = 8,
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(target_modules),
-                     init_lora_weights=False, task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=list(target_modules),
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     get_peft_model(model, cfg).save_pretrained(out_dir)
     return out_dir
 

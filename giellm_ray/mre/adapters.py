@@ -48,8 +48,9 @@ def prepare_inputs(job, output: str) -> list[str]:
             table = io.read_parquet(src)
             if ADAPTER in table.column_names:
                 table = table.drop_columns([ADAPTER])
-            table = table.append_column(ADAPTER, pa.array([job.run.name] * table.num_rows,
-                                                           pa.string()))
+            table = table.append_column(
+                ADAPTER, pa.array([job.run.name] * table.num_rows, pa.string())
+            )
             io.write_parquet(table, dest)
         paths.append(dest)
     return paths
@@ -65,9 +66,15 @@ def score_config(group: list, output: str, exports: dict[str, str]):
     adapters = {job.run.name: io.join(exports[job.run.name], ADAPTER_SUBDIR) for job in group}
     tag = hashlib.sha1(base.encode()).hexdigest()[:10]
     first = group[0].score.model_dump(mode="json")
-    return ScoreConfig.model_validate({
-        **first, "input": inputs, "output": io.join(output, "scored", f"adapters-{tag}"),
-        "model": {**first["model"], "name_or_path": base}, "adapters": adapters})
+    return ScoreConfig.model_validate(
+        {
+            **first,
+            "input": inputs,
+            "output": io.join(output, "scored", f"adapters-{tag}"),
+            "model": {**first["model"], "name_or_path": base},
+            "adapters": adapters,
+        }
+    )
 
 
 def counts_by_adapter(scored: str, registry) -> dict[str, dict]:
@@ -80,20 +87,34 @@ def counts_by_adapter(scored: str, registry) -> dict[str, dict]:
             cols = [batch.column(i).to_pylist() for i in range(4)]
             for name in set(cols[0]):
                 keep = [k for k, a in enumerate(cols[0]) if a == name]
-                parts.setdefault(name, []).append(count_rows(
-                    [str(cols[1][k]) for k in keep], [cols[2][k] for k in keep],
-                    [cols[3][k] for k in keep], registry))
+                parts.setdefault(name, []).append(
+                    count_rows(
+                        [str(cols[1][k]) for k in keep],
+                        [cols[2][k] for k in keep],
+                        [cols[3][k] for k in keep],
+                        registry,
+                    )
+                )
     return {name: merge_counts(p) for name, p in parts.items()}
 
 
-def score_group(group: list, output: str, exports: dict[str, str], registry,
-                trained: dict[str, tuple[str, float]]) -> list[dict]:
+def score_group(
+    group: list,
+    output: str,
+    exports: dict[str, str],
+    registry,
+    trained: dict[str, tuple[str, float]],
+) -> list[dict]:
     """Score one base's adapters in one job; the report records of its runs."""
     from giellm_ray.score.driver import run_score
 
     scfg = score_config(group, output, exports)
-    log.info("mre: scoring %d adapters on %s in one job -> %s", len(group),
-             scfg.model.name_or_path, scfg.output)
+    log.info(
+        "mre: scoring %d adapters on %s in one job -> %s",
+        len(group),
+        scfg.model.name_or_path,
+        scfg.output,
+    )
     start = time.monotonic()
     run_score(scfg)
     seconds = time.monotonic() - start
@@ -103,10 +124,19 @@ def score_group(group: list, output: str, exports: dict[str, str], registry,
     for job in group:
         run = job.run
         status, train_s = trained[run.name]
-        records.append({
-            "name": run.name, "kind": run.kind, "seed": run.seed, "datasets": list(run.datasets),
-            "model": io.join(exports[run.name], ADAPTER_SUBDIR), "base": scfg.model.name_or_path,
-            "scored": scfg.output, "files": files, "counts": counts.get(run.name, {}),
-            "status": {"train": status, "score": "scored"},
-            "seconds": {"train": round(train_s, 1), "score": round(seconds / len(group), 1)}})
+        records.append(
+            {
+                "name": run.name,
+                "kind": run.kind,
+                "seed": run.seed,
+                "datasets": list(run.datasets),
+                "model": io.join(exports[run.name], ADAPTER_SUBDIR),
+                "base": scfg.model.name_or_path,
+                "scored": scfg.output,
+                "files": files,
+                "counts": counts.get(run.name, {}),
+                "status": {"train": status, "score": "scored"},
+                "seconds": {"train": round(train_s, 1), "score": round(seconds / len(group), 1)},
+            }
+        )
     return records

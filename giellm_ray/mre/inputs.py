@@ -40,12 +40,19 @@ def sample_mix(cfg: plan.MreConfig, output: str) -> str:
     manifest = io.join(mix, "manifest.json")
     if io.exists(manifest):
         old = json.loads(io.read_text(manifest))
-        if (old.get("sizes"), old.get("test_sizes"), old.get("inputs")) == (sizes, test_sizes,
-                                                                             inputs):
+        if (old.get("sizes"), old.get("test_sizes"), old.get("inputs")) == (
+            sizes,
+            test_sizes,
+            inputs,
+        ):
             log.info("mre: reusing the sample mix in %s", mix)
             return mix
-    log.info("mre: mixing the shipped sample -> %s (train %s, test %s per dataset)", mix,
-             {d: n for d, n in sizes.items() if n}, {d: n for d, n in test_sizes.items() if n})
+    log.info(
+        "mre: mixing the shipped sample -> %s (train %s, test %s per dataset)",
+        mix,
+        {d: n for d, n in sizes.items() if n},
+        {d: n for d, n in test_sizes.items() if n},
+    )
     build_mix(inputs, mix, seed=0, sizes=sizes, test_sizes=test_sizes)
     return mix
 
@@ -89,8 +96,10 @@ def train_config_path(cfg: plan.MreConfig) -> str:
         return cfg.train_config
     if cfg.quick:
         return config_path("train", "tiny-cpu.yaml")
-    raise ValueError("--config is required: a TrainConfig YAML used for every run, e.g. "
-                     "jobs/configs/train/giellm-13b-jp.yaml (--quick uses tiny-cpu.yaml)")
+    raise ValueError(
+        "--config is required: a TrainConfig YAML used for every run, e.g. "
+        "jobs/configs/train/giellm-13b-jp.yaml (--quick uses tiny-cpu.yaml)"
+    )
 
 
 def resolve_jobs(cfg: plan.MreConfig, output: str, mix: str, runs: list[plan.Run]) -> list[Job]:
@@ -101,21 +110,36 @@ def resolve_jobs(cfg: plan.MreConfig, output: str, mix: str, runs: list[plan.Run
     plan.check_overrides(cfg.train_overrides, plan.RESERVED_TRAIN, "--set")
     plan.check_overrides(cfg.score_overrides, plan.RESERVED_SCORE, "--score-set")
     train_path = train_config_path(cfg)
-    base_train = [f"storage_path={json.dumps(io.join(output, 'runs'))}", "data.eval=null",
-                  *(plan.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides]
+    base_train = [
+        f"storage_path={json.dumps(io.join(output, 'runs'))}",
+        "data.eval=null",
+        *(plan.QUICK_TRAIN if cfg.quick else ()),
+        *cfg.train_overrides,
+    ]
     tasks = io.join(mix, "tasks.json")
     if io.exists(tasks):  # training's own evaluation uses the mix's task inventory too
         base_train.insert(0, f"tasks={json.dumps(tasks)}")
-    base_score = [*([f"tasks={json.dumps(tasks)}"] if io.exists(tasks) else []),
-                  *(plan.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]
+    base_score = [
+        *([f"tasks={json.dumps(tasks)}"] if io.exists(tasks) else []),
+        *(plan.QUICK_SCORE if cfg.quick else ()),
+        *cfg.score_overrides,
+    ]
     jobs = []
     for run in runs:
         tcfg = load_config(TrainConfig, train_path, [*base_train, *run.train_overrides()])
         score_path = cfg.score_config or config_path(
-            "score", "gpu.yaml" if tcfg.use_gpu else "cpu.yaml")
+            "score", "gpu.yaml" if tcfg.use_gpu else "cpu.yaml"
+        )
         export = io.join(io.absolute(tcfg.run_dir()), "export")
-        scfg = load_config(ScoreConfig, score_path, [
-            *base_score, f"input={json.dumps(list(run.test))}",
-            f"output={json.dumps(run.scored)}", f"model.name_or_path={json.dumps(export)}"])
+        scfg = load_config(
+            ScoreConfig,
+            score_path,
+            [
+                *base_score,
+                f"input={json.dumps(list(run.test))}",
+                f"output={json.dumps(run.scored)}",
+                f"model.name_or_path={json.dumps(export)}",
+            ],
+        )
         jobs.append(Job(run, tcfg, scfg))
     return jobs

@@ -53,12 +53,15 @@ QUICK_TEST_ROWS = 8
 """Test rows per dataset by ``--quick``."""
 # Over jobs/configs/train/tiny-cpu.yaml: 2 epochs (10 optimizer steps for the 80-row mix), no
 # intermediate checkpoints. The tiny model learns next to nothing in that: the point is the path.
-QUICK_TRAIN = ("epochs=2", "checkpoint_every_steps=null", "keep_checkpoints=1",
-               "log_every_steps=5")
+QUICK_TRAIN = ("epochs=2", "checkpoint_every_steps=null", "keep_checkpoints=1", "log_every_steps=5")
 # Over jobs/configs/score/cpu.yaml: one actor (a dozen rows do not need two processes), short
 # outputs (sample targets are under ~40 tokens; an untrained model would babble to the bound).
-QUICK_SCORE = ("num_actors=1", "num_cpus_per_actor=1", "progress_bars=false",
-               "generation.max_new_tokens=48")
+QUICK_SCORE = (
+    "num_actors=1",
+    "num_cpus_per_actor=1",
+    "progress_bars=false",
+    "generation.max_new_tokens=48",
+)
 QUICK_DISCLAIMER = (
     "--quick: a ~0.2M-parameter model trained from scratch for seconds on synthetic, templated "
     "sentences. This run shows the mechanics of the comparison only; its numbers say nothing "
@@ -111,8 +114,12 @@ class Run:
 
     def train_overrides(self) -> list[str]:
         """The per-run keys, applied after every user override."""
-        return [f"data.train={json.dumps(self.train)}", f"run_name={json.dumps(self.name)}",
-                f"data.seed={self.seed}", f"tiny.seed={self.seed}"]
+        return [
+            f"data.train={json.dumps(self.train)}",
+            f"run_name={json.dumps(self.name)}",
+            f"data.seed={self.seed}",
+            f"tiny.seed={self.seed}",
+        ]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,8 +137,10 @@ def check_overrides(overrides: list[str], reserved: tuple[str, ...], flag: str) 
     """Refuse user overrides of keys the plan sets per run (they would break the pairing)."""
     for assignment in overrides:
         if _key(assignment) in reserved:
-            raise UserError(f"{flag} {assignment}: giellm mre sets {_key(assignment)} for each "
-                             f"run itself (reserved: {', '.join(reserved)})")
+            raise UserError(
+                f"{flag} {assignment}: giellm mre sets {_key(assignment)} for each "
+                f"run itself (reserved: {', '.join(reserved)})"
+            )
 
 
 def select_datasets(manifest: dict, requested: list[str] | None, mix_dir: str) -> list[str]:
@@ -141,18 +150,23 @@ def select_datasets(manifest: dict, requested: list[str] | None, mix_dir: str) -
     if requested:
         for name in requested:
             if name not in entries:
-                raise UserError(f"dataset {name!r} is not in {mix_dir}/manifest.json; "
-                                 f"it has {sorted(entries)}")
+                raise UserError(
+                    f"dataset {name!r} is not in {mix_dir}/manifest.json; it has {sorted(entries)}"
+                )
             if name not in usable:
                 e = entries[name]
-                raise UserError(f"dataset {name!r} has {e.get('train', 0)} training and "
-                                 f"{e.get('test', 0)} test rows in {mix_dir}; both are needed")
+                raise UserError(
+                    f"dataset {name!r} has {e.get('train', 0)} training and "
+                    f"{e.get('test', 0)} test rows in {mix_dir}; both are needed"
+                )
         chosen = list(dict.fromkeys(requested))
     else:
         chosen = usable
     if not chosen:
-        raise UserError(f"{mix_dir}: no dataset has both training and test rows "
-                         f"(manifest: {json.dumps(entries, ensure_ascii=False)})")
+        raise UserError(
+            f"{mix_dir}: no dataset has both training and test rows "
+            f"(manifest: {json.dumps(entries, ensure_ascii=False)})"
+        )
     order = {d: i for i, d in enumerate(DATASET_ORDER)}
     return sorted(chosen, key=lambda d: (order.get(d, len(order)), d))
 
@@ -161,25 +175,44 @@ def run_name(kind: str, seed: int, dataset: str | None = None) -> str:
     return f"mixed-seed{seed}" if kind == "mixed" else f"single-{safe_name(dataset)}-seed{seed}"
 
 
-def make_plan(mix_dir: str, output: str, manifest: dict, datasets: list[str],
-              repeats: int) -> list[Run]:
+def make_plan(
+    mix_dir: str, output: str, manifest: dict, datasets: list[str], repeats: int
+) -> list[Run]:
     """Per seed: the mixed run, then one single run per dataset."""
     paths = {d: _join(mix_dir, manifest["datasets"][d]["path"]) for d in datasets}
     runs = []
     for seed in range(repeats):
         name = run_name("mixed", seed)
-        runs.append(Run(name, "mixed", seed, tuple(datasets), _join(mix_dir, "train.parquet"),
-                        tuple(_join(paths[d], "test.parquet") for d in datasets),
-                        _join(output, "scored", name)))
+        runs.append(
+            Run(
+                name,
+                "mixed",
+                seed,
+                tuple(datasets),
+                _join(mix_dir, "train.parquet"),
+                tuple(_join(paths[d], "test.parquet") for d in datasets),
+                _join(output, "scored", name),
+            )
+        )
         for d in datasets:
             name = run_name("single", seed, d)
-            runs.append(Run(name, "single", seed, (d,), _join(paths[d], "train.parquet"),
-                            (_join(paths[d], "test.parquet"),), _join(output, "scored", name)))
+            runs.append(
+                Run(
+                    name,
+                    "single",
+                    seed,
+                    (d,),
+                    _join(paths[d], "train.parquet"),
+                    (_join(paths[d], "test.parquet"),),
+                    _join(output, "scored", name),
+                )
+            )
     return runs
 
 
-def training_footprint(num_workers: int, use_gpu: bool,
-                       resources_per_worker: dict[str, float]) -> dict[str, float]:
+def training_footprint(
+    num_workers: int, use_gpu: bool, resources_per_worker: dict[str, float]
+) -> dict[str, float]:
     """Ray resources one training run reserves (Ray Train: 1 CPU per worker unless given)."""
     per = dict(resources_per_worker) or {"CPU": 1.0}
     if use_gpu:

@@ -57,8 +57,9 @@ def trained_export(tcfg) -> str | None:
     marker = io.join(export, "train_config.yaml")
     # The driver writes train_config.yaml after the workers wrote the model (config.json; a
     # LoRA run: adapter/adapter_config.json).
-    model_file = ("adapter/adapter_config.json" if getattr(tcfg, "lora", None) is not None
-                  else "config.json")
+    model_file = (
+        "adapter/adapter_config.json" if getattr(tcfg, "lora", None) is not None else "config.json"
+    )
     if not (io.exists(marker) and io.exists(io.join(export, model_file))):
         return None
     stored = _flat(load_config(TrainConfig, marker).model_dump(mode="json"))
@@ -66,8 +67,10 @@ def trained_export(tcfg) -> str | None:
     diff = sorted(k for k in stored.keys() | wanted.keys() if stored.get(k) != wanted.get(k))
     if diff:
         detail = "; ".join(f"{k}: {stored.get(k)!r} there, {wanted.get(k)!r} now" for k in diff[:6])
-        raise UserError(f"{export} was trained with another recipe ({detail}). Use another "
-                         "--output, or delete that run to retrain it.")
+        raise UserError(
+            f"{export} was trained with another recipe ({detail}). Use another "
+            "--output, or delete that run to retrain it."
+        )
     return export
 
 
@@ -98,12 +101,18 @@ def _train(job: Job, output: str, label: str) -> tuple[str, str, float]:
             signal.signal(signal.SIGINT, previous)
     seconds = time.monotonic() - start
     if not result.export_dir:
-        raise UserError(f"{job.run.name}: the train config has export: false; giellm mre "
-                         "scores the exported model")
+        raise UserError(
+            f"{job.run.name}: the train config has export: false; giellm mre "
+            "scores the exported model"
+        )
     # A fresh model invalidates any earlier score of this run.
-    io.write_text(_state_path(output, job.run), json.dumps(
-        {"run": job.run.name, "export": result.export_dir, "train_s": seconds, "scored": None},
-        indent=2))
+    io.write_text(
+        _state_path(output, job.run),
+        json.dumps(
+            {"run": job.run.name, "export": result.export_dir, "train_s": seconds, "scored": None},
+            indent=2,
+        ),
+    )
     log.info("mre: %s: trained in %.1f s -> %s", label, seconds, result.export_dir)
     return result.export_dir, "trained", seconds
 
@@ -114,11 +123,17 @@ def _score(job: Job, output: str, export: str, retrained: bool, label: str) -> t
 
     state_path = _state_path(output, job.run)
     state = _read_state(state_path)
-    record = {"model": export, "inputs": list(job.run.test),
-              "score_config": job.score.model_dump(mode="json")}
+    record = {
+        "model": export,
+        "inputs": list(job.run.test),
+        "score_config": job.score.model_dump(mode="json"),
+    }
     done = state.get("scored") or {}
-    if (not retrained and io.exists(io.join(job.run.scored, SUCCESS))
-            and {k: done.get(k) for k in record} == record):
+    if (
+        not retrained
+        and io.exists(io.join(job.run.scored, SUCCESS))
+        and {k: done.get(k) for k in record} == record
+    ):
         log.info("mre: %s: already scored -> %s", label, job.run.scored)
         return "resumed", 0.0
     log.info("mre: %s: scoring %s", label, ", ".join(job.run.test))
@@ -139,16 +154,25 @@ def scored_counts(scored: str, registry) -> tuple[list[str], dict]:
     return files, count_scored(files, registry)
 
 
-def finish(job: Job, output: str, registry, label: str, export: str, train_status: str,
-           train_s: float) -> dict:
+def finish(
+    job: Job, output: str, registry, label: str, export: str, train_status: str, train_s: float
+) -> dict:
     """Score a trained run (unless already scored) and count its rows: its report record."""
     score_status, score_s = _score(job, output, export, train_status == "trained", label)
     files, counts = scored_counts(job.run.scored, registry)
     run = job.run
-    return {"name": run.name, "kind": run.kind, "seed": run.seed, "datasets": list(run.datasets),
-            "model": export, "scored": run.scored, "files": files, "counts": counts,
-            "status": {"train": train_status, "score": score_status},
-            "seconds": {"train": round(train_s, 1), "score": round(score_s, 1)}}
+    return {
+        "name": run.name,
+        "kind": run.kind,
+        "seed": run.seed,
+        "datasets": list(run.datasets),
+        "model": export,
+        "scored": run.scored,
+        "files": files,
+        "counts": counts,
+        "status": {"train": train_status, "score": score_status},
+        "seconds": {"train": round(train_s, 1), "score": round(score_s, 1)},
+    }
 
 
 def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]:
@@ -165,8 +189,10 @@ def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]
     if is_lora(jobs[0]):
         return run_all_adapters(jobs, output, registry, parallel, labels)
     if parallel == 1:
-        return [finish(j, output, registry, labels[j.run.name],
-                       *_train(j, output, labels[j.run.name])) for j in jobs]
+        return [
+            finish(j, output, registry, labels[j.run.name], *_train(j, output, labels[j.run.name]))
+            for j in jobs
+        ]
     trainers = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mre-train")
     scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mre-score")
     try:
@@ -178,14 +204,16 @@ def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]
             if fut.exception() is not None:
                 if failed is None:
                     failed = fut.exception()
-                    log.error("mre: %s failed; letting the runs in progress finish",
-                              trains[fut].run.name)
+                    log.error(
+                        "mre: %s failed; letting the runs in progress finish", trains[fut].run.name
+                    )
                     for other in trains:
                         other.cancel()
                 continue
             job = trains[fut]
-            scores.append(scorer.submit(finish, job, output, registry, labels[job.run.name],
-                                        *fut.result()))
+            scores.append(
+                scorer.submit(finish, job, output, registry, labels[job.run.name], *fut.result())
+            )
         records = {r["name"]: r for r in (s.result() for s in scores)}
         if failed is not None:
             raise failed
@@ -195,8 +223,9 @@ def run_all(jobs: list[Job], output: str, registry, parallel: int) -> list[dict]
         scorer.shutdown(wait=False, cancel_futures=True)
 
 
-def run_all_adapters(jobs: list[Job], output: str, registry, parallel: int,
-                     labels: dict[str, str]) -> list[dict]:
+def run_all_adapters(
+    jobs: list[Job], output: str, registry, parallel: int, labels: dict[str, str]
+) -> list[dict]:
     """LoRA: train every run's adapter (``parallel`` at a time), then score each base's adapters
     in one job (:mod:`giellm_ray.mre.adapters`); records in plan order."""
     exports, trained = {}, {}
@@ -218,23 +247,37 @@ def _check_fit(jobs: list[Job], parallel: int) -> None:
     t = jobs[0].train
     need = plan.training_footprint(t.num_workers, t.use_gpu, t.resources_per_worker)
     fit = plan.runs_that_fit(ray.cluster_resources(), need)
-    log.info("mre: %d runs, %d at a time; one training run reserves %s, the cluster has room "
-             "for %d now", len(jobs), parallel, need, fit)
+    log.info(
+        "mre: %d runs, %d at a time; one training run reserves %s, the cluster has room for %d now",
+        len(jobs),
+        parallel,
+        need,
+        fit,
+    )
     if parallel > max(fit, 1):
-        log.warning("mre: --parallel %d but only %d run(s) fit the cluster now: the rest wait "
-                    "for resources (an autoscaling cluster may add nodes)", parallel, fit)
+        log.warning(
+            "mre: --parallel %d but only %d run(s) fit the cluster now: the rest wait "
+            "for resources (an autoscaling cluster may add nodes)",
+            parallel,
+            fit,
+        )
 
 
 def _meta(cfg: plan.MreConfig, mix: str, manifest: dict, datasets: list[str], gpu: bool) -> dict:
     """What ran, for the head of mre.json (configs by path plus the overrides applied)."""
-    return {"title": "Mixed vs single-task training (MRE)", "quick": cfg.quick,
-            "disclaimer": plan.QUICK_DISCLAIMER if cfg.quick else None, "mix": mix,
-            "mix_seed": manifest.get("seed"), "datasets_compared": datasets,
-            "repeats": cfg.repeats, "train_config": train_config_path(cfg),
-            "train_overrides": [*(plan.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides],
-            "score_config": cfg.score_config or config_path(
-                "score", "gpu.yaml" if gpu else "cpu.yaml"),
-            "score_overrides": [*(plan.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides]}
+    return {
+        "title": "Mixed vs single-task training (MRE)",
+        "quick": cfg.quick,
+        "disclaimer": plan.QUICK_DISCLAIMER if cfg.quick else None,
+        "mix": mix,
+        "mix_seed": manifest.get("seed"),
+        "datasets_compared": datasets,
+        "repeats": cfg.repeats,
+        "train_config": train_config_path(cfg),
+        "train_overrides": [*(plan.QUICK_TRAIN if cfg.quick else ()), *cfg.train_overrides],
+        "score_config": cfg.score_config or config_path("score", "gpu.yaml" if gpu else "cpu.yaml"),
+        "score_overrides": [*(plan.QUICK_SCORE if cfg.quick else ()), *cfg.score_overrides],
+    }
 
 
 def run_mre(cfg: plan.MreConfig) -> dict:
@@ -249,8 +292,10 @@ def run_mre(cfg: plan.MreConfig) -> dict:
     mix = io.absolute(cfg.data) if cfg.data else sample_mix(cfg, output)
     manifest_path = io.join(mix, "manifest.json")
     if not io.exists(manifest_path):
-        raise FileNotFoundError(f"{manifest_path} not found: --data takes a directory written "
-                                "by `giellm data mix` (train.parquet, single/<dataset>/...)")
+        raise FileNotFoundError(
+            f"{manifest_path} not found: --data takes a directory written "
+            "by `giellm data mix` (train.parquet, single/<dataset>/...)"
+        )
     manifest = json.loads(io.read_text(manifest_path))
     datasets = plan.select_datasets(manifest, cfg.datasets, mix)
     runs = plan.make_plan(mix, output, manifest, datasets, cfg.repeats)
@@ -264,12 +309,28 @@ def run_mre(cfg: plan.MreConfig) -> dict:
         trained_export(job.train)
     require("score", engine=getattr(jobs[0].score, "engine", "hf"))
     registry = TaskRegistry.load(jobs[0].score.tasks)
-    io.write_text(io.join(output, "plan.json"), json.dumps(
-        {"mix": mix, "datasets": datasets, "seeds": list(range(cfg.repeats)),
-         "parallel": cfg.parallel, "runs": [r.to_dict() for r in runs]},
-        ensure_ascii=False, indent=2))
-    log.info("mre: %d datasets %s, %d seed(s): %d training + scoring runs -> %s",
-             len(datasets), datasets, cfg.repeats, len(runs), output)
+    io.write_text(
+        io.join(output, "plan.json"),
+        json.dumps(
+            {
+                "mix": mix,
+                "datasets": datasets,
+                "seeds": list(range(cfg.repeats)),
+                "parallel": cfg.parallel,
+                "runs": [r.to_dict() for r in runs],
+            },
+            ensure_ascii=False,
+            indent=2,
+        ),
+    )
+    log.info(
+        "mre: %d datasets %s, %d seed(s): %d training + scoring runs -> %s",
+        len(datasets),
+        datasets,
+        cfg.repeats,
+        len(runs),
+        output,
+    )
     started = connect_ray()
     try:
         _check_fit(jobs, cfg.parallel)

@@ -19,10 +19,14 @@ def build_config(args: argparse.Namespace):
     from giellm_ray.config import flag_overrides, load_config
     from giellm_ray.score.config import ScoreConfig
 
-    flags = flag_overrides([("model.name_or_path", args.model),
-                            ("input", list(args.input) if args.input else None),
-                            ("output", args.output),
-                            ("resume", False if getattr(args, "fresh", False) else None)])
+    flags = flag_overrides(
+        [
+            ("model.name_or_path", args.model),
+            ("input", list(args.input) if args.input else None),
+            ("output", args.output),
+            ("resume", False if getattr(args, "fresh", False) else None),
+        ]
+    )
     return load_config(ScoreConfig, args.config, [*(args.overrides or ()), *flags])
 
 
@@ -59,12 +63,24 @@ def register(subparsers) -> None:
     p.add_argument("--input", nargs="+", default=None, help="Parquet file(s) or directories")
     p.add_argument("--output", default=None, help="output directory (local or s3://)")
     p.add_argument("--config", default=None, help="ScoreConfig YAML (jobs/configs/score/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set num_actors=4 (repeatable)")
-    p.add_argument("--fresh", action="store_true",
-                   help="discard an interrupted run in OUTPUT/_staging and start over "
-                   "(default: resume it, scoring only the rows not yet committed)")
-    p.add_argument("--cleanup", action="store_true",
-                   help="only clean up after a killed run (end the processes it left, discard "
-                   "OUTPUT/_staging) and exit; the committed result is kept")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set num_actors=4 (repeatable)",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard an interrupted run in OUTPUT/_staging and start over "
+        "(default: resume it, scoring only the rows not yet committed)",
+    )
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="only clean up after a killed run (end the processes it left, discard "
+        "OUTPUT/_staging) and exit; the committed result is kept",
+    )
     p.set_defaults(handler=handle)

@@ -78,8 +78,11 @@ class OutputState:
 
 def inspect_output(out: ScoreOutput) -> OutputState:
     fs = out.fs
-    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True))
-             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
+    names = [
+        i.base_name
+        for i in fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    ]
     return OutputState(read_json(fs, out.success), read_json(fs, out.journal), names)
 
 
@@ -88,19 +91,27 @@ def check_output(out: ScoreOutput, state: OutputState) -> None:
     stray = state.unowned()
     if not stray:
         return
-    why = ("its _SUCCESS is from an older giellm and names no files" if state.manifest == {}
-           else "no giellm _SUCCESS or commit journal names them")
+    why = (
+        "its _SUCCESS is from an older giellm and names no files"
+        if state.manifest == {}
+        else "no giellm _SUCCESS or commit journal names them"
+    )
     shown = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
-    raise UserError(f"output {out.uri} already holds {len(stray)} Parquet file(s) ({shown}) that "
-                     f"this job did not provably write ({why}); move them away or choose another "
-                     "--output")
+    raise UserError(
+        f"output {out.uri} already holds {len(stray)} Parquet file(s) ({shown}) that "
+        f"this job did not provably write ({why}); move them away or choose another "
+        "--output"
+    )
 
 
 def staged_files(out: ScoreOutput) -> list[dict]:
     """``{name, rows, bytes}`` of every staged part file (row counts from the footers)."""
     base = out.staged()
-    infos = [i for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
+    infos = [
+        i
+        for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    ]
 
     def describe(info: pafs.FileInfo) -> dict:
         rows = pq.ParquetFile(out.fs.open_input_file(info.path)).metadata.num_rows
@@ -109,12 +120,17 @@ def staged_files(out: ScoreOutput) -> list[dict]:
     return sorted(parallel(out, describe, infos), key=lambda f: f["name"])
 
 
-def begin_commit(out: ScoreOutput, run_id: str, files: list[dict], summary: dict,
-                 old: dict | None) -> dict:
+def begin_commit(
+    out: ScoreOutput, run_id: str, files: list[dict], summary: dict, old: dict | None
+) -> dict:
     """Write the journal (step 1); the staged result must already be complete."""
-    journal = {"run_id": run_id, "new": files, "summary": summary,
-               "old_files": [f["name"] for f in (old or {}).get("files", [])],
-               "old_meta": list((old or {}).get("meta", []))}
+    journal = {
+        "run_id": run_id,
+        "new": files,
+        "summary": summary,
+        "old_files": [f["name"] for f in (old or {}).get("files", [])],
+        "old_meta": list((old or {}).get("meta", [])),
+    }
     write_json(out.fs, out.journal, journal, out.is_local)
     return journal
 
@@ -148,13 +164,17 @@ def _delete_files(out: ScoreOutput, names: list[str]) -> None:
 
 def _drop_empty_dir(out: ScoreOutput, path: str) -> None:
     """A local directory emptied by the deletes above (S3 has no empty directories)."""
-    if out.is_local and out.fs.get_file_info(path).type == pafs.FileType.Directory \
-            and not out.fs.get_file_info(pafs.FileSelector(path)):
+    if (
+        out.is_local
+        and out.fs.get_file_info(path).type == pafs.FileType.Directory
+        and not out.fs.get_file_info(pafs.FileSelector(path))
+    ):
         out.fs.delete_dir(path)
 
 
-def finish_commit(out: ScoreOutput, journal: dict,
-                  write_meta: Callable[[list[str]], list[str]]) -> dict:
+def finish_commit(
+    out: ScoreOutput, journal: dict, write_meta: Callable[[list[str]], list[str]]
+) -> dict:
     """Steps 2-7. ``write_meta(new names)`` writes the metadata files, returns their names."""
     new = [f["name"] for f in journal["new"]]
     if fs_exists(out.fs, out.success):
@@ -164,9 +184,14 @@ def finish_commit(out: ScoreOutput, journal: dict,
     meta = write_meta(new)
     _delete_files(out, [n for n in journal["old_meta"] if n not in meta])
     _drop_empty_dir(out, out.metrics_dir)
-    manifest = {"format": MANIFEST_FORMAT, "run_id": journal["run_id"],
-                "rows": sum(f["rows"] for f in journal["new"]), "files": journal["new"],
-                "meta": meta, "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "run_id": journal["run_id"],
+        "rows": sum(f["rows"] for f in journal["new"]),
+        "files": journal["new"],
+        "meta": meta,
+        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     write_json(out.fs, out.success, manifest, out.is_local)
     out.fs.delete_dir(out.staging)
     log.info("score: committed %d rows in %d file(s) to %s", manifest["rows"], len(new), out.uri)
@@ -182,21 +207,35 @@ def remove_leftovers(out: ScoreOutput) -> list[str]:
     the probe's write and delete) and ``OUTPUT.tmp-<8 hex>/`` (giellm's staging before resume)."""
     removed = []
     for info in out.fs.get_file_info(pafs.FileSelector(out.path, allow_not_found=True)):
-        if info.type == pafs.FileType.File and info.base_name.startswith("_giellm_probe-") \
-                and _is_hex8(info.base_name[len("_giellm_probe-"):]):
+        if (
+            info.type == pafs.FileType.File
+            and info.base_name.startswith("_giellm_probe-")
+            and _is_hex8(info.base_name[len("_giellm_probe-") :])
+        ):
             out.fs.delete_file(info.path)
             removed.append(info.path)
     parent, _, name = out.path.rstrip("/").rpartition("/")
     if not parent or out.fs.get_file_info(parent).type != pafs.FileType.Directory:
         return removed
     for info in out.fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True)):
-        suffix = info.base_name[len(name) + len(".tmp-"):]
-        if (info.base_name.startswith(f"{name}.tmp-") and _is_hex8(suffix)
-                and info.type == pafs.FileType.Directory):
+        suffix = info.base_name[len(name) + len(".tmp-") :]
+        if (
+            info.base_name.startswith(f"{name}.tmp-")
+            and _is_hex8(suffix)
+            and info.type == pafs.FileType.Directory
+        ):
             out.fs.delete_dir(info.path)
             removed.append(info.path)
     return removed
 
 
-__all__ = ["OutputState", "begin_commit", "check_output", "finish_commit", "inspect_output",
-           "parallel", "remove_leftovers", "staged_files"]
+__all__ = [
+    "OutputState",
+    "begin_commit",
+    "check_output",
+    "finish_commit",
+    "inspect_output",
+    "parallel",
+    "remove_leftovers",
+    "staged_files",
+]

@@ -94,12 +94,16 @@ class ScoreConfig(StrictModel):
     @model_validator(mode="after")
     def _check_engine(self) -> ScoreConfig:
         if self.engine == "hf" and (self.batches_in_flight or 1) > 1:
-            raise ValueError("batches_in_flight > 1 needs engine: vllm (the HF engine decodes "
-                             "one batch at a time; raise generation.batch_size instead)")
+            raise ValueError(
+                "batches_in_flight > 1 needs engine: vllm (the HF engine decodes "
+                "one batch at a time; raise generation.batch_size instead)"
+            )
         tp = self.vllm.tensor_parallel_size
         if self.engine == "vllm" and self.num_gpus_per_actor and self.num_gpus_per_actor != tp:
-            raise ValueError(f"num_gpus_per_actor ({self.num_gpus_per_actor}) must equal "
-                             f"vllm.tensor_parallel_size ({tp}): one vLLM engine per actor")
+            raise ValueError(
+                f"num_gpus_per_actor ({self.num_gpus_per_actor}) must equal "
+                f"vllm.tensor_parallel_size ({tp}): one vLLM engine per actor"
+            )
         return self
 
     def show_progress_bars(self) -> bool:

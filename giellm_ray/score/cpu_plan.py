@@ -32,11 +32,14 @@ def size_vllm_cpu(cfg, node_cores: int, nodes: int = 1):
     engines = max(1, min(cfg.num_actors, per_node * max(1, nodes)))
     on_node = -(-engines // max(1, nodes))  # engines on the busiest node
     cores = cfg.vllm.cpu_cores or max(1, node_cores // on_node)
-    new = cfg.model_copy(update={
-        "num_actors": engines, "vllm": cfg.vllm.model_copy(update={"cpu_cores": cores})})
-    line = (f"vLLM on CPU: {engines} actor(s), {cores} cores each, OpenMP threads bound to a "
-            f"block of their own ({nodes} node(s) x {node_cores} cores; num_actors asked "
-            f"{cfg.num_actors})")
+    new = cfg.model_copy(
+        update={"num_actors": engines, "vllm": cfg.vllm.model_copy(update={"cpu_cores": cores})}
+    )
+    line = (
+        f"vLLM on CPU: {engines} actor(s), {cores} cores each, OpenMP threads bound to a "
+        f"block of their own ({nodes} node(s) x {node_cores} cores; num_actors asked "
+        f"{cfg.num_actors})"
+    )
     return new, line
 
 
@@ -44,8 +47,11 @@ def cluster_cores() -> tuple[int, int]:
     """``(cores of the smallest alive node, alive nodes)`` of the connected Ray cluster."""
     import ray
 
-    cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes()
-            if n.get("Alive") and n["Resources"].get("CPU", 0) > 0]
+    cpus = [
+        int(n["Resources"].get("CPU", 0))
+        for n in ray.nodes()
+        if n.get("Alive") and n["Resources"].get("CPU", 0) > 0
+    ]
     return (min(cpus), len(cpus)) if cpus else (1, 1)
 
 

@@ -42,8 +42,9 @@ def actor_pool(cfg):
     k = cfg.actor_concurrency
     if k == 1:
         return rd.ActorPoolStrategy(size=cfg.num_actors)
-    return rd.ActorPoolStrategy(size=cfg.num_actors, max_concurrent_calls_per_actor=k,
-                                enable_true_multi_threading=True)
+    return rd.ActorPoolStrategy(
+        size=cfg.num_actors, max_concurrent_calls_per_actor=k, enable_true_multi_threading=True
+    )
 
 
 def build_dataset(cfg, plan, attempt: resume.Attempt, done: np.ndarray, registry, counter):
@@ -51,28 +52,29 @@ def build_dataset(cfg, plan, attempt: resume.Attempt, done: np.ndarray, registry
     import ray
     import ray.data as rd
 
-    ds = rd.read_parquet(plan.files, filesystem=plan.fs_in,
-                         include_row_hash=attempt.id_column == resume.ROW_HASH)
+    ds = rd.read_parquet(
+        plan.files, filesystem=plan.fs_in, include_row_hash=attempt.id_column == resume.ROW_HASH
+    )
     if len(done):
         # One copy per node in the object store; numeric/fixed-width arrays map zero-copy.
-        ds = ds.map_batches(resume.drop_done, fn_args=(ray.put(done), attempt.id_column),
-                            batch_format="pyarrow", batch_size=None)
-    return (
-        ds.repartition(target_num_rows_per_block=cfg.rows_per_block)
-        .map_batches(
-            ScoreBatch,
-            fn_constructor_args=(cfg, registry.to_dict() if cfg.tasks else None, counter),
-            batch_size=cfg.batch_size,
+        ds = ds.map_batches(
+            resume.drop_done,
+            fn_args=(ray.put(done), attempt.id_column),
             batch_format="pyarrow",
-            compute=actor_pool(cfg),
-            num_cpus=cfg.num_cpus_per_actor,
-            num_gpus=cfg.num_gpus_per_actor or None,
+            batch_size=None,
         )
+    return ds.repartition(target_num_rows_per_block=cfg.rows_per_block).map_batches(
+        ScoreBatch,
+        fn_constructor_args=(cfg, registry.to_dict() if cfg.tasks else None, counter),
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=actor_pool(cfg),
+        num_cpus=cfg.num_cpus_per_actor,
+        num_gpus=cfg.num_gpus_per_actor or None,
     )
 
 
-def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int,
-                 registry) -> dict:
+def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int, registry) -> dict:
     """Score the ``todo`` missing rows into the staging directory; the actors' summed counters.
     Ray is already joined or started (by the driver)."""
     import ray
@@ -95,8 +97,9 @@ def run_dataflow(cfg, plan, attempt: resume.Attempt, done: np.ndarray, todo: int
             printer.start()
         cfg = plan_for_cluster(cfg)  # vLLM on CPU: engines and cores from the nodes' cores
         ds = build_dataset(cfg, plan, attempt, done, registry, counter)
-        ds.write_parquet(plan.out.staged(), filesystem=plan.out.fs,
-                         min_rows_per_file=cfg.rows_per_file)
+        ds.write_parquet(
+            plan.out.staged(), filesystem=plan.out.fs, min_rows_per_file=cfg.rows_per_file
+        )
         totals = ray.get(counter.get.remote())
         log.info("%s", printer.line(totals))
         return totals

@@ -74,19 +74,22 @@ class Plan:
 def _check_schema(f: str, sch: pa.Schema) -> None:
     names = set(sch.names)
     if S.DATASET not in names or not names & {S.TEXT, S.PROMPT}:
-        raise UserError(f"{f}: need columns '{S.DATASET}' and '{S.TEXT}' (or '{S.PROMPT}'); "
-                         f"found {sch.names}")
+        raise UserError(
+            f"{f}: need columns '{S.DATASET}' and '{S.TEXT}' (or '{S.PROMPT}'); found {sch.names}"
+        )
     for col in (S.DATASET, S.TEXT, S.PROMPT, S.ADAPTER):
         if col in names and not str(sch.field(col).type).startswith(("string", "large_str")):
             raise UserError(f"{f}: column '{col}' must be string, is {sch.field(col).type}")
     cap = sch.field(S.MAX_NEW_TOKENS) if S.MAX_NEW_TOKENS in names else None
     if cap is not None and not pa.types.is_integer(cap.type):
-        raise UserError(f"{f}: column '{S.MAX_NEW_TOKENS}' (per-row cap) must be an "
-                         f"integer type, is {cap.type}")
+        raise UserError(
+            f"{f}: column '{S.MAX_NEW_TOKENS}' (per-row cap) must be an integer type, is {cap.type}"
+        )
 
 
-def check_inputs(cfg: ScoreConfig, inputs: list[Location] | None = None
-                 ) -> tuple[pafs.FileSystem, list[str], pa.Schema, int]:
+def check_inputs(
+    cfg: ScoreConfig, inputs: list[Location] | None = None
+) -> tuple[pafs.FileSystem, list[str], pa.Schema, int]:
     """``(filesystem, files, schema, total rows)``; fails fast with a message a user can act on."""
     if not cfg.input:
         raise UserError("no input: pass --input PATH (Parquet file or directory)")
@@ -141,8 +144,11 @@ def run_score(cfg: ScoreConfig) -> dict:
         else:
             log.info("score: finishing the interrupted commit of run %s", attempt.run_id)
         journal["summary"]["seconds"] = time.monotonic() - start
-        commit.finish_commit(plan.out, journal,
-                        lambda names: write_meta(cfg, plan, journal["summary"], names, registry))
+        commit.finish_commit(
+            plan.out,
+            journal,
+            lambda names: write_meta(cfg, plan, journal["summary"], names, registry),
+        )
     finally:
         lock.release()
     return journal["summary"]
@@ -153,22 +159,31 @@ def open_attempt(cfg: ScoreConfig, plan: Plan) -> resume.Attempt:
     fp = resume.fingerprint(plan.fs_in, plan.files, cfg)
     committed = (plan.state.manifest or {}).get("run_id")
     attempt = resume.open_attempt(
-        plan.out, fp, not cfg.resume, committed,
-        lambda: resume.choose_id_column(plan.fs_in, plan.files, plan.schema))
+        plan.out,
+        fp,
+        not cfg.resume,
+        committed,
+        lambda: resume.choose_id_column(plan.fs_in, plan.files, plan.schema),
+    )
     if attempt.resumed:
         log.info("score: resuming run %s from %s", attempt.run_id, plan.out.staging)
     return attempt
 
 
-def score_missing(cfg: ScoreConfig, plan: Plan, attempt: resume.Attempt, registry,
-                  lock) -> dict:
+def score_missing(cfg: ScoreConfig, plan: Plan, attempt: resume.Attempt, registry, lock) -> dict:
     """Step 4: score the rows not yet committed; the summary of this attempt."""
     start = time.monotonic()
     resume.recover(plan.out)
     done = resume.committed_ids(plan.out, attempt.id_column)
     todo = plan.total - len(done)
-    log.info("score: %d rows in %d file(s) -> %s (%d already staged, %d to score)",
-             plan.total, len(plan.files), cfg.output, len(done), todo)
+    log.info(
+        "score: %d rows in %d file(s) -> %s (%d already staged, %d to score)",
+        plan.total,
+        len(plan.files),
+        cfg.output,
+        len(done),
+        todo,
+    )
     totals: dict = {}
     if todo > 0:  # the only step that needs Ray: joined (or started) here, as the other stages do
         from giellm_ray.ray_session import connect_ray
@@ -188,13 +203,19 @@ def score_missing(cfg: ScoreConfig, plan: Plan, attempt: resume.Attempt, registr
     return summarize(attempt, plan.total, len(done), totals, seconds)
 
 
-def summarize(attempt: resume.Attempt, total: int, resumed: int, totals: dict, seconds: float) -> dict:
+def summarize(
+    attempt: resume.Attempt, total: int, resumed: int, totals: dict, seconds: float
+) -> dict:
     from giellm_ray.generation.base import EngineStats
 
     scored = totals.get("scored_rows", 0)
     return {
-        "run_id": attempt.run_id, "input_rows": total, "resumed_rows": resumed,
-        "scored_rows": scored, "id_column": attempt.id_column, "seconds": seconds,
+        "run_id": attempt.run_id,
+        "input_rows": total,
+        "resumed_rows": resumed,
+        "scored_rows": scored,
+        "id_column": attempt.id_column,
+        "seconds": seconds,
         "rows_per_s": scored / seconds if seconds else 0.0,
         "generated_tokens_per_s": totals.get("generated_tokens", 0) / seconds if seconds else 0.0,
         "engine": EngineStats.from_totals(totals).to_dict(),
@@ -209,20 +230,27 @@ def stage_result(plan: Plan, attempt: resume.Attempt, summary: dict) -> dict:
         if attempt.id_column == resume.ROW_HASH:
             schema = schema.append(pa.field(resume.ROW_HASH, pa.uint64()))
         out.fs.create_dir(out.staged(), recursive=True)
-        pq.write_table(schema.empty_table(), out.staged(f"{attempt.run_id}-empty.parquet"),
-                       filesystem=out.fs)
+        pq.write_table(
+            schema.empty_table(), out.staged(f"{attempt.run_id}-empty.parquet"), filesystem=out.fs
+        )
     files = commit.staged_files(out)
     rows = sum(f["rows"] for f in files)
     if rows != plan.total:  # the contract; never expected
-        raise RuntimeError(f"staged {rows} rows for {plan.total} input rows; "
-                           f"{out.staging} is kept: re-run to resume, or --fresh")
-    summary.update(output_rows=rows, output_files=len(files),
-                   error_rows=_count_errors(out, [out.staged(f["name"]) for f in files]))
+        raise RuntimeError(
+            f"staged {rows} rows for {plan.total} input rows; "
+            f"{out.staging} is kept: re-run to resume, or --fresh"
+        )
+    summary.update(
+        output_rows=rows,
+        output_files=len(files),
+        error_rows=_count_errors(out, [out.staged(f["name"]) for f in files]),
+    )
     return commit.begin_commit(out, attempt.run_id, files, summary, plan.state.manifest)
 
 
 def _count_errors(out: ScoreOutput, paths: list[str]) -> int:
     """Rows with an ``error`` over the whole result (resumed rows included): one column read."""
+
     def count(path: str) -> int:
         col = pq.read_table(out.fs.open_input_file(path), columns=[S.ERROR]).column(0)
         return len(col) - col.null_count
@@ -237,8 +265,9 @@ def compute_metrics(fs: pafs.FileSystem, files: list[str], registry) -> dict:
     return count_scored(files, registry, fs)
 
 
-def _write_report(fs: pafs.FileSystem, files: list[str], report_dir: str,
-                  registry) -> tuple[dict, list[str]]:
+def _write_report(
+    fs: pafs.FileSystem, files: list[str], report_dir: str, registry
+) -> tuple[dict, list[str]]:
     """metrics.*, reliability.png and report*.html of the written output."""
     from giellm_ray.metrics.evaluate import write_scored_report
 
@@ -246,21 +275,25 @@ def _write_report(fs: pafs.FileSystem, files: list[str], report_dir: str,
         metrics, names = write_scored_report(fs, files, tmp, registry)
         fs.create_dir(report_dir, recursive=True)
         for name in names:
-            with open(os.path.join(tmp, name), "rb") as src, \
-                    fs.open_output_stream(f"{report_dir}/{name}") as dst:
+            with (
+                open(os.path.join(tmp, name), "rb") as src,
+                fs.open_output_stream(f"{report_dir}/{name}") as dst,
+            ):
                 dst.write(src.read())
     return metrics, [f"{METRICS_DIR}/{n}" for n in sorted(names)]
 
 
-def write_meta(cfg: ScoreConfig, plan: Plan, summary: dict, names: list[str],
-               registry) -> list[str]:
+def write_meta(
+    cfg: ScoreConfig, plan: Plan, summary: dict, names: list[str], registry
+) -> list[str]:
     """Commit step 5: ``_metrics/`` (gold targets only), ``_score.json``, ``_config.yaml``."""
     out, meta = plan.out, [SCORE_JSON, CONFIG_YAML]
     if cfg.metrics and S.TARGET in plan.schema.names:
         counts = compute_metrics(out.fs, [out.result(n) for n in names], registry)
         if any(c["n"] for c in counts.values()):
             summary["metrics"], written = _write_report(
-                out.fs, [out.result(n) for n in names], out.metrics_dir, registry)
+                out.fs, [out.result(n) for n in names], out.metrics_dir, registry
+            )
             meta += written
         else:  # a target column of nulls (unlabelled data): nothing to score against
             log.info("score: no gold targets in the input; metrics skipped")
@@ -277,18 +310,22 @@ def cleanup_output(cfg: ScoreConfig) -> dict:
     out = locate_output(cfg.output, cfg.s3_endpoint_url)
     killed = RunLock(out).clear_dead()
     if read_json(out.fs, out.journal) is not None:
-        raise UserError(f"a commit into {out.uri} was interrupted half-way; run the same "
-                         "giellm score command again to finish it (cleanup would lose the result)")
+        raise UserError(
+            f"a commit into {out.uri} was interrupted half-way; run the same "
+            "giellm score command again to finish it (cleanup would lose the result)"
+        )
     staging = out.staging
     discarded = fs_exists(out.fs, staging)
     if discarded and read_json(out.fs, out.attempt) is None:
         raise UserError(f"{staging} holds no giellm attempt record; not ours to delete")
     if discarded:
         out.fs.delete_dir(staging)
-    return {"output": out.uri, "ended_processes": killed,
-            "discarded_staging": staging if discarded else None,
-            "removed": commit.remove_leftovers(out)}
+    return {
+        "output": out.uri,
+        "ended_processes": killed,
+        "discarded_staging": staging if discarded else None,
+        "removed": commit.remove_leftovers(out),
+    }
 
 
-__all__ = ["SUCCESS", "check_inputs", "cleanup_output", "compute_metrics", "prepare",
-           "run_score"]
+__all__ = ["SUCCESS", "check_inputs", "cleanup_output", "compute_metrics", "prepare", "run_score"]

@@ -54,7 +54,7 @@ class Location:
 
 def canonical_s3(uri: str) -> str:
     """``bucket/key`` of an ``s3://`` URI with ``//``, ``.``, ``..`` and trailing ``/`` collapsed."""
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise UserError(f"{uri}: no bucket name")
@@ -67,8 +67,12 @@ def locate(uri: str, endpoint_url: str | None = None) -> Location:
     uri = str(uri)
     if io.is_s3(uri):
         fs, _ = io.resolve_native(uri, endpoint_url)
-        endpoint = (endpoint_url or os.environ.get("GIELLM_S3_ENDPOINT_URL")
-                    or os.environ.get("AWS_ENDPOINT_URL") or "aws")
+        endpoint = (
+            endpoint_url
+            or os.environ.get("GIELLM_S3_ENDPOINT_URL")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or "aws"
+        )
         return Location(uri, fs, canonical_s3(uri), f"s3:{endpoint.rstrip('/')}")
     path = os.path.realpath(os.path.expanduser(uri))
     return Location(uri, pafs.LocalFileSystem(), path, "local")
@@ -106,11 +110,15 @@ def check_disjoint(inputs: list[Location], output: Location) -> None:
     """Refuse inputs and an output that overlap (see the module docstring for why both ways)."""
     for inp in inputs:
         if inside(inp, output):
-            raise UserError(f"input {inp.uri} is the output directory {output.uri} or lies "
-                             f"inside it (both resolve to {output.path}); choose another --output")
+            raise UserError(
+                f"input {inp.uri} is the output directory {output.uri} or lies "
+                f"inside it (both resolve to {output.path}); choose another --output"
+            )
         if inside(output, inp):
-            raise UserError(f"output {output.uri} lies inside the input {inp.uri} (resolved: "
-                             f"{output.path} in {inp.path}); a later run would read it as input")
+            raise UserError(
+                f"output {output.uri} lies inside the input {inp.uri} (resolved: "
+                f"{output.path} in {inp.path}); a later run would read it as input"
+            )
 
 
 def _first_line(exc: BaseException) -> str:

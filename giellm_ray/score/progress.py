@@ -46,9 +46,11 @@ class ProgressPrinter(threading.Thread):
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         pct = 100.0 * done / self.total if self.total else 100.0
         resumed = f" (+{self.already} resumed)" if self.already else ""
-        return (f"score: {done}/{self.total} rows{resumed} ({pct:.1f}%), {rate:.1f} rows/s, "
-                f"{totals.get('generated_tokens', 0) / secs:.0f} tok/s, "
-                f"errors {totals.get('error_rows', 0)}, eta {eta:.0f}s")
+        return (
+            f"score: {done}/{self.total} rows{resumed} ({pct:.1f}%), {rate:.1f} rows/s, "
+            f"{totals.get('generated_tokens', 0) / secs:.0f} tok/s, "
+            f"errors {totals.get('error_rows', 0)}, eta {eta:.0f}s"
+        )
 
     def run(self) -> None:
         import ray

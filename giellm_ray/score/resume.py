@@ -77,9 +77,13 @@ class Attempt:
 def fingerprint(fs: pafs.FileSystem, files: list[str], cfg) -> dict:
     """What must not change between attempts: the input files and what decides predictions."""
     infos = fs.get_file_info(files)
-    what = {"model": cfg.model.model_dump(mode="json"),
-            "max_new_tokens": cfg.generation.max_new_tokens, "constrained": cfg.constrained,
-            "tasks": cfg.tasks, "engine": getattr(cfg, "engine", "hf")}
+    what = {
+        "model": cfg.model.model_dump(mode="json"),
+        "max_new_tokens": cfg.generation.max_new_tokens,
+        "constrained": cfg.constrained,
+        "tasks": cfg.tasks,
+        "engine": getattr(cfg, "engine", "hf"),
+    }
     if getattr(cfg, "adapters", None):  # absent when empty: older runs' fingerprints still match
         what["adapters"] = dict(cfg.adapters)
     if what["engine"] == "vllm":  # vLLM may run another dtype than model.dtype
@@ -118,51 +122,70 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def choose_id_column(fs: pafs.FileSystem, files: list[str], schema: pa.Schema) -> str:
     """``id`` if every input row has a distinct non-null one, else ``row_hash``."""
     field = schema.field(S.ID) if S.ID in schema.names else None
-    usable = field is not None and (pa.types.is_integer(field.type) or pa.types.is_string(field.type)
-                                    or pa.types.is_large_string(field.type))
+    usable = field is not None and (
+        pa.types.is_integer(field.type)
+        or pa.types.is_string(field.type)
+        or pa.types.is_large_string(field.type)
+    )
     if usable:
-        col = pa.chunked_array([pq.read_table(fs.open_input_file(f), columns=[S.ID]).column(0)
-                                for f in files], type=field.type)
+        col = pa.chunked_array(
+            [pq.read_table(fs.open_input_file(f), columns=[S.ID]).column(0) for f in files],
+            type=field.type,
+        )
         if col.null_count == 0:
             keys = id_keys(col)
             if len(np.unique(keys)) == len(keys):
                 return S.ID
-        log.info("score: the input's 'id' is not unique and non-null; rows are keyed by %s",
-                 ROW_HASH)
+        log.info(
+            "score: the input's 'id' is not unique and non-null; rows are keyed by %s", ROW_HASH
+        )
     if ROW_HASH in schema.names:
-        raise UserError(f"the input has a '{ROW_HASH}' column but no unique '{S.ID}': resume "
-                         f"keys rows by a derived '{ROW_HASH}'; rename that column or pass "
-                         "--set resume=false")
+        raise UserError(
+            f"the input has a '{ROW_HASH}' column but no unique '{S.ID}': resume "
+            f"keys rows by a derived '{ROW_HASH}'; rename that column or pass "
+            "--set resume=false"
+        )
     return ROW_HASH
 
 
-def open_attempt(out: ScoreOutput, fp: dict, fresh: bool, committed_run: str | None,
-                 pick_id_column) -> Attempt:
+def open_attempt(
+    out: ScoreOutput, fp: dict, fresh: bool, committed_run: str | None, pick_id_column
+) -> Attempt:
     """Continue the attempt in ``OUTPUT/_staging`` or start one (``fresh``: discard the old)."""
     staging = out.staging
     rec = read_json(out.fs, out.attempt)
-    if rec is None and fs_exists(out.fs, staging) and \
-            not out.fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
+    if (
+        rec is None
+        and fs_exists(out.fs, staging)
+        and not out.fs.get_file_info(pafs.FileSelector(staging, recursive=True))
+    ):
         out.fs.delete_dir(staging)  # killed between creating it and writing the record
     elif rec is None and fs_exists(out.fs, staging):
-        raise UserError(f"{staging} exists but holds no giellm attempt record; it is not ours "
-                         "to use or delete: move it away")
+        raise UserError(
+            f"{staging} exists but holds no giellm attempt record; it is not ours "
+            "to use or delete: move it away"
+        )
     if rec is not None and (fresh or rec.get("run_id") == committed_run):
         # fresh: the user discards it. Same run as _SUCCESS: a committed run's leftover.
         out.fs.delete_dir(staging)
         rec = None
     if rec is not None and rec.get("fingerprint") != fp:
-        raise UserError(f"{staging} holds an interrupted attempt over other input: "
-                         f"{describe_change(rec.get('fingerprint') or {}, fp)}. Re-run with "
-                         "--fresh to discard it and start over")
+        raise UserError(
+            f"{staging} holds an interrupted attempt over other input: "
+            f"{describe_change(rec.get('fingerprint') or {}, fp)}. Re-run with "
+            "--fresh to discard it and start over"
+        )
     if rec is not None:
-        return Attempt(rec["run_id"], rec["id_column"], True,
-                       read_json(out.fs, out.journal))
+        return Attempt(rec["run_id"], rec["id_column"], True, read_json(out.fs, out.journal))
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     id_column = pick_id_column()
     out.fs.create_dir(staging, recursive=True)
-    write_json(out.fs, out.attempt,
-               {"run_id": run_id, "id_column": id_column, "fingerprint": fp}, out.is_local)
+    write_json(
+        out.fs,
+        out.attempt,
+        {"run_id": run_id, "id_column": id_column, "fingerprint": fp},
+        out.is_local,
+    )
     return Attempt(run_id, id_column, False)
 
 
@@ -174,17 +197,19 @@ def recover(out: ScoreOutput) -> None:
     "rename" was cut): the part file is complete, only the pending file goes.
     """
     base = out.checkpoint
-    infos = [i for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-             if i.type == pafs.FileType.File]
+    infos = [
+        i
+        for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        if i.type == pafs.FileType.File
+    ]
     names = {i.base_name for i in infos}
     pending = [i for i in infos if i.base_name.endswith(PENDING)]
-    data = out.fs.get_file_info(pafs.FileSelector(out.staged(),
-                                                  allow_not_found=True))
+    data = out.fs.get_file_info(pafs.FileSelector(out.staged(), allow_not_found=True))
     for info in pending:
-        stem = info.base_name[:-len(PENDING)]
+        stem = info.base_name[: -len(PENDING)]
         if stem + ".parquet" not in names:
             for part in data:
-                rest = part.base_name[len(stem):len(stem) + 1]
+                rest = part.base_name[len(stem) : len(stem) + 1]
                 if part.base_name.startswith(stem) and not rest.isdigit():
                     out.fs.delete_file(part.path)
         out.fs.delete_file(info.path)
@@ -195,9 +220,11 @@ def recover(out: ScoreOutput) -> None:
 def committed_ids(out: ScoreOutput, id_column: str) -> np.ndarray:
     """Sorted ids of the rows in committed part files (empty if none); call :func:`recover` first."""
     base = out.checkpoint
-    tables = [pq.read_table(out.fs.open_input_file(i.path), columns=[id_column]).column(0)
-              for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-              if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")]
+    tables = [
+        pq.read_table(out.fs.open_input_file(i.path), columns=[id_column]).column(0)
+        for i in out.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    ]
     if not sum(len(t) for t in tables):
         return np.array([], dtype=np.uint64)
     return np.sort(id_keys(pa.chunked_array(tables)))
@@ -234,6 +261,10 @@ class _NoFilter(IdColumnCheckpointManager):
 
 def checkpoint_config(out: ScoreOutput, id_column: str) -> CheckpointConfig:
     """Ray Data's write-side checkpointing into ``OUTPUT/_staging/checkpoint`` (see docstring)."""
-    return CheckpointConfig(id_column=id_column, checkpoint_path=out.checkpoint,
-                            delete_checkpoint_on_success=False, override_filesystem=out.fs,
-                            checkpoint_manager_cls=_NoFilter)
+    return CheckpointConfig(
+        id_column=id_column,
+        checkpoint_path=out.checkpoint,
+        delete_checkpoint_on_success=False,
+        override_filesystem=out.fs,
+        checkpoint_manager_cls=_NoFilter,
+    )

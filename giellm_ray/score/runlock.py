@@ -90,8 +90,10 @@ class RunLock:
             return []
         driver = record.get("driver") or [0, 0.0]
         if _alive(*driver) and driver[0] != os.getpid():
-            raise UserError(f"another giellm score (pid {driver[0]}) is writing to "
-                             f"{record.get('output', self.output)}; wait for it or kill it first")
+            raise UserError(
+                f"another giellm score (pid {driver[0]}) is writing to "
+                f"{record.get('output', self.output)}; wait for it or kill it first"
+            )
         killed = reap(record)
         if killed:
             log.info("score: ended %d process(es) left by a killed run: %s", len(killed), killed)

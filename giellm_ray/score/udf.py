@@ -76,7 +76,8 @@ def append_scored(batch: pa.Table, outputs: list[dict]) -> pa.Table:
     table = batch.drop_columns([c for c in SCORED_NAMES if c in batch.column_names])
     for field in S.SCORED_FIELDS:
         table = table.append_column(
-            field, pa.array([o[field.name] for o in outputs], type=field.type))
+            field, pa.array([o[field.name] for o in outputs], type=field.type)
+        )
     return table
 
 
@@ -139,8 +140,16 @@ class ScoreBatch:
         torch.set_num_threads(threads)
         registry = TaskRegistry.from_dict(registry_dict) if registry_dict else DEFAULT_REGISTRY
         device = "cuda" if cfg.num_gpus_per_actor > 0 else "cpu"
-        self.extractor = build_extractor(cfg.engine, cfg.model, cfg.generation, cfg.vllm,
-                                         registry, cfg.constrained, device, cfg.adapters)
+        self.extractor = build_extractor(
+            cfg.engine,
+            cfg.model,
+            cfg.generation,
+            cfg.vllm,
+            registry,
+            cfg.constrained,
+            device,
+            cfg.adapters,
+        )
         self.counter = counter
         self._lock = threading.Lock()  # vLLM actors run several batches in threads
         self._last_stats = self.extractor.stats.to_dict()
@@ -156,8 +165,7 @@ class ScoreBatch:
             return
         with self._lock:
             stats = self.extractor.stats.to_dict()
-            deltas = {k: stats[k] - self._last_stats[k] for k in stats
-                      if isinstance(stats[k], int)}
+            deltas = {k: stats[k] - self._last_stats[k] for k in stats if isinstance(stats[k], int)}
             self._last_stats = stats
         deltas["scored_rows"] = out.num_rows
         deltas["error_rows"] = out.num_rows - out.column(S.ERROR).null_count

@@ -62,14 +62,18 @@ class ExtractRequest(BaseModel):
 
     text: StrictStr = Field(
         description="Japanese source text (non-empty, at most the configured size, no control "
-                    "characters other than tab/newline, no unpaired surrogates).")
+        "characters other than tab/newline, no unpaired surrogates)."
+    )
     dataset: StrictStr = Field(description="Task name, e.g. SCNM or SCPOS:RW (see GET /v1/tasks).")
     max_new_tokens: StrictInt | None = Field(
-        default=None, ge=1,
-        description="Cap on generated tokens for this text (below the task's own bound).")
+        default=None,
+        ge=1,
+        description="Cap on generated tokens for this text (below the task's own bound).",
+    )
     adapter: StrictStr | None = Field(
         default=None,
-        description="LoRA adapter to answer with (see GET /v1/adapters); absent: the base model.")
+        description="LoRA adapter to answer with (see GET /v1/adapters); absent: the base model.",
+    )
 
 
 class BatchRequest(BaseModel):
@@ -91,9 +95,12 @@ class Item(BaseModel):
     tail_start: int | None = None
     tail_end: int | None = None
     score: float | None = Field(
-        default=None, ge=0.0, le=1.0,
+        default=None,
+        ge=0.0,
+        le=1.0,
         description="The model's confidence in this item: the probability of its tokens (their "
-                    "product) under the format constraint; null when scores are off.")
+        "product) under the format constraint; null when scores are off.",
+    )
 
 
 class ExtractResponse(BaseModel):
@@ -107,8 +114,11 @@ class ExtractResponse(BaseModel):
     dataset: str
     tl_label: str | None
     tl_score: float | None = Field(
-        default=None, ge=0.0, le=1.0,
-        description="The model's confidence in tl_label (as an item's score); null when off.")
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="The model's confidence in tl_label (as an item's score); null when off.",
+    )
     items: list[Item]
     raw_output: str
     error: str | None = None
@@ -140,10 +150,17 @@ def text_problem(text: str) -> str | None:
     if m is None:
         return None
     code = ord(m.group())
-    kind = ("an unpaired surrogate" if 0xD800 <= code <= 0xDFFF
-            else "a NUL character" if code == 0 else "a control character")
-    return (f"text holds {kind} (U+{code:04X}) at character {m.start()}; send Unicode text "
-            "(tab, line feed and carriage return are the only control characters accepted)")
+    kind = (
+        "an unpaired surrogate"
+        if 0xD800 <= code <= 0xDFFF
+        else "a NUL character"
+        if code == 0
+        else "a control character"
+    )
+    return (
+        f"text holds {kind} (U+{code:04X}) at character {m.start()}; send Unicode text "
+        "(tab, line feed and carriage return are the only control characters accepted)"
+    )
 
 
 def _echo(value: str) -> str:
@@ -152,37 +169,49 @@ def _echo(value: str) -> str:
     return ascii(short) if _REFUSED.search(short) else repr(short)
 
 
-def check_request(req: ExtractRequest, registry: TaskRegistry, max_text_chars: int,
-                  where: str = "", adapters: Collection[str] = ()) -> None:
+def check_request(
+    req: ExtractRequest,
+    registry: TaskRegistry,
+    max_text_chars: int,
+    where: str = "",
+    adapters: Collection[str] = (),
+) -> None:
     """Raise :class:`ApiError` when ``req`` cannot be served (``adapters``: the names the service
     holds); ``where`` prefixes the message."""
     if not req.text.strip():
         raise ApiError(422, f"{where}text is empty")
     if len(req.text) > max_text_chars:
-        raise ApiError(413, f"{where}text has {len(req.text)} characters; the limit is "
-                            f"{max_text_chars}")
+        raise ApiError(
+            413, f"{where}text has {len(req.text)} characters; the limit is {max_text_chars}"
+        )
     problem = text_problem(req.text)
     if problem is not None:
         raise ApiError(422, where + problem)
     if req.dataset not in registry:
-        raise ApiError(422, f"{where}unknown dataset {_echo(req.dataset)}; known datasets: "
-                            f"{', '.join(sorted(registry))}")
+        raise ApiError(
+            422,
+            f"{where}unknown dataset {_echo(req.dataset)}; known datasets: "
+            f"{', '.join(sorted(registry))}",
+        )
     if req.adapter is not None and req.adapter not in adapters:
         known = ", ".join(sorted(adapters)) or "none (the service has no adapters)"
-        raise ApiError(422, f"{where}unknown adapter {_echo(req.adapter)}; known adapters: "
-                            f"{known}")
+        raise ApiError(422, f"{where}unknown adapter {_echo(req.adapter)}; known adapters: {known}")
 
 
-def check_batch(batch: BatchRequest, registry: TaskRegistry, max_text_chars: int,
-                max_items: int, adapters: Collection[str] = ()) -> None:
+def check_batch(
+    batch: BatchRequest,
+    registry: TaskRegistry,
+    max_text_chars: int,
+    max_items: int,
+    adapters: Collection[str] = (),
+) -> None:
     """Check every text of a batch; the message names the first bad one by index."""
     if not batch.requests:
         raise ApiError(422, "requests is empty")
     if len(batch.requests) > max_items:
         raise ApiError(413, f"{len(batch.requests)} texts in one batch; the limit is {max_items}")
     for i, req in enumerate(batch.requests):
-        check_request(req, registry, max_text_chars, where=f"requests[{i}]: ",
-                      adapters=adapters)
+        check_request(req, registry, max_text_chars, where=f"requests[{i}]: ", adapters=adapters)
 
 
 def client_error(error: str | None, request_id: str) -> str | None:
@@ -191,16 +220,18 @@ def client_error(error: str | None, request_id: str) -> str | None:
     so internal exception text stays in the service log."""
     if error is None or error.startswith(PUBLIC_ROW_ERRORS):
         return error
-    return (f"generation failed for this text (an internal error; the service log has the "
-            f"details under request id {request_id})")
+    return (
+        f"generation failed for this text (an internal error; the service log has the "
+        f"details under request id {request_id})"
+    )
 
 
-def to_response(row: Mapping, req: ExtractRequest, *, request_id: str, model: str,
-                latency_ms: float) -> ExtractResponse:
+def to_response(
+    row: Mapping, req: ExtractRequest, *, request_id: str, model: str, latency_ms: float
+) -> ExtractResponse:
     """An Extractor output row (prediction, pred_tl_label, pred_items, error, ...) as a response."""
     items = [
-        Item(**{k: it.get(k) for k in Item.model_fields})
-        for it in (row.get(S.PRED_ITEMS) or ())
+        Item(**{k: it.get(k) for k in Item.model_fields}) for it in (row.get(S.PRED_ITEMS) or ())
     ]
     return ExtractResponse(
         request_id=request_id,

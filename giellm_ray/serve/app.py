@@ -53,8 +53,10 @@ def check_model_path(cfg: ServeConfig) -> None:
         raise FileNotFoundError(f"model directory not found: {path}")
 
 
-def build_app(args: ServeConfig | Mapping[str, Any] | None = None,
-              extractor_factory: ExtractorFactory | None = None) -> Application:
+def build_app(
+    args: ServeConfig | Mapping[str, Any] | None = None,
+    extractor_factory: ExtractorFactory | None = None,
+) -> Application:
     """The ingress bound to an autoscaled, dynamically batched model deployment."""
     cfg = args if isinstance(args, ServeConfig) else config_from_args(args)
     check_model_path(cfg)
@@ -62,22 +64,27 @@ def build_app(args: ServeConfig | Mapping[str, Any] | None = None,
     autoscaling = {
         "min_replicas": r.min_replicas,
         "max_replicas": r.max_replicas,
-        "initial_replicas": r.initial_replicas if r.initial_replicas is not None
+        "initial_replicas": r.initial_replicas
+        if r.initial_replicas is not None
         else max(1, r.min_replicas),
         "target_ongoing_requests": r.target_ongoing_requests,
     }
     data = cfg.model_dump(mode="json")
     logging_config = {"log_level": serve_log_level()}  # giellm -q / -v reach the replicas
-    model = model_deployment(cfg.engine).options(
-        ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
-        autoscaling_config=autoscaling,
-        max_ongoing_requests=r.max_ongoing_requests,
-        graceful_shutdown_wait_loop_s=r.graceful_shutdown_wait_loop_s,
-        graceful_shutdown_timeout_s=r.graceful_shutdown_timeout_s,
-        health_check_period_s=r.health_check_period_s,
-        health_check_timeout_s=r.health_check_timeout_s,
-        logging_config=logging_config,
-    ).bind(data, extractor_factory)
+    model = (
+        model_deployment(cfg.engine)
+        .options(
+            ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
+            autoscaling_config=autoscaling,
+            max_ongoing_requests=r.max_ongoing_requests,
+            graceful_shutdown_wait_loop_s=r.graceful_shutdown_wait_loop_s,
+            graceful_shutdown_timeout_s=r.graceful_shutdown_timeout_s,
+            health_check_period_s=r.health_check_period_s,
+            health_check_timeout_s=r.health_check_timeout_s,
+            logging_config=logging_config,
+        )
+        .bind(data, extractor_factory)
+    )
     ingress = ExtractIngress.options(
         num_replicas=cfg.ingress.num_replicas,
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},

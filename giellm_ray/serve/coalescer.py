@@ -66,8 +66,13 @@ class Coalescer:
                     if len(group) == 1:
                         _fail(group[0][1], exc)
                     else:
-                        log.warning("a merged call of %d fragments failed (%s: %s); retrying "
-                                    "each fragment alone", len(group), type(exc).__name__, exc)
+                        log.warning(
+                            "a merged call of %d fragments failed (%s: %s); retrying "
+                            "each fragment alone",
+                            len(group),
+                            type(exc).__name__,
+                            exc,
+                        )
                         for one in group:
                             try:
                                 await self._call([one])
@@ -95,5 +100,5 @@ class Coalescer:
         pos = 0
         for rows, future in group:
             if not future.done():
-                future.set_result(outs[pos:pos + len(rows)])
+                future.set_result(outs[pos : pos + len(rows)])
             pos += len(rows)

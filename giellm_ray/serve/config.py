@@ -172,12 +172,16 @@ class ServeConfig(StrictModel):
         if self.replica.min_replicas > self.replica.max_replicas:
             raise ValueError("replica.min_replicas must not exceed replica.max_replicas")
         if self.replica.max_ongoing_requests < self.batching.max_batch_size:
-            raise ValueError("replica.max_ongoing_requests must be at least "
-                             "batching.max_batch_size, or batches never fill")
+            raise ValueError(
+                "replica.max_ongoing_requests must be at least "
+                "batching.max_batch_size, or batches never fill"
+            )
         tp = self.vllm.tensor_parallel_size
         if self.engine == "vllm" and self.replica.num_gpus and self.replica.num_gpus != tp:
-            raise ValueError(f"replica.num_gpus ({self.replica.num_gpus}) must equal "
-                             f"vllm.tensor_parallel_size ({tp}): one vLLM engine per replica")
+            raise ValueError(
+                f"replica.num_gpus ({self.replica.num_gpus}) must equal "
+                f"vllm.tensor_parallel_size ({tp}): one vLLM engine per replica"
+            )
         return self
 
     @property

@@ -73,13 +73,24 @@ def load_extractor(cfg: ServeConfig):
     """The default factory: the bulk-scoring Extractor of ``cfg.engine`` on this replica."""
     from giellm_ray.generation.build import build_extractor
 
-    return build_extractor(cfg.engine, cfg.model, cfg.generation, cfg.vllm, cfg.registry(),
-                           cfg.constrained, adapters=cfg.adapters)
+    return build_extractor(
+        cfg.engine,
+        cfg.model,
+        cfg.generation,
+        cfg.vllm,
+        cfg.registry(),
+        cfg.constrained,
+        adapters=cfg.adapters,
+    )
 
 
 def _model_row(row: dict) -> dict:
-    return {TEXT: row.get(TEXT), DATASET: row.get(DATASET), MAX_NEW_TOKENS: row.get(MAX_NEW_TOKENS),
-            ADAPTER: row.get(ADAPTER)}
+    return {
+        TEXT: row.get(TEXT),
+        DATASET: row.get(DATASET),
+        MAX_NEW_TOKENS: row.get(MAX_NEW_TOKENS),
+        ADAPTER: row.get(ADAPTER),
+    }
 
 
 class ModelReplica:
@@ -94,17 +105,28 @@ class ModelReplica:
         self.cfg = ServeConfig.model_validate(config)
         started = time.perf_counter()
         self.extractor = (extractor_factory or load_extractor)(self.cfg)
-        self.batch_size = Histogram("giellm_batch_size", boundaries=BATCH_BOUNDS,
-                                    description="Texts per model call (after batching).")
-        self.batch_ms = Histogram("giellm_batch_latency_ms", boundaries=LATENCY_BOUNDS_MS,
-                                  description="Wall time of one model call (generate + parse).")
+        self.batch_size = Histogram(
+            "giellm_batch_size",
+            boundaries=BATCH_BOUNDS,
+            description="Texts per model call (after batching).",
+        )
+        self.batch_ms = Histogram(
+            "giellm_batch_latency_ms",
+            boundaries=LATENCY_BOUNDS_MS,
+            description="Wall time of one model call (generate + parse).",
+        )
         self.tokens = Counter("giellm_generated_tokens", description="Tokens generated.")
-        self.output_errors = Counter("giellm_output_errors",
-                                     description="Texts whose output did not parse or failed.")
+        self.output_errors = Counter(
+            "giellm_output_errors", description="Texts whose output did not parse or failed."
+        )
         self.counts = {"batches": 0, "texts": 0, "largest_batch": 0, "output_errors": 0}
         self._setup()
-        logger.info("model %s loaded in %.1f s (%s)", self.cfg.served_model_name,
-                    time.perf_counter() - started, self.describe())
+        logger.info(
+            "model %s loaded in %.1f s (%s)",
+            self.cfg.served_model_name,
+            time.perf_counter() - started,
+            self.describe(),
+        )
 
     def _setup(self) -> None:
         """Engine-kind specific set-up, after the Extractor is built."""
@@ -115,8 +137,9 @@ class ModelReplica:
 
     call_log_level = logging.INFO
 
-    def _record(self, rows: list[dict], outs: list[dict], seconds: float,
-                batch: int | None = None) -> None:
+    def _record(
+        self, rows: list[dict], outs: list[dict], seconds: float, batch: int | None = None
+    ) -> None:
         batch = len(rows) if batch is None else batch
         self.batch_size.observe(batch)
         self.batch_ms.observe(seconds * 1000.0)
@@ -130,10 +153,13 @@ class ModelReplica:
         self.counts["texts"] += len(rows)
         self.counts["largest_batch"] = max(self.counts["largest_batch"], batch)
         self.counts["output_errors"] += errors
-        logger.log(self.call_log_level,
-                   "model call on %d text(s) (request ids %s) in %.1f ms", len(rows),
-                   ",".join(sorted({r.get("request_id") or "-" for r in rows})[:8]),
-                   seconds * 1000.0)
+        logger.log(
+            self.call_log_level,
+            "model call on %d text(s) (request ids %s) in %.1f ms",
+            len(rows),
+            ",".join(sorted({r.get("request_id") or "-" for r in rows})[:8]),
+            seconds * 1000.0,
+        )
 
     def check_health(self) -> None:
         """Serve's periodic health check: a dead vLLM engine fails it (the replica is replaced)."""
@@ -147,10 +173,13 @@ class ModelReplica:
 
     def stats(self) -> dict:
         """This replica's batching in force and its counters (for tests, benchmarks, operators)."""
-        return {"pid": os.getpid(), "actor_name": ray.get_runtime_context().get_actor_name(),
-                "engine": self.engine_kind,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                **self.counts}
+        return {
+            "pid": os.getpid(),
+            "actor_name": ray.get_runtime_context().get_actor_name(),
+            "engine": self.engine_kind,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            **self.counts,
+        }
 
 
 class BatchedModel(ModelReplica):
@@ -166,8 +195,10 @@ class BatchedModel(ModelReplica):
         quiet_serve_batch_bound_notice()
         self.coalescer = Coalescer(self._run, b.max_batch_size, after=self._record)
         self.extract_batch = serve.batch(
-            max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s,
-            max_concurrent_batches=self.cfg.concurrent_batches)(self._serve_batch)
+            max_batch_size=b.max_batch_size,
+            batch_wait_timeout_s=b.batch_wait_timeout_s,
+            max_concurrent_batches=self.cfg.concurrent_batches,
+        )(self._serve_batch)
 
     def describe(self) -> str:
         b = self.cfg.batching
@@ -178,8 +209,11 @@ class BatchedModel(ModelReplica):
         try:
             return self.extractor.extract([_model_row(r) for r in rows])
         except Exception:  # the Extractor should never raise; if it does, no text pays for another
-            logger.exception("extractor raised on %d text(s) (request ids %s)", len(rows),
-                             ",".join(str(r.get("request_id")) for r in rows[:8]))
+            logger.exception(
+                "extractor raised on %d text(s) (request ids %s)",
+                len(rows),
+                ",".join(str(r.get("request_id")) for r in rows[:8]),
+            )
         if len(rows) == 1:
             return [empty_scored("internal error: the extractor raised (see the replica log)")]
         return [self._run([r])[0] for r in rows]
@@ -192,9 +226,12 @@ class BatchedModel(ModelReplica):
         return await self.extract_batch(row)
 
     def stats(self) -> dict:
-        return {**super().stats(), "max_batch_size": self.extract_batch._get_max_batch_size(),
-                "batch_wait_timeout_s": self.extract_batch._get_batch_wait_timeout_s(),
-                "max_concurrent_batches": self.cfg.concurrent_batches}
+        return {
+            **super().stats(),
+            "max_batch_size": self.extract_batch._get_max_batch_size(),
+            "batch_wait_timeout_s": self.extract_batch._get_batch_wait_timeout_s(),
+            "max_concurrent_batches": self.cfg.concurrent_batches,
+        }
 
 
 class ContinuousModel(ModelReplica):
@@ -241,17 +278,28 @@ class ExtractIngress:
         self.cfg = ServeConfig.model_validate(config)
         self.registry = self.cfg.registry()
         self.model = model
-        self.latency = Histogram("giellm_request_latency_ms", boundaries=LATENCY_BOUNDS_MS,
-                                 description="Extraction latency per HTTP request.",
-                                 tag_keys=("route",))
+        self.latency = Histogram(
+            "giellm_request_latency_ms",
+            boundaries=LATENCY_BOUNDS_MS,
+            description="Extraction latency per HTTP request.",
+            tag_keys=("route",),
+        )
         self.texts = Counter("giellm_texts", description="Texts extracted.", tag_keys=("route",))
-        self.lost_calls = Counter("giellm_lost_model_calls",
-                                  description="Model calls lost with their replica (each one is "
-                                              "retried, or its request answered 503).")
+        self.lost_calls = Counter(
+            "giellm_lost_model_calls",
+            description="Model calls lost with their replica (each one is "
+            "retried, or its request answered 503).",
+        )
 
     def __serve_build_asgi_app__(self):
-        return build_http_app(self.registry, self.cfg.http, self.cfg.served_model_name,
-                              self._extract, self._observe, tuple(self.cfg.adapters))
+        return build_http_app(
+            self.registry,
+            self.cfg.http,
+            self.cfg.served_model_name,
+            self._extract,
+            self._observe,
+            tuple(self.cfg.adapters),
+        )
 
     async def _extract(self, rows: list[dict]) -> list[dict]:
         return list(await asyncio.gather(*(self._call(r) for r in rows)))
@@ -276,10 +324,15 @@ class ExtractIngress:
                 response.cancel()
                 why = f"no replica answered within {ing.retry_timeout_s} s"
             self.lost_calls.inc()
-            logger.warning("request %s: model call %d failed: %s", row.get("request_id"),
-                           attempt + 1, why)
-        raise ApiError(503, "no model replica could answer (one was lost and no other was ready "
-                            "in time); retry later", retry_after_s=ing.retry_after_s)
+            logger.warning(
+                "request %s: model call %d failed: %s", row.get("request_id"), attempt + 1, why
+            )
+        raise ApiError(
+            503,
+            "no model replica could answer (one was lost and no other was ready "
+            "in time); retry later",
+            retry_after_s=ing.retry_after_s,
+        )
 
     def _observe(self, route: str, latency_ms: float, n_texts: int) -> None:
         self.latency.observe(latency_ms, tags={"route": route})

@@ -32,7 +32,11 @@ def start_service(cfg: ServeConfig, extractor_factory=None) -> str:
     app = build_app(cfg, extractor_factory)  # fails fast on a bad model path, before Ray starts
     connect_ray()
     http = cfg.http
-    options = {"host": http.host, "port": http.port, "keep_alive_timeout_s": http.keep_alive_timeout_s}
+    options = {
+        "host": http.host,
+        "port": http.port,
+        "keep_alive_timeout_s": http.keep_alive_timeout_s,
+    }
     if http.request_timeout_s is not None:
         options["request_timeout_s"] = http.request_timeout_s
     serve.start(http_options=options)
@@ -50,8 +54,9 @@ def stop_service(cfg: ServeConfig) -> None:
         serve.shutdown()
 
 
-def serve_forever(cfg: ServeConfig, extractor_factory=None,
-                  stop: threading.Event | None = None) -> int:
+def serve_forever(
+    cfg: ServeConfig, extractor_factory=None, stop: threading.Event | None = None
+) -> int:
     """Serve until SIGINT/SIGTERM (or ``stop`` is set); returns the exit code."""
     stop = stop or threading.Event()
     previous = {}
@@ -59,15 +64,19 @@ def serve_forever(cfg: ServeConfig, extractor_factory=None,
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        log.info("resolved config:\n%s", yaml.safe_dump(cfg.model_dump(mode="json"),
-                                                        allow_unicode=True, sort_keys=False))
+        log.info(
+            "resolved config:\n%s",
+            yaml.safe_dump(cfg.model_dump(mode="json"), allow_unicode=True, sort_keys=False),
+        )
         if cfg.replica.min_replicas < 2:
-            log.warning("replica.min_replicas=%d: if the model replica dies, the service answers "
-                        "nothing but 503s (or waits) until a new one has loaded the model; "
-                        "production wants 2 or more", cfg.replica.min_replicas)
+            log.warning(
+                "replica.min_replicas=%d: if the model replica dies, the service answers "
+                "nothing but 503s (or waits) until a new one has loaded the model; "
+                "production wants 2 or more",
+                cfg.replica.min_replicas,
+            )
         url = start_service(cfg, extractor_factory)
-        log.info("giellm serve: listening on %s (docs: %s/docs); Ctrl-C or SIGTERM stops",
-                 url, url)
+        log.info("giellm serve: listening on %s (docs: %s/docs); Ctrl-C or SIGTERM stops", url, url)
         while not stop.wait(1.0):
             pass
         started = time.perf_counter()

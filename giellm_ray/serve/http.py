@@ -129,8 +129,10 @@ def _validation_detail(exc: RequestValidationError) -> tuple[int, str]:
     errors = exc.errors()
     if any(e.get("type") in ("json_invalid", "json_type") for e in errors):
         return 400, "malformed JSON body: " + "; ".join(str(e.get("msg")) for e in errors)
-    parts = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: "
-             f"{e.get('msg')}" for e in errors]
+    parts = [
+        f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
+        for e in errors
+    ]
     return 422, "invalid request: " + "; ".join(parts)
 
 
@@ -142,16 +144,20 @@ def _add_error_handlers(app: FastAPI) -> None:
         rid = request_id_of(request)
         logger.info("request %s refused %d: %s", rid, exc.status, exc.detail)
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
-        return JSONResponse({"detail": exc.detail, "request_id": rid}, status_code=exc.status,
-                            headers=headers)
+        return JSONResponse(
+            {"detail": exc.detail, "request_id": rid}, status_code=exc.status, headers=headers
+        )
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # FastAPI's own refusals (e.g. a body that is not UTF-8), in the same shape as ours.
         rid = request_id_of(request)
         logger.info("request %s refused %d: %s", rid, exc.status_code, exc.detail)
-        return JSONResponse({"detail": str(exc.detail), "request_id": rid},
-                            status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            {"detail": str(exc.detail), "request_id": rid},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -187,12 +193,14 @@ def _add_pages(app: FastAPI) -> None:
     async def docs(request: Request) -> HTMLResponse:
         base = root(request)
         return get_swagger_ui_html(
-            openapi_url=base + app.openapi_url, title=f"{app.title} - Swagger UI",
+            openapi_url=base + app.openapi_url,
+            title=f"{app.title} - Swagger UI",
             oauth2_redirect_url=base + "/docs/oauth2-redirect",
             swagger_js_url=base + "/static/swagger/swagger-ui-bundle.js",
             swagger_css_url=base + "/static/swagger/swagger-ui.css",
             swagger_favicon_url=base + "/static/swagger/favicon.png",
-            swagger_ui_parameters={"validatorUrl": None})  # no call to the online validator
+            swagger_ui_parameters={"validatorUrl": None},
+        )  # no call to the online validator
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def oauth2_redirect() -> HTMLResponse:
@@ -201,46 +209,78 @@ def _add_pages(app: FastAPI) -> None:
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         base = root(request)
-        return get_redoc_html(openapi_url=base + app.openapi_url, title=f"{app.title} - ReDoc",
-                              redoc_js_url=base + "/static/swagger/redoc.standalone.js",
-                              redoc_favicon_url=base + "/static/swagger/favicon.png",
-                              with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url=base + app.openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=base + "/static/swagger/redoc.standalone.js",
+            redoc_favicon_url=base + "/static/swagger/favicon.png",
+            with_google_fonts=False,
+        )
 
 
-def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
-                   extract: ExtractFn, observe: ObserveFn | None = None,
-                   adapters: Collection[str] = ()) -> FastAPI:
+def build_http_app(
+    registry: TaskRegistry,
+    http: HTTPConfig,
+    model_name: str,
+    extract: ExtractFn,
+    observe: ObserveFn | None = None,
+    adapters: Collection[str] = (),
+) -> FastAPI:
     """The FastAPI app; ``observe(route, latency_ms, n_texts)`` is called after each extraction;
     ``adapters``: the LoRA adapter names a request may pick (``GET /v1/adapters``)."""
-    app = FastAPI(title="GIELLM extraction", version="1",
-                  description="Japanese general information extraction (GIELLM) on Ray Serve.",
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="GIELLM extraction",
+        version="1",
+        description="Japanese general information extraction (GIELLM) on Ray Serve.",
+        docs_url=None,
+        redoc_url=None,
+    )
     app.add_middleware(BodyLimitMiddleware, limit=http.max_body_bytes)
     _add_error_handlers(app)
     _add_pages(app)
 
     async def run(reqs: list[ExtractRequest], rid: str, route: str) -> tuple[list, float]:
         start = time.perf_counter()
-        rows = [{S.TEXT: r.text, S.DATASET: r.dataset, S.MAX_NEW_TOKENS: r.max_new_tokens,
-                 S.ADAPTER: r.adapter, "request_id": rid} for r in reqs]
+        rows = [
+            {
+                S.TEXT: r.text,
+                S.DATASET: r.dataset,
+                S.MAX_NEW_TOKENS: r.max_new_tokens,
+                S.ADAPTER: r.adapter,
+                "request_id": rid,
+            }
+            for r in reqs
+        ]
         try:
             outs = await extract(rows)
         except ApiError:
             raise
         except Exception as exc:  # never a bare 500 carrying exception text
             logger.exception("request %s %s failed", rid, route)
-            raise ApiError(500, f"internal error; the service log has the details under request "
-                                f"id {rid}") from exc
+            raise ApiError(
+                500, f"internal error; the service log has the details under request id {rid}"
+            ) from exc
         latency_ms = (time.perf_counter() - start) * 1000.0
         if observe is not None:
             observe(route, latency_ms, len(reqs))
         for k, o in enumerate(outs):
             if client_error(o.get(S.ERROR), rid) != o.get(S.ERROR):
-                logger.error("request %s %s: text %d failed inside the model: %s", rid, route, k,
-                             o.get(S.ERROR))
+                logger.error(
+                    "request %s %s: text %d failed inside the model: %s",
+                    rid,
+                    route,
+                    k,
+                    o.get(S.ERROR),
+                )
         errors = sum(1 for o in outs if o.get(S.ERROR))
-        logger.info("request %s %s: %d text(s), %d with output errors, %.1f ms", rid, route,
-                    len(reqs), errors, latency_ms)
+        logger.info(
+            "request %s %s: %d text(s), %d with output errors, %.1f ms",
+            rid,
+            route,
+            len(reqs),
+            errors,
+            latency_ms,
+        )
         return outs, latency_ms
 
     @app.post("/v1/extract", response_model=ExtractResponse, responses=ERRORS)
@@ -257,10 +297,13 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
         rid = request_id_of(request)
         check_batch(batch, registry, http.max_text_chars, http.max_batch_items, adapters)
         outs, latency_ms = await run(batch.requests, rid, "/v1/extract/batch")
-        results = [to_response(o, r, request_id=rid, model=model_name, latency_ms=latency_ms)
-                   for o, r in zip(outs, batch.requests, strict=True)]
-        return BatchResponse(request_id=rid, results=results, model=model_name,
-                             latency_ms=round(latency_ms, 3))
+        results = [
+            to_response(o, r, request_id=rid, model=model_name, latency_ms=latency_ms)
+            for o, r in zip(outs, batch.requests, strict=True)
+        ]
+        return BatchResponse(
+            request_id=rid, results=results, model=model_name, latency_ms=round(latency_ms, 3)
+        )
 
     @app.get("/v1/tasks")
     async def tasks() -> dict:
@@ -278,4 +321,3 @@ def build_http_app(registry: TaskRegistry, http: HTTPConfig, model_name: str,
         return {"status": "ok", "model": model_name}
 
     return app
-

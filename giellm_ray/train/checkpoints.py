@@ -81,8 +81,11 @@ def is_complete(fs: pafs.FileSystem, ckpt_path: str) -> dict | None:
 def checkpoint_dirs(fs: pafs.FileSystem, run_path: str) -> list[str]:
     """The ``checkpoint_*`` directories of a run, oldest name first."""
     infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.Directory
-                  and posixpath.basename(i.path).startswith(CKPT_PREFIX))
+    return sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith(CKPT_PREFIX)
+    )
 
 
 def newest(candidates: list[tuple[str, dict]]) -> tuple[str, dict] | None:
@@ -116,7 +119,7 @@ def remove_orphans(fs: pafs.FileSystem, run_path: str, keep: set[str]) -> list[s
 
 def _normalized(path: str) -> str:
     if io.is_s3(path):
-        return "s3://" + posixpath.normpath(path[len("s3://"):].replace("//", "/"))
+        return "s3://" + posixpath.normpath(path[len("s3://") :].replace("//", "/"))
     return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
 
 
@@ -131,7 +134,8 @@ def check_trusted(resume_from: str, storage_path: str, trust: bool) -> None:
         f"resume_from {resume_from} is outside this run's storage ({storage_path}). Resuming "
         "unpickles the checkpoint (DeepSpeed's torch.load(weights_only=False)), which runs any "
         "code it carries: a checkpoint is code. If you trust whoever wrote it, set "
-        "trust_checkpoint: true (--set trust_checkpoint=true).")
+        "trust_checkpoint: true (--set trust_checkpoint=true)."
+    )
 
 
 def staging_root(setting: str) -> str:
@@ -166,8 +170,14 @@ def rank_files(names: list[str], rank: int) -> tuple[list[str], list[str]]:
 def _download(fs: pafs.FileSystem, src: str, dest: str) -> None:
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     tmp = f"{dest}.part-{os.getpid()}"
-    pafs.copy_files(src, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(),
-                    chunk_size=_CHUNK, use_threads=True)
+    pafs.copy_files(
+        src,
+        tmp,
+        source_filesystem=fs,
+        destination_filesystem=pafs.LocalFileSystem(),
+        chunk_size=_CHUNK,
+        use_threads=True,
+    )
     os.replace(tmp, dest)
 
 
@@ -178,7 +188,7 @@ def stage_for_rank(fs: pafs.FileSystem, ckpt_path: str, dest: str, rank: int) ->
     leaves ``.shared-done``; the others find it. Each rank fetches only its own shard.
     """
     infos = fs.get_file_info(pafs.FileSelector(ckpt_path, recursive=True))
-    names = [i.path[len(ckpt_path):].lstrip("/") for i in infos if i.type == pafs.FileType.File]
+    names = [i.path[len(ckpt_path) :].lstrip("/") for i in infos if i.type == pafs.FileType.File]
     shared, own = rank_files(names, rank)
     os.makedirs(dest, exist_ok=True)
     with open(os.path.join(dest, ".shared.lock"), "w") as lock:

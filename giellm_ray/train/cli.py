@@ -17,8 +17,9 @@ def run(config_path: str | None, overrides: list[str], model: str | None = None)
     from giellm_ray.deps import require
     from giellm_ray.train.config import TrainConfig
 
-    cfg = load_config(TrainConfig, config_path,
-                      [*overrides, *flag_overrides([("model.name_or_path", model)])])
+    cfg = load_config(
+        TrainConfig, config_path, [*overrides, *flag_overrides([("model.name_or_path", model)])]
+    )
     require("train")  # before Ray starts: a missing DeepSpeed is one line, not N worker crashes
     from giellm_ray.train.driver import run_training
 
@@ -35,10 +36,17 @@ def handle(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="YAML TrainConfig (jobs/configs/train/*.yaml)")
-    p.add_argument("--model", default=None,
-                   help="base model dir, s3:// prefix, hub id or `tiny` (model.name_or_path)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lr=2e-5 (repeatable)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="base model dir, s3:// prefix, hub id or `tiny` (model.name_or_path)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set lr=2e-5 (repeatable)",
+    )
 
 
 def register(subparsers) -> None:

@@ -54,7 +54,8 @@ def collective_device(preferred):
     raise ValueError(
         f"the process group (backend {dist.get_backend()!r}) serves {sorted(served)} tensors, not "
         f"this worker's device {preferred}; put the worker on a served device (use_gpu with "
-        "NCCL, CPU with gloo)")
+        "NCCL, CPU with gloo)"
+    )
 
 
 def reduce_values(values: Sequence[float], op: str = "sum", device: Any = "cpu") -> list[float]:
@@ -68,11 +69,13 @@ def reduce_values(values: Sequence[float], op: str = "sum", device: Any = "cpu")
 
     if op not in OPS:
         raise ValueError(f"unknown reduce op {op!r}; one of {OPS}")
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64,
-                     device=collective_device(device))
+    t = torch.tensor(
+        [float(v) for v in values], dtype=torch.float64, device=collective_device(device)
+    )
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN,
-                               "max": dist.ReduceOp.MAX}[op])
+        dist.all_reduce(
+            t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op]
+        )
     return t.tolist()
 
 

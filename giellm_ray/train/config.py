@@ -140,8 +140,13 @@ class TrainConfig(StrictModel):
     """End-of-epoch evaluation."""
     run_name: str = "giellm-sft"
     """Run directory name under ``storage_path``; checkpoints and the export go there."""
-    storage_path: str = Field(default_factory=lambda: os.environ["GIELLM_STORAGE"].rstrip("/")
-                              + "/runs" if os.environ.get("GIELLM_STORAGE") else "./runs")
+    storage_path: str = Field(
+        default_factory=lambda: (
+            os.environ["GIELLM_STORAGE"].rstrip("/") + "/runs"
+            if os.environ.get("GIELLM_STORAGE")
+            else "./runs"
+        )
+    )
     """Where checkpoints and the exported model go: a local path or ``s3://bucket/prefix``.
     Default: ``$GIELLM_STORAGE/runs`` when ``GIELLM_STORAGE`` is set (``cluster.yaml`` sets it on
     every node to the root of a cluster's outputs: ``runs/``, scored Parquet, reports), else
@@ -223,11 +228,15 @@ class TrainConfig(StrictModel):
     def _qlora_needs_cuda(self):
         if self.lora is not None and self.lora.quantize == "4bit":
             if not self.use_gpu:
-                raise ValueError("lora.quantize: 4bit (QLoRA) needs CUDA: set use_gpu: true "
-                                 "(bitsandbytes has no 4-bit training on CPU)")
+                raise ValueError(
+                    "lora.quantize: 4bit (QLoRA) needs CUDA: set use_gpu: true "
+                    "(bitsandbytes has no 4-bit training on CPU)"
+                )
             if self.zero_stage == 3:
-                raise ValueError("lora.quantize: 4bit runs at zero_stage 2 (a 4-bit base is not "
-                                 "partitioned by ZeRO-3 here)")
+                raise ValueError(
+                    "lora.quantize: 4bit runs at zero_stage 2 (a 4-bit base is not "
+                    "partitioned by ZeRO-3 here)"
+                )
         if self.export.merge and self.lora is None:
             raise ValueError("export.merge merges a LoRA adapter: it needs lora")
         return self
@@ -255,8 +264,9 @@ class WorkerConfig(StrictModel):
     """What the driver hands every training worker (``train_loop_config["worker"]``): the run's
     config plus what the driver resolved for it. One typed object, pickled by Ray as it is."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True,
-                              arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, arbitrary_types_allowed=True
+    )
 
     train: TrainConfig
     """The run's config."""

@@ -46,8 +46,12 @@ def optimizer_section(cfg: TrainConfig, fused_adam: bool = True) -> dict:
     GPU it builds FusedAdam when ``fused_adam`` (it can be loaded or built), else torch's fused
     AdamW through ``torch_adam`` (see the module docstring for the cost).
     """
-    params: dict = {"lr": cfg.lr, "betas": list(ADAM_BETAS), "eps": ADAM_EPS,
-                    "weight_decay": cfg.weight_decay}
+    params: dict = {
+        "lr": cfg.lr,
+        "betas": list(ADAM_BETAS),
+        "eps": ADAM_EPS,
+        "weight_decay": cfg.weight_decay,
+    }
     if not cfg.cpu_offload and not fused_adam:
         # DeepSpeed pops torch_adam and passes the other keys to torch.optim.AdamW.
         params.update(torch_adam=True, fused=True)
@@ -64,22 +68,46 @@ def build_scheduler(cfg: TrainConfig, total_steps: int) -> dict:
     # DeepSpeed's schedulers refuse 0 warmup steps (warmup_ratio: 0): one is the least.
     warm = max(1, min(warmup_steps(cfg, total), total))
     if cfg.scheduler == "warmup_decay":
-        return {"type": "WarmupDecayLR", "params": {
-            "total_num_steps": total, "warmup_num_steps": warm, "warmup_min_lr": 0.0,
-            "warmup_max_lr": cfg.lr, "warmup_type": "linear"}}
+        return {
+            "type": "WarmupDecayLR",
+            "params": {
+                "total_num_steps": total,
+                "warmup_num_steps": warm,
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": cfg.lr,
+                "warmup_type": "linear",
+            },
+        }
     if cfg.scheduler == "warmup_cosine":
-        return {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": total, "warmup_num_steps": warm, "warmup_min_ratio": 0.0,
-            "cos_min_ratio": 0.0, "warmup_type": "linear"}}
-    return {"type": "WarmupLR", "params": {
-        "warmup_num_steps": warm, "warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr,
-        "warmup_type": "linear"}}
+        return {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": total,
+                "warmup_num_steps": warm,
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": 0.0,
+                "warmup_type": "linear",
+            },
+        }
+    return {
+        "type": "WarmupLR",
+        "params": {
+            "warmup_num_steps": warm,
+            "warmup_min_lr": 0.0,
+            "warmup_max_lr": cfg.lr,
+            "warmup_type": "linear",
+        },
+    }
 
 
 def build_zero(cfg: TrainConfig) -> dict:
     """The ``zero_optimization`` section."""
-    zero: dict = {"stage": cfg.zero_stage, "overlap_comm": cfg.use_gpu,
-                  "contiguous_gradients": True, "reduce_bucket_size": 5e7}
+    zero: dict = {
+        "stage": cfg.zero_stage,
+        "overlap_comm": cfg.use_gpu,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 5e7,
+    }
     if cfg.cpu_offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
     if cfg.zero_stage == 3:
@@ -95,8 +123,9 @@ def build_zero(cfg: TrainConfig) -> dict:
     return zero
 
 
-def build_ds_config(cfg: TrainConfig, total_steps: int, world_size: int,
-                    fused_adam: bool = True) -> dict:
+def build_ds_config(
+    cfg: TrainConfig, total_steps: int, world_size: int, fused_adam: bool = True
+) -> dict:
     """The full DeepSpeed config dict for ``total_steps`` optimizer steps on ``world_size``;
     ``fused_adam``: whether DeepSpeed's FusedAdam can be had (:func:`optimizer_section`)."""
     precision = cfg.resolved_precision()

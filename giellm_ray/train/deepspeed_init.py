@@ -75,8 +75,11 @@ def load_model(cfg: TrainConfig, path: str, ds_config: dict):
         except Exception as exc:  # PackageNotFoundError for accelerate
             log.warning("[train] loading unpartitioned (zero.Init unavailable: %s)", exc)
     dtype = resolve_dtype("bfloat16" if cfg.resolved_precision() == "bf16" else "float32")
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code,
-                    "revision": cfg.model.revision}
+    kwargs: dict = {
+        "dtype": dtype,
+        "trust_remote_code": cfg.model.trust_remote_code,
+        "revision": cfg.model.revision,
+    }
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     from giellm_ray.train.lora import apply_lora, quantization_config
@@ -106,9 +109,11 @@ def build_ds_engine(cfg: TrainConfig, model_path: str, ds_config: dict):
     optimizer = None
     if not uses_ds_optimizer(cfg):
         trainable = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, betas=ADAM_BETAS,
-                                      eps=ADAM_EPS, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=cfg.weight_decay
+        )
     params = None if optimizer else [p for p in model.parameters() if p.requires_grad]
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config,
-                                           model_parameters=params)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=ds_config, model_parameters=params
+    )
     return engine, keep

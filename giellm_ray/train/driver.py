@@ -72,8 +72,9 @@ def prepare_base_model(cfg: TrainConfig) -> str:
     from giellm_ray.model.tiny import build_tiny_from_corpus
 
     dest = io.join(io.absolute(cfg.run_dir()), "base-model")
-    return build_tiny_from_corpus(dest, list(filter(None, [cfg.data.train, cfg.data.eval])),
-                                  cfg.tiny)
+    return build_tiny_from_corpus(
+        dest, list(filter(None, [cfg.data.train, cfg.data.eval])), cfg.tiny
+    )
 
 
 def storage_filesystem(path: str):
@@ -92,8 +93,10 @@ def resume_checkpoint(cfg: TrainConfig):
     check_trusted(io.absolute(cfg.resume_from), io.absolute(cfg.storage_path), cfg.trust_checkpoint)
     fs, path = storage_filesystem(cfg.resume_from)
     if read_state(fs, path) is None:
-        raise ValueError(f"resume_from {cfg.resume_from} is not a training checkpoint "
-                         "(no readable train_state.json)")
+        raise ValueError(
+            f"resume_from {cfg.resume_from} is not a training checkpoint "
+            "(no readable train_state.json)"
+        )
     return ray.train.Checkpoint(path, filesystem=fs)
 
 
@@ -112,28 +115,39 @@ def build_trainer(cfg: TrainConfig, model_path: str, resume=None):
         eval_rows = datasets["eval"].count()
     metrics_on = cfg.generation_eval(eval_rows)
     if eval_rows and cfg.zero_stage == 3 and not metrics_on:
-        log.info("eval: loss only at ZeRO-3 (generation would all-gather the model every token); "
-                 "for the metrics run `giellm score` on the export")
+        log.info(
+            "eval: loss only at ZeRO-3 (generation would all-gather the model every token); "
+            "for the metrics run `giellm score` on the export"
+        )
     max_rows = cfg.eval.max_rows or eval_rows
     storage_fs, storage = storage_filesystem(cfg.storage_path)
     from giellm_ray.formats import TaskRegistry
 
     worker = WorkerConfig(
-        train=cfg, model_path=model_path,
-        export_dir=io.join(io.absolute(cfg.run_dir()), "export"), resume_from=resume,
-        has_eval=bool(eval_rows), eval_metrics=metrics_on,
+        train=cfg,
+        model_path=model_path,
+        export_dir=io.join(io.absolute(cfg.run_dir()), "export"),
+        resume_from=resume,
+        has_eval=bool(eval_rows),
+        eval_metrics=metrics_on,
         eval_max_rows_per_rank=math.ceil(max_rows / cfg.num_workers) if eval_rows else 0,
-        tasks=TaskRegistry.load(cfg.tasks).to_dict() if cfg.tasks else None)
+        tasks=TaskRegistry.load(cfg.tasks).to_dict() if cfg.tasks else None,
+    )
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"worker": worker},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-            resources_per_worker=dict(cfg.resources_per_worker) or None),
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=dict(cfg.resources_per_worker) or None,
+        ),
         run_config=ray.train.RunConfig(
-            name=cfg.run_name, storage_path=storage, storage_filesystem=storage_fs,
+            name=cfg.run_name,
+            storage_path=storage,
+            storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
@@ -142,8 +156,9 @@ def build_trainer(cfg: TrainConfig, model_path: str, resume=None):
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Train, export, write the resolved config beside the export; raise if the run failed."""
     if not cfg.data.train:
-        raise ValueError("data.train is required (a Parquet file or directory; "
-                         "e.g. --set data.train=PATH)")
+        raise ValueError(
+            "data.train is required (a Parquet file or directory; e.g. --set data.train=PATH)"
+        )
     resume = resume_checkpoint(cfg)  # before any work: an untrusted checkpoint is refused
     model_path = prepare_base_model(cfg)
     connect_ray()  # after every check that needs no Ray (as run_score, start_service, run_mre)
@@ -153,8 +168,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     fs, _ = storage_filesystem(cfg.storage_path)
     kept = {c.path for c, _ in result.best_checkpoints or []}
     for path in remove_orphans(fs, result.path, kept):
-        log.info("removed checkpoint %s: not in Ray's record (a worker died before reporting "
-                 "it) or superseded", path)
+        log.info(
+            "removed checkpoint %s: not in Ray's record (a worker died before reporting "
+            "it) or superseded",
+            path,
+        )
     export_dir = None
     if cfg.export.enabled:
         export_dir = io.join(io.absolute(cfg.run_dir()), "export")
@@ -164,10 +182,14 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         if result.metrics and result.metrics.get("eval_counts"):
             from giellm_ray.metrics import write_report
 
-            write_report(json.loads(result.metrics["eval_counts"]), io.join(export_dir, "eval"),
-                         title=f"{cfg.run_name}: end-of-training evaluation")
+            write_report(
+                json.loads(result.metrics["eval_counts"]),
+                io.join(export_dir, "eval"),
+                title=f"{cfg.run_name}: end-of-training evaluation",
+            )
     checkpoint = None
     if result.checkpoint is not None:
         checkpoint = uri(result.checkpoint.filesystem, result.checkpoint.path)
-    return TrainResult(export_dir=export_dir, checkpoint=checkpoint,
-                       metrics=dict(result.metrics or {}))
+    return TrainResult(
+        export_dir=export_dir, checkpoint=checkpoint, metrics=dict(result.metrics or {})
+    )

@@ -52,8 +52,9 @@ def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[flo
     """
     import torch
 
-    examples, _ = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
-                                 cfg.data.max_length, cfg.data.overlong)
+    examples, _ = build_examples(
+        ((r[PROMPT], r[TARGET]) for r in rows), tokenizer, cfg.data.max_length, cfg.data.overlong
+    )
     bs = cfg.eval.batch_size
     num = int(reduce_values([math.ceil(len(examples) / bs)], "max", device)[0])
     pool = examples or [_dummy_example(tokenizer)]
@@ -62,14 +63,19 @@ def eval_loss(engine, rows: Sequence[dict], tokenizer, cfg, device) -> tuple[flo
     with torch.no_grad():
         for idx, real in _padded_batches(len(examples), bs, num):
             batch_examples = [pool[i] for i in idx] or pool[:1]
-            batch = {k: v.to(device) for k, v in
-                     collate(batch_examples, tokenizer.pad_token_id).items()}
-            logits = engine(input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"]).logits.float()
+            batch = {
+                k: v.to(device) for k, v in collate(batch_examples, tokenizer.pad_token_id).items()
+            }
+            logits = engine(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
             labels = batch["labels"][:, 1:]
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), labels.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum")
+                logits[:, :-1].reshape(-1, logits.size(-1)),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
             if real:
                 total[0] += loss.item()
                 total[1] += (labels != IGNORE_INDEX).sum().item()
@@ -85,14 +91,29 @@ def training_extractor(model, tokenizer, registry, cfg):
     from giellm_ray.generation.build import hf_extractor
     from giellm_ray.generation.config import GenerationConfig
 
-    gen_cfg = GenerationConfig(batch_size=cfg.eval.batch_size,
-                               max_new_tokens=cfg.eval.max_new_tokens)
-    return hf_extractor(cfg.model, gen_cfg, registry, constrained=cfg.eval.constrained,
-                        model=model, tokenizer=tokenizer)
+    gen_cfg = GenerationConfig(
+        batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens
+    )
+    return hf_extractor(
+        cfg.model,
+        gen_cfg,
+        registry,
+        constrained=cfg.eval.constrained,
+        model=model,
+        tokenizer=tokenizer,
+    )
 
 
-def greedy_generate(model, tokenizer, rows: Sequence[dict], cfg, num_batches: int, synced: bool,
-                    device, registry=DEFAULT_REGISTRY) -> list[str | None]:
+def greedy_generate(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    cfg,
+    num_batches: int,
+    synced: bool,
+    device,
+    registry=DEFAULT_REGISTRY,
+) -> list[str | None]:
     """Greedy answers for ``rows`` (``prompt``, ``dataset``; ``text`` when constrained).
 
     Without ZeRO-3 this is :func:`training_extractor` (a row it cannot generate, e.g. an
@@ -113,17 +134,24 @@ def greedy_generate(model, tokenizer, rows: Sequence[dict], cfg, num_batches: in
         batch = [prompts[i] for i in idx] or [""]
         enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
         with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=cfg.eval.max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, synced_gpus=synced,
-                                 use_cache=True)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                synced_gpus=synced,
+                use_cache=True,
+            )
         if real:
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:],
-                                          skip_special_tokens=True)
+            out += tokenizer.batch_decode(
+                gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+            )
     return out
 
 
-def eval_metrics(engine, rows: Sequence[dict], tokenizer, cfg, device, synced: bool,
-                 registry=DEFAULT_REGISTRY) -> dict | None:
+def eval_metrics(
+    engine, rows: Sequence[dict], tokenizer, cfg, device, synced: bool, registry=DEFAULT_REGISTRY
+) -> dict | None:
     """Merged metric counts on rank 0 (``None`` on other ranks); ``registry``: the run's tasks."""
     import torch.distributed as dist
 

@@ -50,12 +50,19 @@ def upload_dir(local: str, dest: str) -> None:
     fs.create_dir(path, recursive=True)
     # use_threads=False: pyarrow's threaded S3 *uploads* are unsafe (apache/arrow#32372); the S3
     # output stream still sends multipart parts in the background.
-    pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs, use_threads=False, chunk_size=_CHUNK)
+    pafs.copy_files(
+        local,
+        path,
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=fs,
+        use_threads=False,
+        chunk_size=_CHUNK,
+    )
 
 
-def export_hf(engine, tokenizer, dest: str, zero_stage: int, rank: int,
-              staging: str | None = None) -> str | None:
+def export_hf(
+    engine, tokenizer, dest: str, zero_stage: int, rank: int, staging: str | None = None
+) -> str | None:
     """Write the trained model + tokenizer to ``dest``; returns ``dest`` on rank 0."""
     state = gather_state(engine, zero_stage, rank)
     if rank != 0:
@@ -66,8 +73,9 @@ def export_hf(engine, tokenizer, dest: str, zero_stage: int, rank: int,
     return dest
 
 
-def export_lora(engine, tokenizer, dest: str, cfg, base_path: str, rank: int,
-                staging: str | None = None) -> str | None:
+def export_lora(
+    engine, tokenizer, dest: str, cfg, base_path: str, rank: int, staging: str | None = None
+) -> str | None:
     """A LoRA run's export (every rank calls it; rank 0 writes): ``dest/adapter`` and, with
     ``export.merge``, ``dest/merged`` (see :mod:`giellm_ray.train.lora`); returns ``dest`` on
     rank 0."""

@@ -110,11 +110,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
     state = restore(engine, resume, run.rank, run.world, run.local_rank, run.cfg, run.staging)
     progress = Progress()
     if state:
-        progress.epoch, progress.batch, progress.step = state["epoch"], state["batch"], state["step"]
+        progress.epoch, progress.batch, progress.step = (
+            state["epoch"],
+            state["batch"],
+            state["step"],
+        )
         progress.first_loss, progress.resumed_from = state.get("first_loss"), progress.step
         if run.rank == 0:
-            log.info("[train] resumed at epoch %d batch %d step %d", progress.epoch,
-                     progress.batch, progress.step)
+            log.info(
+                "[train] resumed at epoch %d batch %d step %d",
+                progress.epoch,
+                progress.batch,
+                progress.step,
+            )
     fit(engine, run, progress)
     finish(engine, run, progress)
 
@@ -139,30 +147,51 @@ def setup(config: WorkerConfig) -> Run:
     tokenizer = load_tokenizer(cfg.model.model_copy(update={"name_or_path": config.model_path}))
 
     rows = read_shard("train", [PROMPT, TARGET])
-    examples, stats = build_examples(((r[PROMPT], r[TARGET]) for r in rows), tokenizer,
-                                     cfg.data.max_length, cfg.data.overlong)
+    examples, stats = build_examples(
+        ((r[PROMPT], r[TARGET]) for r in rows), tokenizer, cfg.data.max_length, cfg.data.overlong
+    )
     summed = reduce_values([float(v) for v in stats.as_dict().values()], "sum", device)
     data_stats = dict(zip(stats.as_dict(), (int(v) for v in summed), strict=True))
     bs, ga = cfg.per_device_batch_size, cfg.grad_accum
     # Every rank must take the same number of steps: the shortest shard sets the epoch length.
     n_batches = int(reduce_values([len(examples) // bs], "min", device)[0]) // ga * ga
     if n_batches == 0:
-        raise ValueError(f"not enough training examples for batch {bs} x accumulation {ga} "
-                         f"on {world} workers: {data_stats}")
+        raise ValueError(
+            f"not enough training examples for batch {bs} x accumulation {ga} "
+            f"on {world} workers: {data_stats}"
+        )
     total_steps = total_optimizer_steps(n_batches, ga, cfg.epochs)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     if rank == 0:
-        log.info("[train] data %s; %d batches/epoch/worker, %d optimizer steps", data_stats,
-                 n_batches, total_steps)
+        log.info(
+            "[train] data %s; %d batches/epoch/worker, %d optimizer steps",
+            data_stats,
+            n_batches,
+            total_steps,
+        )
     eval_rows: list[dict] = []
     if config.has_eval:
         columns = [PROMPT, TARGET, DATASET] + ([TEXT] if cfg.eval.constrained else [])
         eval_rows = read_shard("eval", columns)[rank::world]
     ds_config = build_ds_config(cfg, total_steps, world, _fused_adam(cfg))
-    return Run(cfg, config, rank, world, local_rank, device, tokenizer, examples, data_stats,
-               n_batches, total_steps, ds_config, eval_rows, staging,
-               Checkpointer(cfg, rank, world, staging))
+    return Run(
+        cfg,
+        config,
+        rank,
+        world,
+        local_rank,
+        device,
+        tokenizer,
+        examples,
+        data_stats,
+        n_batches,
+        total_steps,
+        ds_config,
+        eval_rows,
+        staging,
+        Checkpointer(cfg, rank, world, staging),
+    )
 
 
 def _fused_adam(cfg: TrainConfig) -> bool:
@@ -197,8 +226,12 @@ def train_epoch(engine, run: Run, p: Progress, epoch: int, first: int) -> bool:
 
     cfg = run.cfg
     grouping = {} if cfg.data.group_by_length else {"group_factor": 0}
-    batches = length_grouped_batches([len(e) for e in run.examples], cfg.per_device_batch_size,
-                                     seed=cfg.data.seed + epoch, **grouping)
+    batches = length_grouped_batches(
+        [len(e) for e in run.examples],
+        cfg.per_device_batch_size,
+        seed=cfg.data.seed + epoch,
+        **grouping,
+    )
     for b in range(first, run.n_batches):
         train_batch(engine, run, p, batches[b])
         if (b + 1) % cfg.grad_accum:
@@ -220,8 +253,10 @@ def train_epoch(engine, run: Run, p: Progress, epoch: int, first: int) -> bool:
 
 def train_batch(engine, run: Run, p: Progress, indices: list[int]) -> None:
     """One micro-batch: forward, backward, DeepSpeed step (which applies at accumulation ends)."""
-    batch = {k: v.to(run.device) for k, v in
-             collate([run.examples[i] for i in indices], run.tokenizer.pad_token_id).items()}
+    batch = {
+        k: v.to(run.device)
+        for k, v in collate([run.examples[i] for i in indices], run.tokenizer.pad_token_id).items()
+    }
     t_step = time.perf_counter()
     loss = engine(**batch).loss
     engine.backward(loss)
@@ -249,8 +284,13 @@ def log_window(engine, run: Run, p: Progress, metrics: dict) -> None:
 def evaluate(engine, run: Run, p: Progress, epoch: int) -> dict:
     """End-of-epoch metrics: eval loss, and the paper's metrics when generation is on."""
     cfg = run.cfg
-    metrics = {**_base(run, p), **{f"data_{k}": v for k, v in run.data_stats.items()},
-               "epoch": epoch, "step": p.step, "epoch_done": epoch + 1}
+    metrics = {
+        **_base(run, p),
+        **{f"data_{k}": v for k, v in run.data_stats.items()},
+        "epoch": epoch,
+        "step": p.step,
+        "epoch_done": epoch + 1,
+    }
     if not run.config.has_eval:
         return metrics
     loss_e, n_tok = eval_loss(engine, run.eval_rows, run.tokenizer, cfg, run.device)
@@ -258,9 +298,15 @@ def evaluate(engine, run: Run, p: Progress, epoch: int) -> dict:
     if run.config.eval_metrics:
         from giellm_ray.metrics import ratios
 
-        counts = eval_metrics(engine, run.eval_rows[: run.config.eval_max_rows_per_rank],
-                              run.tokenizer, cfg, run.device, synced=cfg.zero_stage == 3,
-                              registry=run.config.registry())
+        counts = eval_metrics(
+            engine,
+            run.eval_rows[: run.config.eval_max_rows_per_rank],
+            run.tokenizer,
+            cfg,
+            run.device,
+            synced=cfg.zero_stage == 3,
+            registry=run.config.registry(),
+        )
         if counts is not None:
             metrics["eval_counts"] = json.dumps(counts, ensure_ascii=False)
             for ds, c in counts.items():
@@ -278,11 +324,18 @@ def finish(engine, run: Run, p: Progress) -> None:
     cfg, config = run.cfg, run.config
     tokens_all = reduce_values([p.run_tokens], "sum", run.device)[0]
     time_max = reduce_values([p.run_time], "max", run.device)[0]
-    final = {**_base(run, p), **{f"data_{k}": v for k, v in run.data_stats.items()},
-             **p.last_epoch, **p.last_eval, "step": p.step, "first_loss": p.first_loss,
-             "final_loss": p.last_loss, "train_tokens": int(tokens_all),
-             "train_tokens_per_s": tokens_all / max(time_max, 1e-9),
-             "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    final = {
+        **_base(run, p),
+        **{f"data_{k}": v for k, v in run.data_stats.items()},
+        **p.last_epoch,
+        **p.last_eval,
+        "step": p.step,
+        "first_loss": p.first_loss,
+        "final_loss": p.last_loss,
+        "train_tokens": int(tokens_all),
+        "train_tokens_per_s": tokens_all / max(time_max, 1e-9),
+        "peak_rss_mb_rank0": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     if run.device.type == "cuda":
         import torch
 
@@ -295,11 +348,13 @@ def finish(engine, run: Run, p: Progress) -> None:
     if cfg.export.enabled:
         export_dir = config.export_dir
         if cfg.lora is not None:
-            dest = export_lora(engine, run.tokenizer, export_dir, cfg, config.model_path,
-                               run.rank, run.staging)
+            dest = export_lora(
+                engine, run.tokenizer, export_dir, cfg, config.model_path, run.rank, run.staging
+            )
         else:
-            dest = export_hf(engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank,
-                             run.staging)
+            dest = export_hf(
+                engine, run.tokenizer, export_dir, cfg.zero_stage, run.rank, run.staging
+            )
         final["export_dir"] = dest or export_dir
     # A run's Result carries its last checkpoint's metrics, so the final metrics go with one.
     run.ckpt.save_final(engine, run.tokenizer, final, p.state(cfg.epochs, 0), export_dir)
@@ -307,7 +362,12 @@ def finish(engine, run: Run, p: Progress) -> None:
 
 def _maybe_fail(cfg: TrainConfig, rank: int, step: int) -> None:
     hook = cfg.fault_injection
-    if (hook and hook.mode == "raise" and rank == hook.rank and step == hook.fail_at_step
-            and not os.path.exists(hook.marker)):
+    if (
+        hook
+        and hook.mode == "raise"
+        and rank == hook.rank
+        and step == hook.fail_at_step
+        and not os.path.exists(hook.marker)
+    ):
         open(hook.marker, "w").close()
         raise RuntimeError(f"fault injection: worker {rank} fails at step {step}")

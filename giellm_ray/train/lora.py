@@ -38,9 +38,12 @@ def quantization_config(lora: LoraConfig | None):
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def peft_config(lora: LoraConfig):
@@ -48,9 +51,14 @@ def peft_config(lora: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
     from peft import TaskType
 
-    return PeftLoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha,
-                          lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                          bias="none")
+    return PeftLoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+    )
 
 
 def apply_lora(model, cfg: TrainConfig):
@@ -59,14 +67,20 @@ def apply_lora(model, cfg: TrainConfig):
 
     if cfg.lora.quantize == "4bit":
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.activation_checkpointing)
+            model, use_gradient_checkpointing=cfg.activation_checkpointing
+        )
     elif cfg.activation_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     model = get_peft_model(model, peft_config(cfg.lora))
     trainable, total = parameter_counts(model)
-    log.info("[train] LoRA r=%d on %s: %d trainable of %d parameters (%.3f%%)", cfg.lora.r,
-             sorted(model.peft_config["default"].target_modules), trainable, total,
-             100 * trainable / max(total, 1))
+    log.info(
+        "[train] LoRA r=%d on %s: %d trainable of %d parameters (%.3f%%)",
+        cfg.lora.r,
+        sorted(model.peft_config["default"].target_modules),
+        trainable,
+        total,
+        100 * trainable / max(total, 1),
+    )
     return model
 
 
@@ -114,8 +128,9 @@ def save_adapter(module, state: dict, tokenizer, local_dir: str) -> None:
     from giellm_ray.model.loader import hf_progress_bars_off
 
     hf_progress_bars_off()
-    module.save_pretrained(local_dir, state_dict=state, safe_serialization=True,
-                           save_embedding_layers=False)
+    module.save_pretrained(
+        local_dir, state_dict=state, safe_serialization=True, save_embedding_layers=False
+    )
     tokenizer.save_pretrained(local_dir)
 
 

@@ -64,17 +64,24 @@ class Checkpointer:
         """A full DeepSpeed checkpoint (model + optimizer shards) from every rank."""
         local = tempfile.mkdtemp(prefix=f"rank{self.rank}-", dir=self.root)
         # LoRA: the adapter and its optimizer state only (the frozen base is the base model).
-        engine.save_checkpoint(local, tag=CKPT_TAG,
-                               exclude_frozen_parameters=self.cfg.lora is not None)
+        engine.save_checkpoint(
+            local, tag=CKPT_TAG, exclude_frozen_parameters=self.cfg.lora is not None
+        )
         if self.cfg.lora is not None and self.rank == 0:
             drop_frozen_aliases(local, CKPT_TAG, engine.module)
-        full = {**state, "world_size": self.world, "writers": self.world,
-                "zero_stage": self.cfg.zero_stage, "weights_only": False,
-                "lora": self.cfg.lora is not None}
+        full = {
+            **state,
+            "world_size": self.world,
+            "writers": self.world,
+            "zero_stage": self.cfg.zero_stage,
+            "weights_only": False,
+            "lora": self.cfg.lora is not None,
+        }
         self._report(metrics, local, full)
 
-    def save_final(self, engine, tokenizer, metrics: dict, state: dict,
-                   export_dir: str | None) -> None:
+    def save_final(
+        self, engine, tokenizer, metrics: dict, state: dict, export_dir: str | None
+    ) -> None:
         """The run's last report: weights only, from rank 0.
 
         With an export, the checkpoint only points at it (``export_dir`` in its state); without,
@@ -95,9 +102,15 @@ class Checkpointer:
             save_adapter(engine.module, hf_state, tokenizer, os.path.join(local, ADAPTER_DIR))
         elif export_dir is None:
             save_hf(engine, hf_state, tokenizer, local)
-        final = {**state, "world_size": self.world, "writers": 1,
-                 "zero_stage": self.cfg.zero_stage, "weights_only": True,
-                 "export_dir": export_dir, "lora": lora}
+        final = {
+            **state,
+            "world_size": self.world,
+            "writers": 1,
+            "zero_stage": self.cfg.zero_stage,
+            "weights_only": True,
+            "export_dir": export_dir,
+            "lora": lora,
+        }
         self._report(metrics, local, final)
 
     def _report(self, metrics: dict, local: str, state: dict) -> None:
@@ -106,11 +119,18 @@ class Checkpointer:
         if self.rank == 0:
             with open(os.path.join(local, STATE_FILE), "w") as f:
                 json.dump(state, f)
-        mode = (ray.train.CheckpointUploadMode.ASYNC if self.cfg.checkpoint_upload_mode == "async"
-                else ray.train.CheckpointUploadMode.SYNC)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
-                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True,
-                         checkpoint_upload_fn=self._upload_fn(state))
+        mode = (
+            ray.train.CheckpointUploadMode.ASYNC
+            if self.cfg.checkpoint_upload_mode == "async"
+            else ray.train.CheckpointUploadMode.SYNC
+        )
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(local),
+            checkpoint_upload_mode=mode,
+            delete_local_checkpoint_after_upload=True,
+            checkpoint_upload_fn=self._upload_fn(state),
+        )
 
     def _upload_fn(self, state: dict):
         """Ray's copy to storage, then this rank's completion marker (written last)."""
@@ -127,10 +147,21 @@ class Checkpointer:
             fs.create_dir(f"{persisted.path}/{DONE_DIR}", recursive=True)
             with fs.open_output_stream(f"{persisted.path}/{DONE_DIR}/rank-{rank}.json") as f:
                 f.write(json.dumps({"rank": rank, "files": n_files, "bytes": n_bytes}).encode())
-            log.info("[checkpoint] rank %d uploaded %d files, %.1f MB in %.1f s to %s", rank,
-                     n_files, n_bytes / 1e6, time.perf_counter() - t0, persisted.path)
-            if (hook and hook.mode == "kill_after_checkpoint" and rank == hook.rank
-                    and state["step"] == hook.fail_at_step and not os.path.exists(hook.marker)):
+            log.info(
+                "[checkpoint] rank %d uploaded %d files, %.1f MB in %.1f s to %s",
+                rank,
+                n_files,
+                n_bytes / 1e6,
+                time.perf_counter() - t0,
+                persisted.path,
+            )
+            if (
+                hook
+                and hook.mode == "kill_after_checkpoint"
+                and rank == hook.rank
+                and state["step"] == hook.fail_at_step
+                and not os.path.exists(hook.marker)
+            ):
                 _kill_after_complete(fs, persisted.path, hook.marker)
             return persisted
 

@@ -60,8 +60,11 @@ def _choose(ray_ckpt, explicit, storage) -> tuple[str, str, dict] | None:
     best = newest(candidates)
     if best is not None:
         registered = ray_ckpt is not None and best[0] == ray_ckpt.path
-        log.info("[train] resuming from %s (%s)", best[0], "Ray's latest" if registered else
-                 "complete in the run directory, not in Ray's record")
+        log.info(
+            "[train] resuming from %s (%s)",
+            best[0],
+            "Ray's latest" if registered else "complete in the run directory, not in Ray's record",
+        )
         return "run", best[0], best[1]
     if explicit is None:
         return None
@@ -107,20 +110,23 @@ def _check_compatible(state: dict, world: int, zero_stage: int) -> None:
             f"the checkpoint holds ZeRO-{saved_stage} optimizer shards of {saved_world} workers; "
             f"this run has ZeRO-{zero_stage} on {world}. DeepSpeed cannot re-shard them: set "
             f"num_workers={saved_world} and zero_stage={saved_stage}, or resume from a run's "
-            "final (weights-only) checkpoint.")
+            "final (weights-only) checkpoint."
+        )
 
 
 def _adapter_dir(resume: Resume) -> str:
     """Where a LoRA run's weights-only checkpoint keeps its adapter."""
     from giellm_ray.train.lora import ADAPTER_DIR
 
-    root = resume.state.get("export_dir") or uri(resume.checkpoint.filesystem,
-                                                 resume.checkpoint.path)
+    root = resume.state.get("export_dir") or uri(
+        resume.checkpoint.filesystem, resume.checkpoint.path
+    )
     return root.rstrip("/") + "/" + ADAPTER_DIR
 
 
-def _load_full(engine, resume: Resume, rank: int, local_rank: int, staging: str,
-               lora: bool = False) -> None:
+def _load_full(
+    engine, resume: Resume, rank: int, local_rank: int, staging: str, lora: bool = False
+) -> None:
     from ray.train.collective import barrier
 
     fs, path = resume.checkpoint.filesystem, resume.checkpoint.path
@@ -138,15 +144,19 @@ def _load_full(engine, resume: Resume, rank: int, local_rank: int, staging: str,
             drop_staged(staged)
 
 
-def restore(engine, resume: Resume | None, rank: int, world: int, local_rank: int,
-            cfg, staging: str) -> dict:
+def restore(
+    engine, resume: Resume | None, rank: int, world: int, local_rank: int, cfg, staging: str
+) -> dict:
     """Load ``resume`` into ``engine``; returns its ``train_state`` (``{}`` for a fresh start)."""
     if resume is None:
         return {}
     state, zero_stage, lora = resume.state, cfg.zero_stage, cfg.lora is not None
     if bool(state.get("lora")) != lora:
-        raise ValueError("the checkpoint is from a " + ("LoRA" if state.get("lora") else "full")
-                         + " fine-tuning run and this run is not: set lora to match")
+        raise ValueError(
+            "the checkpoint is from a "
+            + ("LoRA" if state.get("lora") else "full")
+            + " fine-tuning run and this run is not: set lora to match"
+        )
     _check_compatible(state, world, zero_stage)
     if state.get("weights_only"):
         step = int(state["step"])
@@ -158,8 +168,10 @@ def restore(engine, resume: Resume | None, rank: int, world: int, local_rank: in
 
             load_adapter_weights(engine.module, _adapter_dir(resume))
         if rank == 0:
-            log.warning("[train] resuming from weights only (%s): the optimizer state starts "
-                        "fresh", model_path("", resume))
+            log.warning(
+                "[train] resuming from weights only (%s): the optimizer state starts fresh",
+                model_path("", resume),
+            )
     else:
         _load_full(engine, resume, rank, local_rank, staging, lora)
     return state

@@ -17,8 +17,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PHASES = ["device", "setup", "train_zero3", "train_zero2_kill", "resume_zero2", "export",
-          "score_hf", "score_vllm", "serve", "summary"]
+PHASES = [
+    "device",
+    "setup",
+    "train_zero3",
+    "train_zero2_kill",
+    "resume_zero2",
+    "export",
+    "score_hf",
+    "score_vllm",
+    "serve",
+    "summary",
+]
 
 
 def _cuda() -> bool:
@@ -27,12 +37,17 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run_rehearsal(args: list[str], workdir: Path, timeout: float) -> tuple[subprocess.CompletedProcess,
-                                                                            dict[str, dict]]:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_rehearsal", *args, "--workdir",
-                           str(workdir)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+def run_rehearsal(
+    args: list[str], workdir: Path, timeout: float
+) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_rehearsal", *args, "--workdir", str(workdir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     return proc, {x["phase"]: x for x in lines}
 

@@ -52,8 +52,11 @@ def _env() -> dict[str, str]:
         # Ray 2.60's `ray start` turns token auth on (token in ~/.ray/auth_token) while the job
         # CLI defaults to no auth: say "token" on both sides or every request gets a 401.
         RAY_AUTH_MODE="token",
-        RAY_USAGE_STATS_ENABLED="0", DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        RAY_USAGE_STATS_ENABLED="0",
+        DS_ACCELERATOR="cpu",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
     )
     env.update(RAYLET_ENV)  # as the README's `ray start`: the raylet reaps dead workers' children
     return env
@@ -65,21 +68,33 @@ def head_node():
     gcs, dash, client, agent = _free_ports(4)
     temp_dir = tempfile.mkdtemp(prefix="gjs", dir="/tmp")  # short: Unix socket paths <= 107
     cmd = [
-        str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
-        "--num-gpus=0", "--disable-usage-stats", "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
         f"--temp-dir={temp_dir}",
     ]
     log = open(Path(temp_dir) / "ray-start.log", "w")  # noqa: SIM115 (closed in the finaliser)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(Path(temp_dir) / 'ray-start.log').read_text()}")
+                raise RuntimeError(
+                    f"ray start exited: {(Path(temp_dir) / 'ray-start.log').read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"{url}/api/version", timeout=2):
                     break
@@ -126,7 +141,11 @@ def _ray_job(url: str, command: str, *args: str, timeout: float) -> subprocess.C
     """``ray job COMMAND --address URL ARGS...`` from the repository root (the working dir)."""
     return subprocess.run(
         [str(BIN / "ray"), "job", command, "--address", url, *args],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -137,10 +156,27 @@ def test_score_job_submitted_with_working_dir_succeeds(head_node, tiny_model_dir
     out = tmp_path / "scored"
     job_id = f"giellm-test-score-{os.getpid()}"
     submit = _ray_job(
-        head_node, "submit", "--submission-id", job_id, "--working-dir", ".", "--",
-        "python", "jobs/score.py", "--config", "jobs/configs/score/cpu.yaml",
-        "--model", tiny_model_dir, "--input", str(tmp_path / "rows.parquet"),
-        "--output", str(out), "--set", "num_actors=1", "--set", "generation.batch_size=8",
+        head_node,
+        "submit",
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/score.py",
+        "--config",
+        "jobs/configs/score/cpu.yaml",
+        "--model",
+        tiny_model_dir,
+        "--input",
+        str(tmp_path / "rows.parquet"),
+        "--output",
+        str(out),
+        "--set",
+        "num_actors=1",
+        "--set",
+        "generation.batch_size=8",
         timeout=150,
     )
     status = _job_status(head_node, job_id)
@@ -156,9 +192,22 @@ def test_score_job_submitted_with_working_dir_succeeds(head_node, tiny_model_dir
 def test_failing_job_is_reported_failed(head_node, tmp_path):
     job_id = f"giellm-test-bad-{os.getpid()}"
     submit = _ray_job(
-        head_node, "submit", "--submission-id", job_id, "--working-dir", ".", "--",
-        "python", "jobs/score.py", "--input", str(tmp_path / "missing.parquet"),
-        "--output", str(tmp_path / "out"), "--model", "tiny", timeout=90,
+        head_node,
+        "submit",
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/score.py",
+        "--input",
+        str(tmp_path / "missing.parquet"),
+        "--output",
+        str(tmp_path / "out"),
+        "--model",
+        "tiny",
+        timeout=90,
     )
     status = _job_status(head_node, job_id)
     assert status == "FAILED", (status, submit.stdout[-3000:], submit.stderr[-3000:])
@@ -171,10 +220,27 @@ def test_mre_job_submitted_with_working_dir_succeeds(head_node, tmp_path):
     out = tmp_path / "mre"
     job_id = f"giellm-test-mre-{os.getpid()}"
     submit = _ray_job(
-        head_node, "submit", "--submission-id", job_id, "--working-dir", ".", "--",
-        "python", "jobs/mre.py", "--quick", "--datasets", "SCNM", "--sample-train-rows", "16",
-        "--sample-test-rows", "2", "--set", "max_steps=2",  # the job path, not the learning
-        "--output", str(out), timeout=540,
+        head_node,
+        "submit",
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/mre.py",
+        "--quick",
+        "--datasets",
+        "SCNM",
+        "--sample-train-rows",
+        "16",
+        "--sample-test-rows",
+        "2",
+        "--set",
+        "max_steps=2",  # the job path, not the learning
+        "--output",
+        str(out),
+        timeout=540,
     )
     status = _job_status(head_node, job_id)
     assert status == "SUCCEEDED", (status, submit.stdout[-3000:], submit.stderr[-3000:])

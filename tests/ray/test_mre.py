@@ -22,8 +22,13 @@ from giellm_ray.mre.plan import QUICK_DATASETS, QUICK_DISCLAIMER, QUICK_TEST_ROW
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-LEVELS = {"tl": "tl_accuracy", "wl": "wl_accuracy", "all": "all_accuracy",
-          "item_f1": "item_f1", "parse_fail": "parse_failure_rate"}
+LEVELS = {
+    "tl": "tl_accuracy",
+    "wl": "wl_accuracy",
+    "all": "all_accuracy",
+    "item_f1": "item_f1",
+    "parse_fail": "parse_failure_rate",
+}
 
 
 def _recount(files: list[str], registry) -> dict:
@@ -36,10 +41,19 @@ def _recount(files: list[str], registry) -> dict:
 
 def _stamps(out: Path) -> dict[str, int]:
     """Modification times of everything a run produces (exports, scores, data, base models)."""
-    keep = ("train_config.yaml", "model.safetensors", "_SUCCESS", ".parquet", "manifest.json",
-            "tiny.json")
-    return {str(p): p.stat().st_mtime_ns for p in out.rglob("*")
-            if p.is_file() and p.name.endswith(keep) and "checkpoint_" not in str(p)}
+    keep = (
+        "train_config.yaml",
+        "model.safetensors",
+        "_SUCCESS",
+        ".parquet",
+        "manifest.json",
+        "tiny.json",
+    )
+    return {
+        str(p): p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file() and p.name.endswith(keep) and "checkpoint_" not in str(p)
+    }
 
 
 def _check_numbers(mre: dict, out: Path) -> None:
@@ -63,8 +77,11 @@ def _check_numbers(mre: dict, out: Path) -> None:
         ids = []
         for side in ("mixed", "single"):
             files = entry[side]["runs"][0]["files"]
-            t = pq.read_table(files[0]).to_pydict() if len(files) == 1 else \
-                pq.ParquetDataset(files).read().to_pydict()
+            t = (
+                pq.read_table(files[0]).to_pydict()
+                if len(files) == 1
+                else pq.ParquetDataset(files).read().to_pydict()
+            )
             ids.append(sorted(i for i, d in zip(t["id"], t["dataset"], strict=True) if d == ds))
         test = pq.read_table(out / "data" / "single" / ds.replace(":", "_") / "test.parquet")
         assert ids[0] == ids[1] == sorted(test.column("id").to_pylist())
@@ -90,8 +107,12 @@ def test_quick_mre_two_datasets_end_to_end_and_resume(ray_cluster, tmp_path, cap
     assert all(r["status"] == {"train": "trained", "score": "scored"} for r in mre["runs"])
     _check_numbers(mre, out)
     # Both sides started from one shared tiny base model.
-    bases = {yaml.safe_load((out / "runs" / n / "export" / "train_config.yaml").read_text())
-             ["model"]["name_or_path"] for n in names}
+    bases = {
+        yaml.safe_load((out / "runs" / n / "export" / "train_config.yaml").read_text())["model"][
+            "name_or_path"
+        ]
+        for n in names
+    }
     assert len(bases) == 1 and str(out / "base") in bases.pop()
     assert QUICK_DISCLAIMER in (out / "mre.md").read_text()
     assert (out / "mre.png").stat().st_size > 20_000
@@ -114,4 +135,5 @@ def test_quick_mre_two_datasets_end_to_end_and_resume(ray_cluster, tmp_path, cap
     assert all(s == {"train": "resumed", "score": "resumed"} for s in third.values())
     after = _stamps(out)
     assert {k for k in after if after[k] != before.get(k)} <= {
-        str(p) for p in (out / "scored" / "single-SCNM-seed0").rglob("*")}
+        str(p) for p in (out / "scored" / "single-SCNM-seed0").rglob("*")
+    }

@@ -94,13 +94,20 @@ def test_sigkilled_actor_leaves_no_vllm_engine_core(ray_cluster, tiny_vllm_model
             from giellm_ray.generation.config import GenerationConfig, VLLMConfig
             from giellm_ray.model.loader import ModelConfig
 
-            self.extractor = build_extractor("vllm", ModelConfig(name_or_path=model_dir),
-                                             GenerationConfig(),
-                                             VLLMConfig(**VLLM_TEST_SETTINGS), device="cpu")
+            self.extractor = build_extractor(
+                "vllm",
+                ModelConfig(name_or_path=model_dir),
+                GenerationConfig(),
+                VLLMConfig(**VLLM_TEST_SETTINGS),
+                device="cpu",
+            )
 
         def pids(self) -> tuple[int, list[int]]:
-            engine = [p.pid for p in psutil.Process().children(recursive=True)
-                      if p.name().startswith("VLLM::")]
+            engine = [
+                p.pid
+                for p in psutil.Process().children(recursive=True)
+                if p.name().startswith("VLLM::")
+            ]
             return os.getpid(), engine
 
     holder = EngineHolder.remote(tiny_vllm_model_dir)
@@ -135,8 +142,9 @@ def test_connect_ray_starts_its_raylet_with_our_ray_environment():
     temp_dir = tempfile.mkdtemp(prefix="grs", dir="/tmp")  # short: Unix socket paths <= 107
     env["RAY_TMPDIR"] = temp_dir  # its own cluster, never the shared one
     try:
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=env, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+        )
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -38,15 +38,28 @@ BAD = {
 def make_rows(records, n: int) -> list[dict]:
     rows = []
     for i, r in enumerate(records[:n]):
-        rec = {"dataset": "SCNM", "text": r["text"], "tl_label": "社会",
-               "items": [{"label": lab, "span": sp, "tail": None} for sp, lab in
-                         ((e["name"], e["type"]) for e in r["entities"])]}
+        rec = {
+            "dataset": "SCNM",
+            "text": r["text"],
+            "tl_label": "社会",
+            "items": [
+                {"label": lab, "span": sp, "tail": None}
+                for sp, lab in ((e["name"], e["type"]) for e in r["entities"])
+            ],
+        }
         try:
             prompt, target = render(rec)
         except ValueError:
             prompt, target = None, None
-        rows.append({S.ID: f"r{i}", S.DATASET: "SCNM", S.TEXT: r["text"], S.PROMPT: prompt,
-                     S.TARGET: target})
+        rows.append(
+            {
+                S.ID: f"r{i}",
+                S.DATASET: "SCNM",
+                S.TEXT: r["text"],
+                S.PROMPT: prompt,
+                S.TARGET: target,
+            }
+        )
     rows += [{S.ID: k, **v} for k, v in BAD.items()]
     return rows
 
@@ -66,19 +79,35 @@ HOSTILE = {  # id -> (dataset, text, prompt bytes, the column at fault): bad UTF
 
 def write_hostile(directory: str) -> None:
     """A third input file, same schema, whose string columns hold invalid UTF-8."""
+
     def col(k):
         return pa.array([v[k] for v in HOSTILE.values()], pa.binary()).view(pa.string())
 
     cols = {f.name: pa.nulls(len(HOSTILE), f.type) for f in S.DATASET_SCHEMA}
-    cols.update({S.ID: pa.array(list(HOSTILE)), S.DATASET: col(0), S.TEXT: col(1),
-                 S.PROMPT: col(2), S.TARGET: col(1)})  # undecodable gold too: metrics survive
+    cols.update(
+        {
+            S.ID: pa.array(list(HOSTILE)),
+            S.DATASET: col(0),
+            S.TEXT: col(1),
+            S.PROMPT: col(2),
+            S.TARGET: col(1),
+        }
+    )  # undecodable gold too: metrics survive
     pq.write_table(pa.table(cols, schema=S.DATASET_SCHEMA), f"{directory}/c.parquet")
 
 
 def config(model: str, inp: str, out: str, **kw) -> ScoreConfig:
-    cfg = ScoreConfig(input=[inp], output=out, num_actors=2, num_cpus_per_actor=0.5,
-                      batch_size=48, rows_per_block=48, progress_interval_s=0,
-                      progress_bars=False, **kw)
+    cfg = ScoreConfig(
+        input=[inp],
+        output=out,
+        num_actors=2,
+        num_cpus_per_actor=0.5,
+        batch_size=48,
+        rows_per_block=48,
+        progress_interval_s=0,
+        progress_bars=False,
+        **kw,
+    )
     cfg.model.name_or_path = model
     cfg.generation.max_new_tokens = 4
     return cfg
@@ -96,14 +125,20 @@ def read_output(out: str, filesystem=None) -> list[dict]:
     import pyarrow.fs as pafs
 
     fs = filesystem or pafs.LocalFileSystem()
-    files = [f.path for f in fs.get_file_info(pafs.FileSelector(out))
-             if f.path.endswith(".parquet")]
+    files = [
+        f.path for f in fs.get_file_info(pafs.FileSelector(out)) if f.path.endswith(".parquet")
+    ]
     rows = []
     for f in files:
         table = pq.read_table(f, filesystem=fs)
-        cols = {name: ([_value(v) for v in col.cast(pa.binary()).to_pylist()]
-                       if col.type == pa.string() else col.to_pylist())
-                for name, col in zip(table.column_names, table.columns, strict=True)}
+        cols = {
+            name: (
+                [_value(v) for v in col.cast(pa.binary()).to_pylist()]
+                if col.type == pa.string()
+                else col.to_pylist()
+            )
+            for name, col in zip(table.column_names, table.columns, strict=True)
+        }
         rows += [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
     return rows
 
@@ -124,8 +159,9 @@ def check_rows(rows_in: list[dict], rows_out: list[dict]) -> None:
 
 @pytest.mark.slow  # an interrupted run and two re-runs; the S3 test below keeps one fast score
 @pytest.mark.timeout(300)
-def test_score_local_then_rerun_after_interruption(ray_cluster, tiny_model_dir,
-                                                   stockmark_records, tmp_path):
+def test_score_local_then_rerun_after_interruption(
+    ray_cluster, tiny_model_dir, stockmark_records, tmp_path
+):
     rows = make_rows(stockmark_records, 200)
     inp, out = tmp_path / "in", str(tmp_path / "scored")
     inp.mkdir()
@@ -138,8 +174,11 @@ def test_score_local_then_rerun_after_interruption(ray_cluster, tiny_model_dir,
     for rid, (dataset, text, prompt, column) in HOSTILE.items():  # own error, columns intact
         assert by_id[rid][S.ERROR].startswith(f"column '{column}' is not valid UTF-8"), rid
         got = [by_id[rid][c] for c in (S.DATASET, S.TEXT, S.PROMPT)]
-        assert [v if isinstance(v, bytes) or v is None else v.encode() for v in got] == \
-            [dataset, text, prompt]
+        assert [v if isinstance(v, bytes) or v is None else v.encode() for v in got] == [
+            dataset,
+            text,
+            prompt,
+        ]
     assert summary["input_rows"] == summary["output_rows"] == len(rows) + len(HOSTILE)
     assert summary["error_rows"] >= len(BAD) + len(HOSTILE) and summary["resumed_rows"] == 0
     assert 0 <= summary["engine"]["padding_fraction"] < 1
@@ -166,8 +205,9 @@ def test_score_local_then_rerun_after_interruption(ray_cluster, tiny_model_dir,
     check_rows(rows + [{S.ID: k} for k in HOSTILE], read_output(out))
     assert not stale.exists()
     manifest = json.loads((tmp_path / "scored" / SUCCESS).read_text())
-    assert sorted(f["name"] for f in manifest["files"]) == \
-        sorted(p for p in os.listdir(out) if p.endswith(".parquet"))
+    assert sorted(f["name"] for f in manifest["files"]) == sorted(
+        p for p in os.listdir(out) if p.endswith(".parquet")
+    )
     assert not (tmp_path / "scored" / "_metrics").exists()  # the stale report went with its run
 
 
@@ -193,8 +233,13 @@ def test_score_s3_in_and_out(ray_cluster, s3_server, tiny_model_dir, stockmark_r
 
 def giellm_score(args: list[str], **kw) -> subprocess.Popen:
     """``giellm score`` as a user runs it: its own process (joins the test's Ray cluster)."""
-    return subprocess.Popen([sys.executable, "-m", "giellm_ray.cli", "score", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "giellm_ray.cli", "score", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def committed_parts(out: str) -> int:
@@ -213,14 +258,16 @@ def kill_when_committed(proc: subprocess.Popen, out: str, parts: int) -> None:
 
 
 def scored_by_id(out: str) -> dict:
-    return {r[S.ID]: (r[S.PREDICTION], r[S.ERROR], r[S.NUM_GENERATED_TOKENS])
-            for r in read_output(out)}
+    return {
+        r[S.ID]: (r[S.PREDICTION], r[S.ERROR], r[S.NUM_GENERATED_TOKENS]) for r in read_output(out)
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)  # ~2 min on a quiet 2-core machine; generous for a loaded one
-def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
-                                                  stockmark_records, tmp_path):
+def test_killed_driver_rerun_scores_only_the_rest(
+    ray_cluster, tiny_model_dir, stockmark_records, tmp_path
+):
     """SIGKILL the driver once some parts are committed; a changed input refuses to resume; the
     same command then ends with every row exactly once, resumed_rows > 0, equal to a clean run."""
     recs = take(stockmark_records, 2000)
@@ -228,15 +275,27 @@ def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
     inp, out, clean = tmp_path / "in", str(tmp_path / "out"), str(tmp_path / "clean")
     inp.mkdir()
     for k in range(3):
-        pq.write_table(S.dataset_table(rows[k * 700:(k + 1) * 700]), inp / f"p{k}.parquet")
-    sets = {"generation.max_new_tokens": 4, "rows_per_block": 100, "batch_size": 100,
-            "progress_bars": "false", "progress_interval_s": 0,
-            "ray_address": ray_cluster.get_runtime_context().gcs_address}
+        pq.write_table(S.dataset_table(rows[k * 700 : (k + 1) * 700]), inp / f"p{k}.parquet")
+    sets = {
+        "generation.max_new_tokens": 4,
+        "rows_per_block": 100,
+        "batch_size": 100,
+        "progress_bars": "false",
+        "progress_interval_s": 0,
+        "ray_address": ray_cluster.get_runtime_context().gcs_address,
+    }
     cfg = config(tiny_model_dir, str(inp), clean, metrics=False)
     cfg.rows_per_block = cfg.batch_size = 100
     run_score(cfg)
-    args = ["--model", tiny_model_dir, "--input", str(inp), "--output", out,
-            *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
+    args = [
+        "--model",
+        tiny_model_dir,
+        "--input",
+        str(inp),
+        "--output",
+        out,
+        *(a for k, v in sets.items() for a in ("--set", f"{k}={v}")),
+    ]
 
     kill_when_committed(giellm_score(args), out, 3)  # some parts committed, most rows to do
     staged = committed_parts(out)
@@ -267,14 +326,17 @@ def test_killed_driver_rerun_scores_only_the_rest(ray_cluster, tiny_model_dir,
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_an_inference_actor_killed_mid_job_loses_nothing(ray_cluster, tiny_model_dir,
-                                                         stockmark_records, tmp_path):
+def test_an_inference_actor_killed_mid_job_loses_nothing(
+    ray_cluster, tiny_model_dir, stockmark_records, tmp_path
+):
     import threading
 
     import psutil
 
-    rows = [{S.ID: f"a{i}", S.DATASET: "SCNM", S.TEXT: r["text"]}
-            for i, r in enumerate(take(stockmark_records, 1000))]
+    rows = [
+        {S.ID: f"a{i}", S.DATASET: "SCNM", S.TEXT: r["text"]}
+        for i, r in enumerate(take(stockmark_records, 1000))
+    ]
     inp, out = tmp_path / "in", str(tmp_path / "out")
     inp.mkdir()
     write_input(rows, str(inp))
@@ -287,8 +349,11 @@ def test_an_inference_actor_killed_mid_job_loses_nothing(ray_cluster, tiny_model
         assert job.is_alive(), "finished before the kill"
         time.sleep(0.2)
     # The test's own Ray runs under this process: its actors are our descendants.
-    actors = [p for p in psutil.Process().children(recursive=True)
-              if "ScoreBatch" in " ".join(p.cmdline())]
+    actors = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "ScoreBatch" in " ".join(p.cmdline())
+    ]
     assert actors, "no inference actor to kill"
     actors[0].kill()
     job.join(timeout=240)
@@ -311,22 +376,30 @@ def test_schema_is_checked_before_any_work(tmp_path, tiny_model_dir):
 def test_a_float_max_new_tokens_column_is_refused_before_any_work(tmp_path, tiny_model_dir):
     import pyarrow as pa
 
-    pq.write_table(pa.table({"dataset": ["SCNM"], "text": ["x"], "max_new_tokens": [3.0]}),
-                   tmp_path / "in.parquet")
+    pq.write_table(
+        pa.table({"dataset": ["SCNM"], "text": ["x"], "max_new_tokens": [3.0]}),
+        tmp_path / "in.parquet",
+    )
     cfg = config(tiny_model_dir, str(tmp_path / "in.parquet"), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="'max_new_tokens' .* must be an integer type"):
         run_score(cfg)
     assert not (tmp_path / "out").exists()
 
 
-VLLM_SETS = {"engine": "vllm", "num_actors": 1, "vllm.enforce_eager": "true",
-             "vllm.gpu_memory_utilization": 0.1, "vllm.max_num_seqs": 64}
+VLLM_SETS = {
+    "engine": "vllm",
+    "num_actors": 1,
+    "vllm.enforce_eager": "true",
+    "vllm.gpu_memory_utilization": 0.1,
+    "vllm.max_num_seqs": 64,
+}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # two vLLM start-ups (~20-40 s each) and ~2,000 constrained rows
-def test_vllm_score_killed_then_rerun_scores_every_row_once(ray_cluster, tiny_vllm_model_dir,
-                                                            stockmark_records, tmp_path):
+def test_vllm_score_killed_then_rerun_scores_every_row_once(
+    ray_cluster, tiny_vllm_model_dir, stockmark_records, tmp_path
+):
     """``giellm score --set engine=vllm``, SIGKILLed once parts are committed, then run again:
     every row exactly once, resumed_rows > 0; bad rows (null/empty text, unknown dataset, over-long
     text, bad caps) carry their error; caps hold; 100% parse, known labels, spans in the text."""
@@ -334,24 +407,42 @@ def test_vllm_score_killed_then_rerun_scores_every_row_once(ray_cluster, tiny_vl
     from giellm_ray.metrics import format_validity
 
     names = sorted(DEFAULT_REGISTRY)
-    rows = [{S.ID: f"v{i}", S.DATASET: names[i % len(names)], S.TEXT: r["text"]}
-            for i, r in enumerate(take(stockmark_records, 2000))]
+    rows = [
+        {S.ID: f"v{i}", S.DATASET: names[i % len(names)], S.TEXT: r["text"]}
+        for i, r in enumerate(take(stockmark_records, 2000))
+    ]
     caps = {"v3": 20, "v10": 7, "v11": 1, "bad-cap-zero": 0, "bad-cap-negative": -3}
     rows += [{S.ID: k, **v} for k, v in BAD.items()]
-    rows += [{S.ID: k, S.DATASET: "SCNM", S.TEXT: "東京都に本社を置く。"}
-             for k in ("bad-cap-zero", "bad-cap-negative")]
+    rows += [
+        {S.ID: k, S.DATASET: "SCNM", S.TEXT: "東京都に本社を置く。"}
+        for k in ("bad-cap-zero", "bad-cap-negative")
+    ]
     inp, out = tmp_path / "in", str(tmp_path / "out")
     inp.mkdir()
     for k in range(3):
         part = rows[k::3]
         table = S.dataset_table(part).append_column(
-            S.MAX_NEW_TOKENS, pa.array([caps.get(r[S.ID]) for r in part], pa.int32()))
+            S.MAX_NEW_TOKENS, pa.array([caps.get(r[S.ID]) for r in part], pa.int32())
+        )
         pq.write_table(table, inp / f"p{k}.parquet")
-    sets = {**VLLM_SETS, "generation.max_new_tokens": 48, "rows_per_block": 100,
-            "batch_size": 100, "progress_bars": "false", "progress_interval_s": 0,
-            "ray_address": ray_cluster.get_runtime_context().gcs_address}
-    args = ["--model", tiny_vllm_model_dir, "--input", str(inp), "--output", out,
-            *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
+    sets = {
+        **VLLM_SETS,
+        "generation.max_new_tokens": 48,
+        "rows_per_block": 100,
+        "batch_size": 100,
+        "progress_bars": "false",
+        "progress_interval_s": 0,
+        "ray_address": ray_cluster.get_runtime_context().gcs_address,
+    }
+    args = [
+        "--model",
+        tiny_vllm_model_dir,
+        "--input",
+        str(inp),
+        "--output",
+        out,
+        *(a for k, v in sets.items() for a in ("--set", f"{k}={v}")),
+    ]
     kill_when_committed(giellm_score(args), out, 2)
     assert not os.path.exists(os.path.join(out, SUCCESS))
 
@@ -382,10 +473,11 @@ def test_vllm_score_killed_then_rerun_scores_every_row_once(ray_cluster, tiny_vl
     for g in good:
         task = DEFAULT_REGISTRY[g[S.DATASET]]
         assert g[S.PRED_TL_LABEL] in task.tl_labels, g
-        assert all(g[S.TEXT][i["start"]:i["end"]] == i["span"] for i in g[S.PRED_ITEMS]), g
+        assert all(g[S.TEXT][i["start"] : i["end"]] == i["span"] for i in g[S.PRED_ITEMS]), g
     for name in names:
         mine = [g for g in good if g[S.DATASET] == name and g[S.ERROR] is None]
-        validity = format_validity([g[S.TEXT] for g in mine], [g[S.PREDICTION] for g in mine],
-                                   DEFAULT_REGISTRY[name])
+        validity = format_validity(
+            [g[S.TEXT] for g in mine], [g[S.PREDICTION] for g in mine], DEFAULT_REGISTRY[name]
+        )
         assert validity == {"parse": 1.0, "labels": 1.0, "spans": 1.0}, (name, validity)
     assert not os.path.exists(os.path.join(out, "_staging"))

@@ -26,13 +26,16 @@ MAX_NEW = 24
 def _adapters(base: str, root) -> dict[str, str]:
     from giellm_ray.model.tiny_lora import build_tiny_adapter
 
-    return {name: build_tiny_adapter(base, str(root / name), seed=seed)
-            for name, seed in (("a", 1), ("b", 2))}
+    return {
+        name: build_tiny_adapter(base, str(root / name), seed=seed)
+        for name, seed in (("a", 1), ("b", 2))
+    }
 
 
 def _input(records, directory, n: int) -> list[dict]:
-    rows = [{S.ID: f"r{i}", S.DATASET: "SCNM", S.TEXT: r["text"]}
-            for i, r in enumerate(records[:n])]
+    rows = [
+        {S.ID: f"r{i}", S.DATASET: "SCNM", S.TEXT: r["text"]} for i, r in enumerate(records[:n])
+    ]
     names = [CYCLE[i % len(CYCLE)] for i in range(n)]
     rows.append({S.ID: "bad-adapter", S.DATASET: "SCNM", S.TEXT: records[0]["text"]})
     names.append("nope")
@@ -46,9 +49,18 @@ def _input(records, directory, n: int) -> list[dict]:
 def _score(model: str, inp, out: str, adapters: dict, **kw) -> dict[str, dict]:
     from test_score import read_output
 
-    cfg = ScoreConfig(input=[str(inp)], output=out, num_cpus_per_actor=0.5, batch_size=32,
-                      rows_per_block=32, progress_interval_s=0, progress_bars=False,
-                      adapters=adapters, metrics=False, **kw)
+    cfg = ScoreConfig(
+        input=[str(inp)],
+        output=out,
+        num_cpus_per_actor=0.5,
+        batch_size=32,
+        rows_per_block=32,
+        progress_interval_s=0,
+        progress_bars=False,
+        adapters=adapters,
+        metrics=False,
+        **kw,
+    )
     cfg.model.name_or_path = model
     cfg.generation.max_new_tokens = MAX_NEW
     summary = run_score(cfg)
@@ -61,8 +73,12 @@ def _alone(model: str, adapters: dict, rows: list[dict]) -> dict[str, dict]:
     gen = GenerationConfig(max_new_tokens=MAX_NEW)
     want = {}
     for name in dict.fromkeys(r[S.ADAPTER] for r in rows):
-        ex = build_extractor("hf", ModelConfig(name_or_path=model), gen,
-                             adapters={name: adapters[name]} if name else None)
+        ex = build_extractor(
+            "hf",
+            ModelConfig(name_or_path=model),
+            gen,
+            adapters={name: adapters[name]} if name else None,
+        )
         mine = [r for r in rows if r[S.ADAPTER] == name]
         want.update({r[S.ID]: o for r, o in zip(mine, ex.extract(mine), strict=True)})
     return want
@@ -100,16 +116,22 @@ def test_hf_job_with_two_adapters(ray_cluster, tiny_model_dir, stockmark_records
 
 
 @pytest.mark.timeout(600)
-def test_vllm_job_with_two_adapters(ray_cluster, tiny_vllm_model_dir, stockmark_records,
-                                    tmp_path):
+def test_vllm_job_with_two_adapters(ray_cluster, tiny_vllm_model_dir, stockmark_records, tmp_path):
     from conftest import VLLM_TEST_SETTINGS
 
     adapters = _adapters(tiny_vllm_model_dir, tmp_path)
     inp = tmp_path / "in"
     inp.mkdir()
     rows = _input(stockmark_records, inp, 30)
-    got = _score(tiny_vllm_model_dir, inp, str(tmp_path / "out"), adapters, num_actors=1,
-                 engine="vllm", vllm={**VLLM_TEST_SETTINGS, "max_lora_rank": 8})
+    got = _score(
+        tiny_vllm_model_dir,
+        inp,
+        str(tmp_path / "out"),
+        adapters,
+        num_actors=1,
+        engine="vllm",
+        vllm={**VLLM_TEST_SETTINGS, "max_lora_rank": 8},
+    )
     good = [r for r in rows if r[S.ID] != "bad-adapter"]
     # The reference is the HF engine with each adapter alone: vLLM's kernels agree with it on
     # >= 95% of rows without adapters (test_vllm_engine.py); a row routed to the wrong adapter

@@ -42,9 +42,14 @@ def _free_port() -> int:
 
 # vLLM replica: the config's own factory (build_extractor), unconstrained as the HF one, so every
 # test asserts the same answers of both engines; vLLM on CPU settings as in tests/conftest.py.
-VLLM_SETS = ["engine=vllm", "constrained=false", "vllm.enforce_eager=true",
-             "vllm.gpu_memory_utilization=0.1", "vllm.max_num_seqs=64",
-             "ingress.retry_timeout_s=180"]  # a replacement replica starts vLLM: ~30 s here
+VLLM_SETS = [
+    "engine=vllm",
+    "constrained=false",
+    "vllm.enforce_eager=true",
+    "vllm.gpu_memory_utilization=0.1",
+    "vllm.max_num_seqs=64",
+    "ingress.retry_timeout_s=180",
+]  # a replacement replica starts vLLM: ~30 s here
 
 
 @pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.slow)])
@@ -57,20 +62,33 @@ def service(request, ray_cluster, tiny_model_dir, tiny_vllm_model_dir):
 
     port = _free_port()
     vllm = request.param == "vllm"
-    cfg = load_config(ServeConfig, str(SERVE_CONFIGS / "giellm.yaml"), [
-        f"model.name_or_path={tiny_vllm_model_dir if vllm else tiny_model_dir}",
-        f"http.port={port}", "app_name=giellm-test",
-        "generation.max_new_tokens=24", "http.max_text_chars=300", "http.max_body_bytes=8192",
-        "replica.num_cpus=0.5", "replica.max_replicas=1", "batching.max_batch_size=8",
-        "batching.batch_wait_timeout_s=0.02", "replica.graceful_shutdown_timeout_s=5",
-        *(VLLM_SETS if vllm else []),
-    ])
+    cfg = load_config(
+        ServeConfig,
+        str(SERVE_CONFIGS / "giellm.yaml"),
+        [
+            f"model.name_or_path={tiny_vllm_model_dir if vllm else tiny_model_dir}",
+            f"http.port={port}",
+            "app_name=giellm-test",
+            "generation.max_new_tokens=24",
+            "http.max_text_chars=300",
+            "http.max_body_bytes=8192",
+            "replica.num_cpus=0.5",
+            "replica.max_replicas=1",
+            "batching.max_batch_size=8",
+            "batching.batch_wait_timeout_s=0.02",
+            "replica.graceful_shutdown_timeout_s=5",
+            *(VLLM_SETS if vllm else []),
+        ],
+    )
     # The factory lives in this test module, which replicas cannot import: ship it by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        serve.run(build_app(cfg, None if vllm else unconstrained_extractor), name=cfg.app_name,
-                  route_prefix="/")
+        serve.run(
+            build_app(cfg, None if vllm else unconstrained_extractor),
+            name=cfg.app_name,
+            route_prefix="/",
+        )
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as client:
             yield cfg, client
     finally:
@@ -82,8 +100,9 @@ def service(request, ray_cluster, tiny_model_dir, tiny_vllm_model_dir):
 def test_extract_answers_with_request_id(service, stockmark_records):
     _, client = service
     text = stockmark_records[0]["text"]
-    r = client.post("/v1/extract", json={"text": text, "dataset": "SCNM"},
-                    headers={"X-Request-ID": "req-42"})
+    r = client.post(
+        "/v1/extract", json={"text": text, "dataset": "SCNM"}, headers={"X-Request-ID": "req-42"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert r.headers["x-request-id"] == "req-42" and body["request_id"] == "req-42"
@@ -93,7 +112,7 @@ def test_extract_answers_with_request_id(service, stockmark_records):
     assert body["error"] and body["raw_output"]
     for it in body["items"]:
         if it["start"] is not None:
-            assert text[it["start"]:it["end"]] == it["span"]
+            assert text[it["start"] : it["end"]] == it["span"]
 
 
 @pytest.mark.timeout(120)
@@ -104,10 +123,12 @@ def test_bad_requests_get_4xx_and_service_keeps_answering(service):
         ({"json": {"text": "", "dataset": "SCNM"}}, 422, "empty"),
         ({"json": {"text": "あ" * 301, "dataset": "SCNM"}}, 413, "limit is 300"),
         ({"json": {"text": "テスト", "dataset": "XYZ"}}, 422, "SCPOS:N&Adj"),
-        ({"content": b'{"text": "a", ', "headers": {"content-type": "application/json"}}, 400,
-         "malformed JSON"),
-        ({"content": b"[" * 9000, "headers": {"content-type": "application/json"}}, 413,
-         "8192"),
+        (
+            {"content": b'{"text": "a", ', "headers": {"content-type": "application/json"}},
+            400,
+            "malformed JSON",
+        ),
+        ({"content": b"[" * 9000, "headers": {"content-type": "application/json"}}, 413, "8192"),
         ({"json": {"requests": [good] * 65}, "url": "/v1/extract/batch"}, 413, "limit is 64"),
     ]
     for kwargs, status, words in cases:
@@ -122,8 +143,9 @@ def test_bad_requests_get_4xx_and_service_keeps_answering(service):
 def test_batch_tasks_health_docs(service, stockmark_records):
     _, client = service
     texts = [r["text"] for r in stockmark_records[:3]]
-    reqs = [{"text": t, "dataset": d} for t, d in zip(texts, ["SCNM", "SCPOS:RW", "TCREE"],
-                                                        strict=True)]
+    reqs = [
+        {"text": t, "dataset": d} for t, d in zip(texts, ["SCNM", "SCPOS:RW", "TCREE"], strict=True)
+    ]
     r = client.post("/v1/extract/batch", json={"requests": reqs})
     assert r.status_code == 200, r.text
     assert [x["dataset"] for x in r.json()["results"]] == ["SCNM", "SCPOS:RW", "TCREE"]
@@ -142,12 +164,17 @@ def test_concurrent_run_has_no_5xx_and_batches(service, stockmark_records):
 
     async def run() -> list[int]:
         sem = asyncio.Semaphore(CLIENTS)
-        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120.0,
-                                     limits=httpx.Limits(max_connections=CLIENTS)) as ac:
+        async with httpx.AsyncClient(
+            base_url=str(client.base_url),
+            timeout=120.0,
+            limits=httpx.Limits(max_connections=CLIENTS),
+        ) as ac:
+
             async def one(i: int) -> int:
                 async with sem:
                     body = {"text": texts[i], "dataset": ("SCNM", "SCPOS:Adj")[i % 2]}
                     return (await ac.post("/v1/extract", json=body)).status_code
+
             return await asyncio.gather(*(one(i) for i in range(len(texts))))
 
     statuses = asyncio.run(run())
@@ -171,7 +198,9 @@ def test_shipped_serve_configs_validate():
     from giellm_ray.serve.app import config_from_args
     from giellm_ray.serve.config import ServeConfig
 
-    deploy = ServeDeploySchema.parse_obj(yaml.safe_load((SERVE_CONFIGS / "deploy.yaml").read_text()))
+    deploy = ServeDeploySchema.parse_obj(
+        yaml.safe_load((SERVE_CONFIGS / "deploy.yaml").read_text())
+    )
     app = deploy.applications[0]
     assert app.import_path == "giellm_ray.serve.app:build_app"
     assert deploy.http_options.host == "0.0.0.0"  # a cluster deployment (test_serve_gpu_config)
@@ -192,8 +221,12 @@ HOSTILE_HTTP = [
     ("/v1/extract", b'{"text": "\\u682a", "dataset": "SCNM", "max_new_tokens": true}', 422),
     ("/v1/extract", b'{"text": 5, "dataset": "SCNM"}', 422),
     ("/v1/extract", b'{"text": "\xff\xfe", "dataset": "SCNM"}', 400),
-    ("/v1/extract/batch", b'{"requests": [{"text": "\\u682a", "dataset": "SCNM"}, '
-                          b'{"text": "a\\udfffb", "dataset": "SCNM"}]}', 422),
+    (
+        "/v1/extract/batch",
+        b'{"requests": [{"text": "\\u682a", "dataset": "SCNM"}, '
+        b'{"text": "a\\udfffb", "dataset": "SCNM"}]}',
+        422,
+    ),
 ]
 HOSTILE_ROWS = [
     {"text": "\ud800", "dataset": "SCNM"},
@@ -225,17 +258,27 @@ def test_hostile_requests_leave_concurrent_good_ones_untouched(service, stockmar
 
     async def run() -> list[tuple[str, object, object]]:
         async with httpx.AsyncClient(base_url=str(client.base_url), timeout=120.0) as ac:
-            hostile = [("http", status, ac.post(url, content=raw,
-                                                headers={"content-type": "application/json"}))
-                       for url, raw, status in HOSTILE_HTTP]
-            hostile += [("row", row, asyncio.to_thread(
-                lambda r=row: model.extract.remote(r).result(timeout_s=120)))
-                for row in HOSTILE_ROWS]
+            hostile = [
+                (
+                    "http",
+                    status,
+                    ac.post(url, content=raw, headers={"content-type": "application/json"}),
+                )
+                for url, raw, status in HOSTILE_HTTP
+            ]
+            hostile += [
+                (
+                    "row",
+                    row,
+                    asyncio.to_thread(lambda r=row: model.extract.remote(r).result(timeout_s=120)),
+                )
+                for row in HOSTILE_ROWS
+            ]
             # A hostile call after each good one, so hostile rows share the good ones' batches.
             calls: list[tuple[str, object, object]] = []
             for i in range(len(texts)):
                 calls.append(("good", i, ac.post("/v1/extract", json=good_body(i))))
-                calls += hostile[i:i + 1]
+                calls += hostile[i : i + 1]
             outs = await asyncio.gather(*(c for _, _, c in calls))
             return [(kind, key, out) for (kind, key, _), out in zip(calls, outs, strict=True)]
 
@@ -249,7 +292,6 @@ def test_hostile_requests_leave_concurrent_good_ones_untouched(service, stockmar
             assert out["error"] and out["prediction"] is None, (key, out)
         if kind != "row":
             assert not any(w in out.text for w in INTERNAL_WORDS), out.text
-
 
 
 @pytest.mark.slow
@@ -269,8 +311,11 @@ def test_a_dead_vllm_engine_ends_its_replica_and_the_text_is_retried(service, st
     before = client.post("/v1/extract", json=body)
     model = serve.get_deployment_handle("ExtractorModel", app_name=cfg.app_name)
     pid = model.stats.remote().result(timeout_s=30)["pid"]
-    cores = [p for p in psutil.Process().children(recursive=True)
-             if p.name().startswith("VLLM::EngineCore")]
+    cores = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.name().startswith("VLLM::EngineCore")
+    ]
     assert len(cores) == 1, cores  # the one replica's engine (this session's Ray, our children)
     cores[0].send_signal(signal.SIGKILL)
     psutil.wait_procs(cores, timeout=30)

@@ -28,11 +28,19 @@ def test_serve_forever_answers_then_stops_gracefully(ray_cluster, tiny_model_dir
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = load_config(ServeConfig, str(CONFIG), [
-        f"model.name_or_path={tiny_model_dir}", f"http.port={port}", "app_name=giellm-driver",
-        "generation.max_new_tokens=48", "replica.num_cpus=0.5", "replica.max_replicas=1",
-        "replica.graceful_shutdown_timeout_s=5",
-    ])
+    cfg = load_config(
+        ServeConfig,
+        str(CONFIG),
+        [
+            f"model.name_or_path={tiny_model_dir}",
+            f"http.port={port}",
+            "app_name=giellm-driver",
+            "generation.max_new_tokens=48",
+            "replica.num_cpus=0.5",
+            "replica.max_replicas=1",
+            "replica.graceful_shutdown_timeout_s=5",
+        ],
+    )
     stop, codes = threading.Event(), []
     thread = threading.Thread(target=lambda: codes.append(serve_forever(cfg, stop=stop)))
     thread.start()
@@ -54,7 +62,7 @@ def test_serve_forever_answers_then_stops_gracefully(ray_cluster, tiny_model_dir
         # Constrained decoding: even a random model starts with a real TL label and the IW.
         assert body["tl_label"] in DEFAULT_REGISTRY["SCNM"].tl_labels
         assert body["raw_output"].startswith(f"<{body['tl_label']}>固有表現抽出")
-        assert all(text[it["start"]:it["end"]] == it["span"] for it in body["items"])
+        assert all(text[it["start"] : it["end"]] == it["span"] for it in body["items"])
     finally:
         stop.set()
         thread.join(timeout=120)

@@ -40,14 +40,25 @@ def deploy(ray_cluster, tiny_model_dir):
         port = s.getsockname()[1]
 
     def start(*overrides: str):
-        cfg = load_config(ServeConfig, str(CONFIG), [
-            f"model.name_or_path={tiny_model_dir}", f"http.port={port}", "app_name=giellm-faults",
-            "generation.max_new_tokens=16", "replica.num_cpus=0.5", "batching.max_batch_size=8",
-            "replica.graceful_shutdown_timeout_s=2", *overrides])
+        cfg = load_config(
+            ServeConfig,
+            str(CONFIG),
+            [
+                f"model.name_or_path={tiny_model_dir}",
+                f"http.port={port}",
+                "app_name=giellm-faults",
+                "generation.max_new_tokens=16",
+                "replica.num_cpus=0.5",
+                "batching.max_batch_size=8",
+                "replica.graceful_shutdown_timeout_s=2",
+                *overrides,
+            ],
+        )
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(cfg), name=cfg.app_name, route_prefix="/")
         return f"http://127.0.0.1:{port}", serve.get_deployment_handle(
-            "ExtractorModel", app_name=cfg.app_name)
+            "ExtractorModel", app_name=cfg.app_name
+        )
 
     try:
         yield start
@@ -55,8 +66,9 @@ def deploy(ray_cluster, tiny_model_dir):
         serve.shutdown()
 
 
-def replicas(handle, want: int, exclude: tuple[int, ...] = (), limit_s: float = 180.0
-             ) -> dict[int, str]:
+def replicas(
+    handle, want: int, exclude: tuple[int, ...] = (), limit_s: float = 180.0
+) -> dict[int, str]:
     """PID -> actor name of ``want`` live model replicas, none of them in ``exclude`` (asked
     until that many distinct ones answered: a replacement may still be loading the model)."""
     deadline = time.monotonic() + limit_s
@@ -71,14 +83,16 @@ def replicas(handle, want: int, exclude: tuple[int, ...] = (), limit_s: float = 
         time.sleep(1.0)
 
 
-def load_with_kill(url: str, texts: list[str], duration_s: float, kill_at_s: float,
-                   kill) -> list[tuple[float, httpx.Response]]:
+def load_with_kill(
+    url: str, texts: list[str], duration_s: float, kill_at_s: float, kill
+) -> list[tuple[float, httpx.Response]]:
     """``CLIENTS`` closed-loop clients for ``duration_s``; ``kill()`` at ``kill_at_s``."""
     answers: list[tuple[float, httpx.Response]] = []
 
     async def run() -> None:
         start = time.perf_counter()
         async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
+
             async def worker(w: int) -> None:
                 i = w
                 while time.perf_counter() - start < duration_s:
@@ -104,8 +118,13 @@ def report(label: str, answers: list[tuple[float, httpx.Response]], kill_at_s: f
     ok = sorted(t for t, r in answers if r.status_code == 200)
     gaps = [(b - a, a) for a, b in zip(ok, ok[1:], strict=False)]
     longest, at = max(gaps) if gaps else (float("nan"), float("nan"))
-    line = {"test": label, "statuses": counts, "dark_s": round(longest, 2),
-            "dark_from_s": round(at, 2), "killed_at_s": kill_at_s}
+    line = {
+        "test": label,
+        "statuses": counts,
+        "dark_s": round(longest, 2),
+        "dark_from_s": round(at, 2),
+        "killed_at_s": kill_at_s,
+    }
     print(json.dumps(line))
     for _, r in answers:  # whatever the status, never a bare 500 or internal exception text
         assert r.status_code in (200, 503), (r.status_code, r.text)
@@ -117,9 +136,13 @@ def report(label: str, answers: list[tuple[float, httpx.Response]], kill_at_s: f
 def test_one_replica_sigkilled_is_503_with_retry_after_never_500(deploy, stockmark_records):
     # A 1 s retry budget: the replacement replica needs longer than that to load the model, so
     # the texts that were in flight on the killed replica get their 503s.
-    url, handle = deploy("replica.min_replicas=1", "replica.max_replicas=1",
-                         "ingress.retry_timeout_s=1", "ingress.retry_after_s=5")
-    (pid, _), = replicas(handle, 1).items()
+    url, handle = deploy(
+        "replica.min_replicas=1",
+        "replica.max_replicas=1",
+        "ingress.retry_timeout_s=1",
+        "ingress.retry_after_s=5",
+    )
+    ((pid, _),) = replicas(handle, 1).items()
     texts = [r["text"] for r in stockmark_records[:64]]
     answers = load_with_kill(url, texts, 25.0, 5.0, lambda: os.kill(pid, signal.SIGKILL))
     line = report("1 replica, SIGKILL", answers, 5.0)
@@ -129,8 +152,12 @@ def test_one_replica_sigkilled_is_503_with_retry_after_never_500(deploy, stockma
             assert r.headers["retry-after"] == "5" and "retry later" in r.json()["detail"]
     # The replacement serves: the service is back without anyone redeploying it.
     replicas(handle, 1, exclude=(pid,))
-    assert httpx.post(f"{url}/v1/extract", json={"text": texts[0], "dataset": "SCNM"},
-                      timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}/v1/extract", json={"text": texts[0], "dataset": "SCNM"}, timeout=60
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.timeout(420)

@@ -23,8 +23,14 @@ from giellm_ray.train.driver import run_training
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BASE = [
-    "epochs=3", "lr=1e-2", "per_device_batch_size=4", "num_workers=2", "log_every_steps=1",
-    "resources_per_worker={CPU: 0.75}", "data.max_length=256", "keep_checkpoints=2",
+    "epochs=3",
+    "lr=1e-2",
+    "per_device_batch_size=4",
+    "num_workers=2",
+    "log_every_steps=1",
+    "resources_per_worker={CPU: 0.75}",
+    "data.max_length=256",
+    "keep_checkpoints=2",
 ]
 
 
@@ -37,8 +43,11 @@ def _corpus(tmp_path, rows: int, name: str) -> str:
 
 
 def _cfg(tmp_path, model: str, *extra: str) -> TrainConfig:
-    return load_config(TrainConfig, None, [
-        *BASE, f"model.name_or_path={model}", f"storage_path={tmp_path / 'runs'}", *extra])
+    return load_config(
+        TrainConfig,
+        None,
+        [*BASE, f"model.name_or_path={model}", f"storage_path={tmp_path / 'runs'}", *extra],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +55,16 @@ def zero2_run(ray_cluster, tiny_model_dir, tmp_path_factory):
     """ZeRO-2, 64 rows, 3 epochs; worker 1 raises once at step 7 (after the step-5 checkpoint)."""
     tmp = tmp_path_factory.mktemp("zero2")
     marker = tmp / "failed-once"
-    cfg = _cfg(tmp, tiny_model_dir, f"data.train={_corpus(tmp, 16, 'train.parquet')}",
-               "zero_stage=2", "checkpoint_every_steps=5", "max_failures=1", "run_name=z2",
-               f"fault_injection={{fail_at_step: 7, marker: {marker}, rank: 1}}")
+    cfg = _cfg(
+        tmp,
+        tiny_model_dir,
+        f"data.train={_corpus(tmp, 16, 'train.parquet')}",
+        "zero_stage=2",
+        "checkpoint_every_steps=5",
+        "max_failures=1",
+        "run_name=z2",
+        f"fault_injection={{fail_at_step: 7, marker: {marker}, rank: 1}}",
+    )
     return cfg, run_training(cfg), marker
 
 
@@ -87,8 +103,11 @@ def test_async_upload_leaves_complete_checkpoints_only(zero2_run):
     fs, run_path = storage_filesystem(cfg.run_dir())
     states = [is_complete(fs, d) for d in checkpoint_dirs(fs, run_path)]
     assert all(states) and len(states) == cfg.keep_checkpoints
-    full = [d for d, st in zip(checkpoint_dirs(fs, run_path), states, strict=True)
-            if not st["weights_only"]]
+    full = [
+        d
+        for d, st in zip(checkpoint_dirs(fs, run_path), states, strict=True)
+        if not st["weights_only"]
+    ]
     assert len(full) == 1
     shards = glob.glob(os.path.join(full[0], "ds", "*zero_pp_rank_*optim_states.pt"))
     assert len(shards) == 2  # each rank uploaded its own ZeRO-2 optimizer shard
@@ -104,8 +123,15 @@ def test_zero2_loss_falls_on_memorisable_corpus(zero2_run):
 @pytest.mark.timeout(240)
 def test_explicit_resume_continues_earlier_run(zero2_run, tmp_path):
     cfg, result, _ = zero2_run
-    more = cfg.model_copy(update={"epochs": 4, "run_name": "z2-more", "resume_from":
-                                  result.checkpoint, "fault_injection": None, "export": ExportConfig(enabled=False)})
+    more = cfg.model_copy(
+        update={
+            "epochs": 4,
+            "run_name": "z2-more",
+            "resume_from": result.checkpoint,
+            "fault_injection": None,
+            "export": ExportConfig(enabled=False),
+        }
+    )
     again = run_training(more)
     assert again.metrics["resumed_from_step"] == 24
     assert again.metrics["step"] == 32
@@ -118,11 +144,20 @@ def test_zero3_tiny_preset_eval_and_export_loads(ray_cluster, tmp_path):
 
     eval_path = tmp_path / "eval.parquet"
     pq.write_table(pq.read_table(sample_path("test")).slice(0, 8), eval_path)
-    cfg = _cfg(tmp_path, "tiny", f"data.train={_corpus(tmp_path, 8, 'train.parquet')}",
-               f"data.eval={eval_path}", "zero_stage=3", "epochs=1", "run_name=z3",
-               "checkpoint_upload_mode=sync", "eval.metrics=on",  # ZeRO-3 generates only on "on"
-               "eval.max_new_tokens=8", "eval.batch_size=4",
-               "tiny={vocab_size: 600, hidden_size: 32, intermediate_size: 64}")
+    cfg = _cfg(
+        tmp_path,
+        "tiny",
+        f"data.train={_corpus(tmp_path, 8, 'train.parquet')}",
+        f"data.eval={eval_path}",
+        "zero_stage=3",
+        "epochs=1",
+        "run_name=z3",
+        "checkpoint_upload_mode=sync",
+        "eval.metrics=on",  # ZeRO-3 generates only on "on"
+        "eval.max_new_tokens=8",
+        "eval.batch_size=4",
+        "tiny={vocab_size: 600, hidden_size: 32, intermediate_size: 64}",
+    )
     result = run_training(cfg)
     m = result.metrics
     assert m["eval_loss"] > 0 and m["eval_target_tokens"] > 0
@@ -141,8 +176,9 @@ def test_zero3_tiny_preset_eval_and_export_loads(ray_cluster, tmp_path):
     assert out.shape[1] > ids["input_ids"].shape[1]
     # The export is the trained model, not the base: ZeRO-3 shards were gathered, not lost.
     base = AutoModelForCausalLM.from_pretrained(resolved.model.name_or_path)
-    diff = [not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(),
-                                                   strict=True)]
+    diff = [
+        not torch.equal(p, q) for p, q in zip(model.parameters(), base.parameters(), strict=True)
+    ]
     assert any(diff) and all(p.abs().sum() > 0 for p in model.parameters())
 
 
@@ -157,9 +193,23 @@ def test_cli_train_shipped_config_from_another_directory(ray_cluster, tmp_path, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GIELLM_LOG_LEVEL", raising=False)  # main() writes it; undone after
     config = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "train" / "tiny-cpu.yaml"
-    rc = main(["train", "--config", str(config), "--set", "max_steps=2",
-               "--set", "storage_path=runs", "--set", "data.eval=null",
-               "--set", "checkpoint_every_steps=null", "--set", "log_every_steps=1"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--set",
+            "max_steps=2",
+            "--set",
+            "storage_path=runs",
+            "--set",
+            "data.eval=null",
+            "--set",
+            "checkpoint_every_steps=null",
+            "--set",
+            "log_every_steps=1",
+        ]
+    )
     assert rc == 0
     export = tmp_path / "runs" / "tiny-cpu" / "export"
     assert (export / "model.safetensors").is_file() and (export / "train_config.yaml").is_file()
@@ -168,25 +218,37 @@ def test_cli_train_shipped_config_from_another_directory(ray_cluster, tmp_path, 
 
 
 @pytest.mark.timeout(600)  # two worker groups; 3-6 min on a loaded 2-core machine
-def test_worker_killed_after_checkpoint_upload_resumes_from_it(ray_cluster, tiny_model_dir,
-                                                              tmp_path):
+def test_worker_killed_after_checkpoint_upload_resumes_from_it(
+    ray_cluster, tiny_model_dir, tmp_path
+):
     """Rank 1 is SIGKILLed once the epoch-1 checkpoint (step 8) is fully in storage but before its
     report reaches Ray's controller: Ray never registers it, the restarted group finds it complete
     in the run directory and resumes there (not at step 0), and the driver removes it afterwards
     (``keep_checkpoints: 1``: only the final checkpoint is Ray's to keep)."""
     marker = tmp_path / "killed-once"
-    cfg = _cfg(tmp_path, tiny_model_dir, f"data.train={_corpus(tmp_path, 16, 'train.parquet')}",
-               "zero_stage=2", "epochs=2", "max_failures=1", "run_name=z2-kill",
-               "keep_checkpoints=1", "export=false",
-               f"fault_injection={{fail_at_step: 8, marker: {marker}, rank: 1, "
-               "mode: kill_after_checkpoint}")
+    cfg = _cfg(
+        tmp_path,
+        tiny_model_dir,
+        f"data.train={_corpus(tmp_path, 16, 'train.parquet')}",
+        "zero_stage=2",
+        "epochs=2",
+        "max_failures=1",
+        "run_name=z2-kill",
+        "keep_checkpoints=1",
+        "export=false",
+        f"fault_injection={{fail_at_step: 8, marker: {marker}, rank: 1, "
+        "mode: kill_after_checkpoint}",
+    )
     result = run_training(cfg)
     m = result.metrics
     assert marker.exists(), "the kill hook never fired"
     assert m["resumed_from_step"] == 8
     assert m["step"] == m["total_steps"] == 16
-    left = sorted(d for d in os.listdir(cfg.run_dir()) if d.startswith("checkpoint_")
-                  and os.path.isdir(os.path.join(cfg.run_dir(), d)))
+    left = sorted(
+        d
+        for d in os.listdir(cfg.run_dir())
+        if d.startswith("checkpoint_") and os.path.isdir(os.path.join(cfg.run_dir(), d))
+    )
     assert left == [os.path.basename(result.checkpoint)]  # the orphan is gone
     # export: false, so the final checkpoint carries the weights, but still no optimizer state.
     assert os.path.isfile(os.path.join(result.checkpoint, "model.safetensors"))
@@ -217,10 +279,12 @@ def counting_s3(s3_server):
             for chunk in body:
                 served[path] += len(chunk)
                 yield chunk
+
         return stream()
 
-    server = make_server("127.0.0.1", 0, counting, threaded=True,
-                         request_handler=MotoRequestHandler)
+    server = make_server(
+        "127.0.0.1", 0, counting, threaded=True, request_handler=MotoRequestHandler
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}", served
@@ -249,16 +313,27 @@ def test_resume_from_s3_fetches_each_checkpoint_file_once(zero2_run, counting_s3
     s3, key = io.resolve_native(dest)
     pafs.copy_files(full, key, source_filesystem=fs, destination_filesystem=s3)
     served.clear()
-    more = cfg.model_copy(update={"run_name": "z2-s3", "resume_from": dest, "max_steps": step + 1,
-                                  "trust_checkpoint": True, "fault_injection": None,
-                                  "export": ExportConfig(enabled=False),
-                                  "checkpoint_every_steps": None})
+    more = cfg.model_copy(
+        update={
+            "run_name": "z2-s3",
+            "resume_from": dest,
+            "max_steps": step + 1,
+            "trust_checkpoint": True,
+            "fault_injection": None,
+            "export": ExportConfig(enabled=False),
+            "checkpoint_every_steps": None,
+        }
+    )
     again = run_training(more)
     assert again.metrics["resumed_from_step"] == step and again.metrics["step"] == step + 1
-    sizes = {f"/giellm-test/resume-count/ckpt/{os.path.relpath(os.path.join(d, f), full)}":
-             os.path.getsize(os.path.join(d, f))
-             for d, _, names in os.walk(full) for f in names
-             if os.path.relpath(d, full).startswith("ds")}
+    sizes = {
+        f"/giellm-test/resume-count/ckpt/{os.path.relpath(os.path.join(d, f), full)}": os.path.getsize(
+            os.path.join(d, f)
+        )
+        for d, _, names in os.walk(full)
+        for f in names
+        if os.path.relpath(d, full).startswith("ds")
+    }
     assert len(sizes) == 3  # mp_rank_00_model_states.pt + two optimizer shards
     assert {p: served[p] for p in sizes} == sizes
 
@@ -282,9 +357,18 @@ def test_zero3_two_steps_on_gpu(ray_cluster, tiny_model_dir, tmp_path):
         pytest.skip("needs CUDA (a ZeRO-3 step with NCCL and FusedAdam); this machine has none")
     from safetensors import safe_open
 
-    cfg = _cfg(tmp_path, tiny_model_dir, f"data.train={_corpus(tmp_path, 8, 'train.parquet')}",
-               "zero_stage=3", "use_gpu=true", "num_workers=1", "max_steps=2", "epochs=1",
-               "resources_per_worker={CPU: 1, GPU: 1}", "run_name=z3-gpu")
+    cfg = _cfg(
+        tmp_path,
+        tiny_model_dir,
+        f"data.train={_corpus(tmp_path, 8, 'train.parquet')}",
+        "zero_stage=3",
+        "use_gpu=true",
+        "num_workers=1",
+        "max_steps=2",
+        "epochs=1",
+        "resources_per_worker={CPU: 1, GPU: 1}",
+        "run_name=z3-gpu",
+    )
     assert cfg.resolved_precision() == "bf16"
     result = run_training(cfg)
     m = result.metrics

@@ -26,21 +26,26 @@ def adapters(tiny_model_dir, tmp_path_factory) -> dict[str, str]:
     from giellm_ray.model.tiny_lora import build_tiny_adapter
 
     root = tmp_path_factory.mktemp("adapters")
-    return {name: build_tiny_adapter(tiny_model_dir, str(root / name), seed=seed)
-            for name, seed in (("a", 1), ("b", 2))}
+    return {
+        name: build_tiny_adapter(tiny_model_dir, str(root / name), seed=seed)
+        for name, seed in (("a", 1), ("b", 2))
+    }
 
 
 def _rows(records, cycle, n=12):
-    return [{S.DATASET: "SCNM", S.TEXT: r["text"], S.ADAPTER: cycle[i % len(cycle)]}
-            for i, r in enumerate(records[:n])]
+    return [
+        {S.DATASET: "SCNM", S.TEXT: r["text"], S.ADAPTER: cycle[i % len(cycle)]}
+        for i, r in enumerate(records[:n])
+    ]
 
 
 def _key(o):
     return o[S.PREDICTION], o[S.NUM_GENERATED_TOKENS], o[S.ERROR]
 
 
-def test_mixed_adapters_give_each_row_what_its_adapter_alone_gives(tiny_model_dir, adapters,
-                                                                   stockmark_records):
+def test_mixed_adapters_give_each_row_what_its_adapter_alone_gives(
+    tiny_model_dir, adapters, stockmark_records
+):
     model = ModelConfig(name_or_path=tiny_model_dir)
     both = build_extractor("hf", model, GEN, adapters=adapters)
     assert both.adapters == ("a", "b")
@@ -78,8 +83,9 @@ def test_an_unknown_adapter_is_that_rows_error(tiny_model_dir, adapters, stockma
     # Without adapters in the config any name is unknown; null still means the base model.
     plain = build_extractor("hf", ModelConfig(name_or_path=tiny_model_dir), GEN)
     out = plain.extract(rows[:3])
-    assert out[0][S.ERROR] == ("unknown adapter 'a'; known adapters: none (the config names "
-                               "no adapters)")
+    assert out[0][S.ERROR] == (
+        "unknown adapter 'a'; known adapters: none (the config names no adapters)"
+    )
     assert out[2][S.ERROR] is None or out[2][S.ERROR].startswith("output truncated")
 
 
@@ -106,8 +112,10 @@ def test_s3_adapters_download_once_per_node(s3_server, adapters, tmp_path, monke
         s3.upload_file(os.path.join(adapters["a"], name), "giellm-test", f"adapters/a/{name}")
     first = localize_adapters({"a": "s3://giellm-test/adapters/a"})["a"]
     assert first.startswith(str(tmp_path / "cache"))
-    with open(os.path.join(first, "adapter_model.safetensors"), "rb") as f, \
-            open(os.path.join(adapters["a"], "adapter_model.safetensors"), "rb") as g:
+    with (
+        open(os.path.join(first, "adapter_model.safetensors"), "rb") as f,
+        open(os.path.join(adapters["a"], "adapter_model.safetensors"), "rb") as g,
+    ):
         assert f.read() == g.read()
     mtime = os.stat(first).st_mtime_ns
     # A second caller (another actor on the node) reuses the finished copy: nothing is written.
@@ -115,8 +123,9 @@ def test_s3_adapters_download_once_per_node(s3_server, adapters, tmp_path, monke
     assert os.stat(first).st_mtime_ns == mtime
 
 
-def test_serving_picks_the_requests_adapter_and_refuses_unknown_ones(tiny_model_dir, adapters,
-                                                                     stockmark_records):
+def test_serving_picks_the_requests_adapter_and_refuses_unknown_ones(
+    tiny_model_dir, adapters, stockmark_records
+):
     """The HTTP app over a real Extractor holding both adapters (no Ray): ``adapter`` reaches the
     engine, an unknown one is a 422 before the model is reached, ``GET /v1/adapters`` lists."""
     from fastapi.testclient import TestClient
@@ -149,16 +158,33 @@ def test_serving_picks_the_requests_adapter_and_refuses_unknown_ones(tiny_model_
         r = client.post("/v1/extract", json={"text": text, "dataset": "SCNM", "adapter": "zz"})
         assert r.status_code == 422
         assert r.json()["detail"] == "unknown adapter 'zz'; known adapters: a, b"
-        r = client.post("/v1/extract/batch", json={"requests": [
-            {"text": text, "dataset": "SCNM", "adapter": "b"},
-            {"text": text, "dataset": "SCNM", "adapter": "c"}]})
+        r = client.post(
+            "/v1/extract/batch",
+            json={
+                "requests": [
+                    {"text": text, "dataset": "SCNM", "adapter": "b"},
+                    {"text": text, "dataset": "SCNM", "adapter": "c"},
+                ]
+            },
+        )
         assert r.status_code == 422
         assert r.json()["detail"].startswith("requests[1]: unknown adapter")
-        assert client.post("/v1/extract", json={"text": text, "dataset": "SCNM",
-                                                "adapter": 3}).status_code == 422
+        assert (
+            client.post(
+                "/v1/extract", json={"text": text, "dataset": "SCNM", "adapter": 3}
+            ).status_code
+            == 422
+        )
         assert len(calls) == 3  # refused before the model
-        r = client.post("/v1/extract/batch", json={"requests": [
-            {"text": text, "dataset": "SCNM", "adapter": "b"}, {"text": text, "dataset": "SCNM"}]})
+        r = client.post(
+            "/v1/extract/batch",
+            json={
+                "requests": [
+                    {"text": text, "dataset": "SCNM", "adapter": "b"},
+                    {"text": text, "dataset": "SCNM"},
+                ]
+            },
+        )
         assert [x["raw_output"] for x in r.json()["results"]] == [answers["b"], answers[None]]
 
 
@@ -176,14 +202,18 @@ def test_configs_take_adapters_and_the_input_column_must_be_strings(tmp_path, ti
         ScoreConfig(adapters={"a b": "/x"})
     assert VLLMConfig().lora_kwargs(0, 0) == {}
     assert VLLMConfig(max_loras=4).lora_kwargs(2, 8) == {
-        "enable_lora": True, "max_loras": 2, "max_lora_rank": 16}
+        "enable_lora": True,
+        "max_loras": 2,
+        "max_lora_rank": 16,
+    }
     with pytest.raises(ValueError, match="above vllm.max_lora_rank 16"):
         VLLMConfig().lora_kwargs(1, 32)
     with pytest.raises(ValueError, match="enable_lora is false"):
         VLLMConfig(enable_lora=False).lora_kwargs(1, 8)
 
-    pq.write_table(pa.table({"dataset": ["SCNM"], "text": ["x"], "adapter": [3]}),
-                   tmp_path / "in.parquet")
+    pq.write_table(
+        pa.table({"dataset": ["SCNM"], "text": ["x"], "adapter": [3]}), tmp_path / "in.parquet"
+    )
     cfg = ScoreConfig(input=[str(tmp_path / "in.parquet")], output=str(tmp_path / "out"))
     cfg.model.name_or_path = tiny_model_dir
     with pytest.raises(ValueError, match="column 'adapter' must be string"):

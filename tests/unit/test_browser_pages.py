@@ -51,10 +51,18 @@ def browser(tmp_path_factory):
             pytest.skip(f"{what} not found at {path} (apt-get install chromium chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1200,900",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(CHROMEDRIVER))
@@ -77,8 +85,7 @@ def requested_urls(driver) -> list[str]:
 
 def assert_local_only(urls: list[str]) -> None:
     assert urls, "the performance log recorded no request"
-    outside = [u for u in urls if not u.startswith("data:")
-               and urlparse(u).hostname != "127.0.0.1"]
+    outside = [u for u in urls if not u.startswith("data:") and urlparse(u).hostname != "127.0.0.1"]
     assert not outside, f"requests left 127.0.0.1: {outside}"
 
 
@@ -96,14 +103,17 @@ def wait_for(driver, script: str, timeout_s: float = 120.0):
     from selenium.webdriver.support.ui import WebDriverWait
 
     return WebDriverWait(driver, timeout_s, poll_frequency=0.2).until(
-        lambda d: d.execute_script(script))
+        lambda d: d.execute_script(script)
+    )
 
 
 def covered(driver, container: str) -> dict[int, set[int]]:
     """Per item index, the character offsets its ``<mark>`` pieces cover inside ``container``."""
     pieces = driver.execute_script(
         "return [...document.querySelectorAll(arguments[0] + ' mark')].map(m => "
-        "[m.dataset.items, +m.dataset.start, +m.dataset.end])", container)
+        "[m.dataset.items, +m.dataset.start, +m.dataset.end])",
+        container,
+    )
     out: dict[int, set[int]] = {}
     for items, start, end in pieces:
         for i in map(int, items.split(",")):
@@ -131,8 +141,13 @@ def extractor(tiny_model_dir):
     from giellm_ray.generation.config import GenerationConfig
     from giellm_ray.model.loader import ModelConfig
 
-    return build_extractor("hf", ModelConfig(name_or_path=tiny_model_dir),
-                           GenerationConfig(max_new_tokens=48), constrained=True, device="cpu")
+    return build_extractor(
+        "hf",
+        ModelConfig(name_or_path=tiny_model_dir),
+        GenerationConfig(max_new_tokens=48),
+        constrained=True,
+        device="cpu",
+    )
 
 
 class Server:
@@ -142,8 +157,9 @@ class Server:
         import uvicorn
 
         self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -194,13 +210,16 @@ def test_page_highlights_the_api_items_and_stays_local(browser, extractor):
         # The same request straight to the API gives the same items (greedy decoding).
         import httpx
 
-        api = httpx.post(base + "/v1/extract", json={"text": TEXT, "dataset": "SCNM"},
-                         timeout=120).json()
+        api = httpx.post(
+            base + "/v1/extract", json={"text": TEXT, "dataset": "SCNM"}, timeout=120
+        ).json()
         assert body["items"] == api["items"] and body["tl_label"] == api["tl_label"]
         assert any(it["start"] is not None for it in api["items"]), api  # constrained: spans
         assert covered(browser, "#highlighted") == expected(api["items"])
-        shown = browser.execute_script("return [...document.querySelectorAll('#items tbody tr')]"
-                                       ".map(r => r.children[2].textContent)")
+        shown = browser.execute_script(
+            "return [...document.querySelectorAll('#items tbody tr')]"
+            ".map(r => r.children[2].textContent)"
+        )
         assert shown == [it["span"] for it in api["items"]]
         assert browser.find_element("id", "tl-label").text == (api["tl_label"] or "(none)")
         assert browser.find_element("id", "raw").text == api["raw_output"].strip()
@@ -223,9 +242,16 @@ def test_page_draws_relations_head_to_tail(browser):
 
     async def extract(rows):  # a fixed model answer, parsed and grounded as the Extractor does
         res = parse(output, task)
-        return [{"prediction": output, "pred_tl_label": res.tl_label, "error": res.error,
-                 "pred_items": ground_items(r["text"], res.items), "num_generated_tokens": 20}
-                for r in rows]
+        return [
+            {
+                "prediction": output,
+                "pred_tl_label": res.tl_label,
+                "error": res.error,
+                "pred_items": ground_items(r["text"], res.items),
+                "num_generated_tokens": 20,
+            }
+            for r in rows
+        ]
 
     with Server(_http_app(registry, extract)) as base:
         requested_urls(browser)
@@ -234,14 +260,17 @@ def test_page_draws_relations_head_to_tail(browser):
         assert covered(browser, "#highlighted") == expected(body["items"])
         arrows = browser.execute_script(
             "return [...document.querySelectorAll('#arrows path.relation')].map(p => "
-            "[+p.dataset.item, p.getAttribute('d')])")
+            "[+p.dataset.item, p.getAttribute('d')])"
+        )
         assert [a[0] for a in arrows] == [0, 1]
         # Each arrow starts above the middle of its head's first piece.
         for i, d in arrows:
             x_head = browser.execute_script(
                 "const v = document.getElementById('view').getBoundingClientRect();"
                 "const r = document.querySelector('mark.head-' + arguments[0])"
-                ".getBoundingClientRect(); return r.left + r.width / 2 - v.left", i)
+                ".getBoundingClientRect(); return r.left + r.width / 2 - v.left",
+                i,
+            )
             assert abs(float(d.split(" ")[0].lstrip("M").split(",")[0]) - x_head) < 1, d
         screenshot(browser, "page-relations.png")
         assert_local_only(requested_urls(browser))
@@ -259,13 +288,17 @@ def test_report_shows_wrong_rows_with_their_items(browser, extractor, tmp_path):
 
     test = pq.read_table(sample_path("test"))
     datasets = test.column("dataset").to_pylist()
-    keep = [i for ds in ("SCNM", "SCPOS:RW") for i in
-            [k for k, d in enumerate(datasets) if d == ds][:20]]
+    keep = [
+        i
+        for ds in ("SCNM", "SCPOS:RW")
+        for i in [k for k, d in enumerate(datasets) if d == ds][:20]
+    ]
     rows = test.take(keep).to_pylist()
     outs = extractor.extract(rows)
-    scored = [{**r, **{k: o.get(k) for k in (schema.PREDICTION, schema.PRED_TL_LABEL,
-                                            schema.PRED_ITEMS)}} for r, o in
-              zip(rows, outs, strict=True)]
+    scored = [
+        {**r, **{k: o.get(k) for k in (schema.PREDICTION, schema.PRED_TL_LABEL, schema.PRED_ITEMS)}}
+        for r, o in zip(rows, outs, strict=True)
+    ]
     pq.write_table(pa.Table.from_pylist(scored), tmp_path / "scored.parquet")
     out = tmp_path / "report"
     evaluate(str(tmp_path / "scored.parquet"), str(out), sample_size=15)
@@ -282,13 +315,15 @@ def test_report_shows_wrong_rows_with_their_items(browser, extractor, tmp_path):
         assert "synthetic sample" in browser.find_element("tag name", "body").text
         screenshot(browser, "report.png")
         links = browser.execute_script(
-            "return [...document.querySelectorAll('a[href^=\"report-\"]')].map(a => a.href)")
+            "return [...document.querySelectorAll('a[href^=\"report-\"]')].map(a => a.href)"
+        )
         assert links, "no page of wrong rows"
         checked = 0
         for link in links:
             browser.get(link)
             ids = browser.execute_script(
-                "return [...document.querySelectorAll('div.row')].map(d => d.id)")
+                "return [...document.querySelectorAll('div.row')].map(d => d.id)"
+            )
             for rid in ids:
                 row = truth[rid]
                 assert not row["all_match"]
@@ -296,8 +331,9 @@ def test_report_shows_wrong_rows_with_their_items(browser, extractor, tmp_path):
                 assert covered(browser, f"{sel} .gold") == expected(row["target_items"])
                 assert covered(browser, f"{sel} .pred") == expected(row["pred_items"])
                 checked += 1
-        wrong = Counter(r["dataset"] for r in truth.values()
-                        if not r["all_match"] and not r["target_error"])
+        wrong = Counter(
+            r["dataset"] for r in truth.values() if not r["all_match"] and not r["target_error"]
+        )
         assert checked == sum(min(n, 15) for n in wrong.values())  # 15 sampled per dataset
         browser.get(links[0])
         screenshot(browser, "report-page.png")

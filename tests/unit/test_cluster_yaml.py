@@ -28,10 +28,18 @@ def test_matches_ray_cluster_launcher_schema(cfg):
     import jsonschema
 
     spec = importlib.util.find_spec("ray")
-    schema_path = Path(next(iter(spec.submodule_search_locations))) / "autoscaler" / "ray-schema.json"
+    schema_path = (
+        Path(next(iter(spec.submodule_search_locations))) / "autoscaler" / "ray-schema.json"
+    )
     schema = json.loads(schema_path.read_text())
     jsonschema.validate(cfg, schema)
-    for key in ("cluster_name", "provider", "available_node_types", "head_node_type", "max_workers"):
+    for key in (
+        "cluster_name",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "max_workers",
+    ):
         assert key in cfg, key
     assert cfg["provider"]["type"] == "aws" and cfg["provider"]["region"]
 
@@ -39,8 +47,11 @@ def test_matches_ray_cluster_launcher_schema(cfg):
 def test_docker_image_is_built_from_current_ray_with_cuda(cfg):
     """Nodes run the image of ./Dockerfile (pushed to the user's registry), which is FROM a current
     rayproject/ray CUDA image; tests/unit/test_gpu_stack.py checks the versions agree."""
-    from_lines = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
-                  if line.startswith("FROM ")]
+    from_lines = [
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("FROM ")
+    ]
     assert len(from_lines) == 1
     base = from_lines[0]
     assert base.startswith("rayproject/ray:") and "ray-ml" not in base, base
@@ -89,8 +100,12 @@ def test_every_raylet_starts_with_our_ray_environment(cfg):
 
 
 def test_nodes_pull_the_baked_image_and_install_nothing(cfg):
-    installs = [c for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
-                for c in cfg.get(key, []) if "pip install" in c]
+    installs = [
+        c
+        for key in ("setup_commands", "head_setup_commands", "worker_setup_commands")
+        for c in cfg.get(key, [])
+        if "pip install" in c
+    ]
     assert installs == [], "the image carries the stack; nothing is pip-installed per node"
     registry = cfg["docker"]["image"].split("/", 1)[0]
     assert any("docker login" in c and registry in c for c in cfg["initialization_commands"])
@@ -101,4 +116,6 @@ def test_nodes_pull_the_baked_image_and_install_nothing(cfg):
     mounts = [o.split(":")[-1] for o in cfg["docker"]["worker_run_options"] if o.startswith("-v ")]
     assert set(mounts) & set(NVME_ROOTS), mounts
     assert (ROOT / "pyproject.toml").read_text().count("gpu = [") == 1
-    assert "head_start_ray_commands" in cfg and any("--head" in c for c in cfg["head_start_ray_commands"])
+    assert "head_start_ray_commands" in cfg and any(
+        "--head" in c for c in cfg["head_start_ray_commands"]
+    )

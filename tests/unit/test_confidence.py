@@ -31,12 +31,21 @@ def test_output_ranges_follow_the_parsed_items():
     assert parsed.ok and len(parsed.items) == 3
     tl, ranges = output_ranges(OUTPUT, parsed.tl_label, parsed.items, SCNM)
     assert OUTPUT[slice(*tl)] == "<社会>"
-    assert [OUTPUT[slice(*r)] for r in ranges] == [":人名;鬱蒼", ":地名;J:COM春日部", ":法人名;Pi:Co"]
+    assert [OUTPUT[slice(*r)] for r in ranges] == [
+        ":人名;鬱蒼",
+        ":地名;J:COM春日部",
+        ":法人名;Pi:Co",
+    ]
 
 
 def test_output_ranges_of_relation_items():
-    task = TaskSpec(name="REL", tl_labels=("スポーツ",), wl_labels=("人名",), instruction="関係抽出",
-                    relation_labels=("所属",))
+    task = TaskSpec(
+        name="REL",
+        tl_labels=("スポーツ",),
+        wl_labels=("人名",),
+        instruction="関係抽出",
+        relation_labels=("所属",),
+    )
     out = "<スポーツ>関係抽出:山田;所属;巨人:人名;田中"
     parsed = parse(out, task)
     _, ranges = output_ranges(out, parsed.tl_label, parsed.items, task)
@@ -53,8 +62,10 @@ def test_output_ranges_unplaceable_items_are_none():
 def oracle(tok, text: str, logprobs: list[float], ranges) -> list[float]:
     """The joint probability over the tokens the tokenizer's offset mapping says overlap."""
     offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    return [math.exp(sum(lp for (s, e), lp in zip(offsets, logprobs, strict=True)
-                         if s < b and e > a)) for a, b in ranges]
+    return [
+        math.exp(sum(lp for (s, e), lp in zip(offsets, logprobs, strict=True) if s < b and e > a))
+        for a, b in ranges
+    ]
 
 
 def check_against_offsets(tok, pieces: TokenPieces, text: str):
@@ -83,14 +94,26 @@ def sentencepiece_tok(tmp_path_factory):
     spm = pytest.importorskip("sentencepiece")
     from transformers import LlamaTokenizer
 
-    lines = ["レッドフォックス株式会社は、東京都千代田区に本社を置く企業である。",
-             "松友美佐紀は、日本のバドミントン選手。", "<社会>固有表現抽出:法人名;レッドフォックス株式会社",
-             ":人名;松友美佐紀:地名;東京都"] * 20
+    lines = [
+        "レッドフォックス株式会社は、東京都千代田区に本社を置く企業である。",
+        "松友美佐紀は、日本のバドミントン選手。",
+        "<社会>固有表現抽出:法人名;レッドフォックス株式会社",
+        ":人名;松友美佐紀:地名;東京都",
+    ] * 20
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model,
-                                   vocab_size=400, byte_fallback=True, model_type="bpe",
-                                   character_coverage=0.98, hard_vocab_limit=False,
-                                   unk_id=0, bos_id=1, eos_id=2, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=model,
+        vocab_size=400,
+        byte_fallback=True,
+        model_type="bpe",
+        character_coverage=0.98,
+        hard_vocab_limit=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        minloglevel=2,
+    )
     out = tmp_path_factory.mktemp("sp-tokenizer")
     (out / "tokenizer.model").write_bytes(model.getvalue())
     return LlamaTokenizer.from_pretrained(str(out))
@@ -133,15 +156,24 @@ def test_exact_fallback_agrees_with_the_fast_path(which, request):
 def test_tokens_that_do_not_spell_the_text_give_no_scores(bpe):
     ids = bpe("<社会>固有表現抽出:人名;鈴木", add_special_tokens=False)["input_ids"]
     parsed = parse("<社会>固有表現抽出:人名;佐藤", SCNM)
-    tl, items = score_output(bpe, ids, [-0.1] * len(ids), "<社会>固有表現抽出:人名;佐藤",
-                             parsed.tl_label, parsed.items, SCNM)
+    tl, items = score_output(
+        bpe,
+        ids,
+        [-0.1] * len(ids),
+        "<社会>固有表現抽出:人名;佐藤",
+        parsed.tl_label,
+        parsed.items,
+        SCNM,
+    )
     assert tl is None and items == [None]
 
 
 def test_no_logprobs_no_scores(bpe):
     parsed = parse(OUTPUT, SCNM)
     assert score_output(bpe, None, None, OUTPUT, parsed.tl_label, parsed.items, SCNM) == (
-        None, [None, None, None])
+        None,
+        [None, None, None],
+    )
 
 
 def test_forced_tokens_leave_the_product_unchanged_and_scores_are_probabilities():

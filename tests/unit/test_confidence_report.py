@@ -71,15 +71,22 @@ def test_score_counts_sum_across_shards():
 
 
 def test_match_items_marks_and_confusion_pairs():
-    gold = [{"label": "人名", "span": "A"}, {"label": "地名", "span": "B"},
-            {"label": "法人名", "span": "C"}]
-    pred = [{"label": "人名", "span": "A"}, {"label": "法人名", "span": "B"},
-            {"label": "製品名", "span": "D"}]
+    gold = [
+        {"label": "人名", "span": "A"},
+        {"label": "地名", "span": "B"},
+        {"label": "法人名", "span": "C"},
+    ]
+    pred = [
+        {"label": "人名", "span": "A"},
+        {"label": "法人名", "span": "B"},
+        {"label": "製品名", "span": "D"},
+    ]
     gmarks, pmarks, pairs = match_items(gold, pred)
     assert gmarks == ["ok", "mislabelled", "missing"]
     assert pmarks == ["ok", "mislabelled", "extra"]
-    assert sorted(pairs) == sorted([("人名", "人名"), ("地名", "法人名"), (NONE_LABEL, "製品名"),
-                                    ("法人名", NONE_LABEL)])
+    assert sorted(pairs) == sorted(
+        [("人名", "人名"), ("地名", "法人名"), (NONE_LABEL, "製品名"), ("法人名", NONE_LABEL)]
+    )
 
 
 TEXT = "山田太郎は東京の株式会社ABCに勤めている。"
@@ -89,22 +96,42 @@ def _scored_rows(n_wrong: int, scores: bool = True) -> list[dict]:
     """One right row and ``n_wrong`` rows predicting 地名 for the 法人名 and missing 人名."""
     target = "<社会>固有表現抽出:人名;山田太郎:地名;東京:法人名;株式会社ABC"
     wrong = "<技術>固有表現抽出:地名;東京:地名;株式会社ABC"
-    rows = [{"id": "ok-0", "dataset": "SCNM", "text": TEXT, "target": target,
-             "prediction": target, "pred_items": [
-                 {"label": "人名", "span": "山田太郎", "score": 0.9},
-                 {"label": "地名", "span": "東京", "score": 0.8},
-                 {"label": "法人名", "span": "株式会社ABC", "score": 0.7}], "tl_score": 0.95}]
+    rows = [
+        {
+            "id": "ok-0",
+            "dataset": "SCNM",
+            "text": TEXT,
+            "target": target,
+            "prediction": target,
+            "pred_items": [
+                {"label": "人名", "span": "山田太郎", "score": 0.9},
+                {"label": "地名", "span": "東京", "score": 0.8},
+                {"label": "法人名", "span": "株式会社ABC", "score": 0.7},
+            ],
+            "tl_score": 0.95,
+        }
+    ]
     for i in range(n_wrong):
-        rows.append({"id": f"bad-{i}", "dataset": "SCNM", "text": TEXT, "target": target,
-                     "prediction": wrong, "pred_items": [
-                         {"label": "地名", "span": "東京", "score": 0.6},
-                         {"label": "地名", "span": "株式会社ABC", "score": 0.3}],
-                     "tl_score": 0.4})
+        rows.append(
+            {
+                "id": f"bad-{i}",
+                "dataset": "SCNM",
+                "text": TEXT,
+                "target": target,
+                "prediction": wrong,
+                "pred_items": [
+                    {"label": "地名", "span": "東京", "score": 0.6},
+                    {"label": "地名", "span": "株式会社ABC", "score": 0.3},
+                ],
+                "tl_score": 0.4,
+            }
+        )
     if not scores:
         for r in rows:
             del r["tl_score"]
-            r["pred_items"] = [{k: v for k, v in it.items() if k != "score"}
-                               for it in r["pred_items"]]
+            r["pred_items"] = [
+                {k: v for k, v in it.items() if k != "score"} for it in r["pred_items"]
+            ]
     return rows
 
 
@@ -117,7 +144,9 @@ def test_eval_writes_confidence_reliability_and_paged_report(tmp_path):
     # items: 3 right (0.9, 0.8, 0.7) + 130 x (0.6 right, 0.3 wrong); TL: 0.95 right, 0.4 wrong.
     item_at = {e["threshold"]: e for e in conf["item"]["precision_at"]}
     assert conf["item"]["scored"] == 263 and item_at[0.5]["kept"] == 133
-    assert item_at[0.5]["precision"] == 1.0 and item_at[0.0]["precision"] == pytest.approx(133 / 263)
+    assert item_at[0.5]["precision"] == 1.0 and item_at[0.0]["precision"] == pytest.approx(
+        133 / 263
+    )
     assert item_at[0.7]["kept"] == 3 and item_at[0.7]["recall"] == pytest.approx(3 / (131 * 3))
     tl_cal = {b["low"]: b for b in conf["tl"]["calibration"]}
     assert (tl_cal[0.9]["n"], tl_cal[0.9]["accuracy"]) == (1, 1.0)
@@ -141,11 +170,21 @@ def test_eval_writes_confidence_reliability_and_paged_report(tmp_path):
 def test_wl_and_tl_confusion_counts():
     a = Analysis(sample_size=5)
     for r in _scored_rows(4):
-        a.add(r["dataset"], r["target"], r["prediction"], row_id=r["id"], text=r["text"],
-              scored_items=r["pred_items"], tl_score=r["tl_score"])
+        a.add(
+            r["dataset"],
+            r["target"],
+            r["prediction"],
+            row_id=r["id"],
+            text=r["text"],
+            scored_items=r["pred_items"],
+            tl_score=r["tl_score"],
+        )
     assert a.tl_confusion["SCNM"] == {"社会": {"社会": 1, "技術": 4}}
-    assert a.wl_confusion["SCNM"] == {"人名": {"人名": 1, NONE_LABEL: 4},
-                                      "地名": {"地名": 5}, "法人名": {"法人名": 1, "地名": 4}}
+    assert a.wl_confusion["SCNM"] == {
+        "人名": {"人名": 1, NONE_LABEL: 4},
+        "地名": {"地名": 5},
+        "法人名": {"法人名": 1, "地名": 4},
+    }
     assert a.wrong["SCNM"] == 4
 
 
@@ -155,8 +194,15 @@ def test_error_sample_is_the_same_however_the_rows_are_split():
     def fold(part):
         a = Analysis(sample_size=7)
         for r in part:
-            a.add(r["dataset"], r["target"], r["prediction"], row_id=r["id"], text=r["text"],
-                  scored_items=r["pred_items"], tl_score=r["tl_score"])
+            a.add(
+                r["dataset"],
+                r["target"],
+                r["prediction"],
+                row_id=r["id"],
+                text=r["text"],
+                scored_items=r["pred_items"],
+                tl_score=r["tl_score"],
+            )
         return a
 
     whole = fold(rows)
@@ -195,9 +241,20 @@ def test_synthetic_sample_is_flagged_in_table_and_chart_title(tmp_path):
 
 
 def test_chart_title_says_synthetic():
-    counts = {"SCNM": {"n": 2, "tl_correct": 2, "wl_correct": 2, "all_correct": 2,
-                       "parse_failures": 0, "unscored": 0, "invalid_targets": 0, "item_tp": 2,
-                       "item_fp": 0, "item_fn": 0}}
+    counts = {
+        "SCNM": {
+            "n": 2,
+            "tl_correct": 2,
+            "wl_correct": 2,
+            "all_correct": 2,
+            "parse_failures": 0,
+            "unscored": 0,
+            "invalid_targets": 0,
+            "item_tp": 2,
+            "item_fp": 0,
+            "item_fn": 0,
+        }
+    }
     synthetic = build_metrics(counts, synthetic={"SCNM": 2})
     assert "NOT COMPARABLE WITH THE PAPER" in chart_title(synthetic, "demo")
     assert chart_title(build_metrics(counts, synthetic={"SCNM": 0}), "demo") == "demo"
@@ -214,10 +271,19 @@ def test_score_drivers_metrics_step_writes_the_same_report(tmp_path):
     for k, part in enumerate((_scored_rows(5)[:3], _scored_rows(5)[3:])):
         files.append(str(tmp_path / f"part-{k}.parquet"))
         pq.write_table(pa.Table.from_pylist(part), files[-1])
-    metrics, names = _write_report(pafs.LocalFileSystem(), files, str(tmp_path / "_metrics"),
-                                   DEFAULT_REGISTRY)
+    metrics, names = _write_report(
+        pafs.LocalFileSystem(), files, str(tmp_path / "_metrics"), DEFAULT_REGISTRY
+    )
     assert metrics["SCNM"]["n"] == 6 and metrics["SCNM"]["confidence"]["tl"]["scored"] == 6
-    assert sorted(names) == sorted(f"_metrics/{n}" for n in (
-        "metrics.json", "metrics.md", "metrics.png", "reliability.png", "report.html",
-        "report-SCNM-1.html"))
+    assert sorted(names) == sorted(
+        f"_metrics/{n}"
+        for n in (
+            "metrics.json",
+            "metrics.md",
+            "metrics.png",
+            "reliability.png",
+            "report.html",
+            "report-SCNM-1.html",
+        )
+    )
     assert all((tmp_path / n).is_file() for n in names)

@@ -26,8 +26,9 @@ def test_shipped_configs_and_sample_resolve_from_any_directory(tmp_path, monkeyp
     score = load_config(ScoreConfig, config_path("score", "cpu.yaml"), ['input=["sample:test"]'])
     assert score.input == [sample_path("test")]
     # jobs/configs (what the README and `ray job submit` name) is the same directory.
-    assert (ROOT / "jobs" / "configs" / "train" / "tiny-cpu.yaml").read_bytes() == \
-        Path(config_path("train", "tiny-cpu.yaml")).read_bytes()
+    assert (ROOT / "jobs" / "configs" / "train" / "tiny-cpu.yaml").read_bytes() == Path(
+        config_path("train", "tiny-cpu.yaml")
+    ).read_bytes()
     with pytest.raises(ValueError, match="unknown sample split"):
         load_config(TrainConfig, None, ["data.train=sample:validation"])
     with pytest.raises(FileNotFoundError, match="no shipped config"):

@@ -18,8 +18,9 @@ GEN = GenerationConfig(batch_size=64, max_new_tokens=48)  # below SCNM's 128: th
 def rates(rows: list[dict], outs: list[dict]) -> dict[str, float]:
     """Shares of outputs that parse, whose labels are all known, whose spans are all in the text
     (an output the Extractor flagged with an error counts as not parsed)."""
-    return format_validity([r["text"] for r in rows],
-                           [None if o["error"] else o["prediction"] for o in outs], SCNM)
+    return format_validity(
+        [r["text"] for r in rows], [None if o["error"] else o["prediction"] for o in outs], SCNM
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,8 @@ def test_random_init_model_constrained_outputs_are_all_valid(tiny_model_dir, row
 
 def test_unconstrained_random_init_model_mostly_fails(tiny_model_dir, rows):
     # The comparison the constraint is for: the same model without it writes garbage.
-    ex = hf_extractor(ModelConfig(name_or_path=tiny_model_dir), GEN, constrained=False, device="cpu")
+    ex = hf_extractor(
+        ModelConfig(name_or_path=tiny_model_dir), GEN, constrained=False, device="cpu"
+    )
     outs = ex.extract(rows[:64])
     assert rates(rows[:64], outs)["parse"] < 0.5

@@ -14,11 +14,18 @@ from giellm_ray.decoding.vocab import check_token_bytes
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskSpec, build_target, make_item, parse
 
 SCNM = DEFAULT_REGISTRY["SCNM"]
-REL = TaskSpec("REL", ("社会", "技術"), ("人名", "地名"), "関係抽出", relation_labels=("所在地", "社長"))
+REL = TaskSpec(
+    "REL", ("社会", "技術"), ("人名", "地名"), "関係抽出", relation_labels=("所在地", "社長")
+)
 REL_ROWS = [
-    ("トヨタ自動車の本社は愛知県にある。社長は豊田章男。",
-     [make_item("所在地", "トヨタ自動車", "愛知県"), make_item("社長", "トヨタ自動車", "豊田章男"),
-      make_item("人名", "豊田章男")]),
+    (
+        "トヨタ自動車の本社は愛知県にある。社長は豊田章男。",
+        [
+            make_item("所在地", "トヨタ自動車", "愛知県"),
+            make_item("社長", "トヨタ自動車", "豊田章男"),
+            make_item("人名", "豊田章男"),
+        ],
+    ),
     ("人名と地名:東京;大阪のJ:COM。", [make_item("地名", "東京"), make_item("地名", "J:COM")]),
 ]
 
@@ -26,8 +33,9 @@ REL_ROWS = [
 def _wrap(tok):
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def byte_bpe(texts: list[str], vocab_size: int, use_regex: bool):
@@ -37,9 +45,15 @@ def byte_bpe(texts: list[str], vocab_size: int, use_regex: bool):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "<unk>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<pad>", "<unk>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return _wrap(tok)
 
 
@@ -48,12 +62,18 @@ def sentencepiece_like(texts: list[str], kind: str):
 
     if kind == "unigram":
         sp = SentencePieceUnigramTokenizer()
-        sp.train_from_iterator(texts, vocab_size=5000, special_tokens=["<pad>", "<unk>", "</s>"],
-                               unk_token="<unk>", show_progress=False)
+        sp.train_from_iterator(
+            texts,
+            vocab_size=5000,
+            special_tokens=["<pad>", "<unk>", "</s>"],
+            unk_token="<unk>",
+            show_progress=False,
+        )
     else:
         sp = SentencePieceBPETokenizer(unk_token="<unk>")
-        sp.train_from_iterator(texts, vocab_size=5000, special_tokens=["<pad>", "<unk>", "</s>"],
-                               show_progress=False)
+        sp.train_from_iterator(
+            texts, vocab_size=5000, special_tokens=["<pad>", "<unk>", "</s>"], show_progress=False
+        )
     return _wrap(sp._tokenizer)
 
 
@@ -139,8 +159,13 @@ def test_byte_level_tokens_straddle_spans_and_separators(tokenizers, stockmark_r
         ids = tok.encode(target, add_special_tokens=False)
         for t in ids[1:]:
             data = table[t]  # e.g. b":地名;日本" or "製紙:施設名;釧路工場": span bytes + separator
-            if data.rsplit(b";", 1)[-1] if b";" in data else data.split(b":", 1)[0] if b":" in data \
-                    else b"":
+            if (
+                data.rsplit(b";", 1)[-1]
+                if b";" in data
+                else data.split(b":", 1)[0]
+                if b":" in data
+                else b""
+            ):
                 straddling += 1
         force(factory, text, SCNM, target, tok)
     # the vocabulary really has span+separator tokens, and they passed (4,821 rows: >20; the
@@ -208,8 +233,11 @@ def test_none_marker_and_empty_items(tokenizers):
     for t in tok.encode("<社会>固有表現抽出", add_special_tokens=False):
         c.advance(t)
     assert tok.eos_token_id in c.allowed_tokens()
-    assert all(not (factory.table[t] or b"").startswith(":無い".encode())
-               for t in c.allowed_tokens() if t != tok.eos_token_id)
+    assert all(
+        not (factory.table[t] or b"").startswith(":無い".encode())
+        for t in c.allowed_tokens()
+        if t != tok.eos_token_id
+    )
 
 
 @pytest.mark.parametrize("slack", [0, 3, 12])
@@ -242,8 +270,10 @@ def test_span_walk_matches_generic_trie_walk(tokenizers, stockmark_records, name
                 spans += fast.grammar.span_state(fast.state) is not None
                 allowed = fast.allowed_tokens()
                 assert allowed == slow.allowed_tokens() and fast.is_done() == slow.is_done()
-                nexts = {t: st if isinstance(st, frozenset) else fast.grammar.span_next(*st[1:])[0]
-                         for t, st in fast._entry().nexts.items()}
+                nexts = {
+                    t: st if isinstance(st, frozenset) else fast.grammar.span_next(*st[1:])[0]
+                    for t, st in fast._entry().nexts.items()
+                }
                 assert nexts == slow._entry().nexts
                 t = rng.choice(allowed)
                 if t == tok.eos_token_id:

@@ -37,9 +37,18 @@ def test_engines_get_disjoint_core_blocks_and_dead_owners_lose_theirs(tmp_path):
     cores, lock = first
     # Another live process holding a block: ours must differ (or there is none left).
     child = subprocess.run(
-        [sys.executable, "-c", "import sys; from giellm_ray.generation.cpu_cores import "
-         "claim_cores; c = claim_cores(1, sys.argv[1]); print(c[0][0] if c else -1)",
-         str(tmp_path)], capture_output=True, text=True, check=True, env=os.environ)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from giellm_ray.generation.cpu_cores import "
+            "claim_cores; c = claim_cores(1, sys.argv[1]); print(c[0][0] if c else -1)",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ,
+    )
     other = int(child.stdout.strip())
     # The child exited: its lock names a dead pid, so its block can be claimed again.
     if ncores > 1:

@@ -27,7 +27,9 @@ def test_one_column_csv_with_separators_in_spans(tmp_path):
     rows = pq.read_table(out).to_pylist()
     assert rows[1]["text"] == "J:COM春日部は、埼玉県春日部市にある。"
     assert [(i["label"], i["span"]) for i in rows[1]["items"]] == [
-        ("法人名", "J:COM春日部"), ("地名", "埼玉県春日部市")]
+        ("法人名", "J:COM春日部"),
+        ("地名", "埼玉県春日部市"),
+    ]
     assert rows[2]["text"] == "土屋アンナ<愛愛傘>氣志團の曲。"  # '<…>' inside the text survives
     assert rows[2]["items"][0]["span"] == "土屋アンナ<愛愛傘>氣志團"
     assert rows[3]["items"] == [] and rows[3]["tl_label"] == "自然"
@@ -58,10 +60,12 @@ def test_two_column_csv_with_header(tmp_path):
 
 def test_unknown_instruction_word_and_new_labels_are_learned(tmp_path, capsys):
     src = tmp_path / "new.jsonl"
-    recs = [{"source": "猫が好き。<動物><植物>生物抽出", "target": "<動物>生物抽出:哺乳類;猫"},
-            {"source": "桜が咲く。<動物><植物>生物抽出", "target": "<植物>生物抽出:樹木;桜"},
-            {"source": "犬と梅。<動物><植物>生物抽出", "target": "<動物>生物抽出:哺乳類;犬:樹木;梅"},
-            {"source": "鳥。<動物><植物>生物抽出", "target": "<菌類>生物抽出:哺乳類;鳥"}]
+    recs = [
+        {"source": "猫が好き。<動物><植物>生物抽出", "target": "<動物>生物抽出:哺乳類;猫"},
+        {"source": "桜が咲く。<動物><植物>生物抽出", "target": "<植物>生物抽出:樹木;桜"},
+        {"source": "犬と梅。<動物><植物>生物抽出", "target": "<動物>生物抽出:哺乳類;犬:樹木;梅"},
+        {"source": "鳥。<動物><植物>生物抽出", "target": "<菌類>生物抽出:哺乳類;鳥"},
+    ]
     src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in recs), encoding="utf-8")
     out = str(tmp_path / "o.parquet")
     assert main(["data", "authors", "--input", str(src), "--output", out]) == 2
@@ -76,14 +80,31 @@ def test_unknown_instruction_word_and_new_labels_are_learned(tmp_path, capsys):
 
 def test_mixed_instruction_words_become_several_datasets(tmp_path):
     src = tmp_path / "mmm.json"
-    recs = [{"input": "良い。<積極><消極>形容詞", "output": "<積極>形容詞:ポジティブ;良い"},
-            {"input": "山田。<社会><文芸><学問><技術><自然>固有表現抽出",
-             "output": "<社会>固有表現抽出:人名;山田"}]
+    recs = [
+        {"input": "良い。<積極><消極>形容詞", "output": "<積極>形容詞:ポジティブ;良い"},
+        {
+            "input": "山田。<社会><文芸><学問><技術><自然>固有表現抽出",
+            "output": "<社会>固有表現抽出:人名;山田",
+        },
+    ]
     src.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     summary = read_authors(str(src), str(tmp_path / "o.parquet"))
     assert summary["rows"] == {"SCPOS:Adj": 1, "SCNM": 1} and summary["error_rows"] == 0
-    assert main(["data", "authors", "--input", str(src), "--output",
-                 str(tmp_path / "p.parquet"), "--dataset", "SCNM"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "authors",
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "p.parquet"),
+                "--dataset",
+                "SCNM",
+            ]
+        )
+        == 2
+    )
 
 
 def test_files_that_do_not_fit(tmp_path, capsys):
@@ -118,9 +139,13 @@ def test_files_that_do_not_fit(tmp_path, capsys):
 
 def test_tcree_relation_labels_learned(tmp_path):
     tl = "<トピックニュース><Sports Watch>関係抽出"
-    recs = [{"input": f"山田はA社の社長。{tl}", "output": "<トピックニュース>関係抽出:山田;社長;A社"},
-            {"input": f"鈴木はB軍に所属。{tl}",
-             "output": "<Sports Watch>関係抽出:鈴木;所属;B軍:B軍;本拠地;大阪"}]
+    recs = [
+        {"input": f"山田はA社の社長。{tl}", "output": "<トピックニュース>関係抽出:山田;社長;A社"},
+        {
+            "input": f"鈴木はB軍に所属。{tl}",
+            "output": "<Sports Watch>関係抽出:鈴木;所属;B軍:B軍;本拠地;大阪",
+        },
+    ]
     src = tmp_path / "tcree.json"
     src.write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     summary = read_authors(str(src), str(tmp_path / "o.parquet"))
@@ -131,4 +156,6 @@ def test_tcree_relation_labels_learned(tmp_path):
     rows = pq.read_table(tmp_path / "o.parquet").to_pylist()
     assert rows[0]["items"] == [{"label": "社長", "span": "山田", "tail": "A社"}]
     assert [(i["span"], i["label"], i["tail"]) for i in rows[1]["items"]] == [
-        ("鈴木", "所属", "B軍"), ("B軍", "本拠地", "大阪")]
+        ("鈴木", "所属", "B軍"),
+        ("B軍", "本拠地", "大阪"),
+    ]

@@ -17,13 +17,21 @@ SCNM = DEFAULT_REGISTRY["SCNM"]
 @pytest.fixture
 def small_ner(tmp_path):
     records = [
-        {"curid": "1", "text": "J:COM春日部は埼玉県にある。",
-         "entities": [{"name": "J:COM春日部", "span": [0, 8], "type": "法人名"},
-                      {"name": "埼玉県", "span": [9, 12], "type": "地名"},
-                      {"name": "埼玉県", "span": [9, 12], "type": "地名"}]},
+        {
+            "curid": "1",
+            "text": "J:COM春日部は埼玉県にある。",
+            "entities": [
+                {"name": "J:COM春日部", "span": [0, 8], "type": "法人名"},
+                {"name": "埼玉県", "span": [9, 12], "type": "地名"},
+                {"name": "埼玉県", "span": [9, 12], "type": "地名"},
+            ],
+        },
         {"curid": "2", "text": "今日は晴れ。", "entities": []},
-        {"curid": "3", "text": "謎の組織。", "entities": [{"name": "謎", "span": [0, 1],
-                                                         "type": "秘密結社"}]},
+        {
+            "curid": "3",
+            "text": "謎の組織。",
+            "entities": [{"name": "謎", "span": [0, 1], "type": "秘密結社"}],
+        },
         {"curid": "4", "text": "", "entities": []},
         {"curid": "5", "text": "ラベルの無い文。", "entities": []},
         {"curid": "1", "text": "同じ記事の二文目。", "entities": []},
@@ -39,8 +47,10 @@ def test_real_stockmark_all_rows_render_and_parse_back(stockmark_records, tmp_pa
     labels = tmp_path / "labels.csv"
     curids = sorted({r["curid"] for r in stockmark_records})
     tl = ["社会", "文芸", "学問", "技術", "自然"]
-    labels.write_text("curid,label\n" + "".join(f"{c},{tl[i % 5]}\n" for i, c in
-                                                 enumerate(curids)), encoding="utf-8")
+    labels.write_text(
+        "curid,label\n" + "".join(f"{c},{tl[i % 5]}\n" for i, c in enumerate(curids)),
+        encoding="utf-8",
+    )
     summary = build_scnm(str(ner), str(tmp_path / "scnm.parquet"), str(labels))
     n = len(stockmark_records)  # 4,821 with ../shared, the excerpt's 100 without
     assert summary["rows"] == n and summary["labelled"] == n and summary["errors"] == {}
@@ -51,8 +61,9 @@ def test_real_stockmark_all_rows_render_and_parse_back(stockmark_records, tmp_pa
         parsed = parse(row["target"], SCNM)
         assert parsed.ok, (row["target"], parsed.error)
         assert parsed.tl_label == row["tl_label"]
-        assert [(i["label"], i["span"]) for i in parsed.items] == \
-            [(e["type"], e["name"]) for e in rec["entities"]]
+        assert [(i["label"], i["span"]) for i in parsed.items] == [
+            (e["type"], e["name"]) for e in rec["entities"]
+        ]
         assert parsed.items == row["items"]
 
 
@@ -65,16 +76,24 @@ def test_rows_without_labels_are_recorded_not_invented(small_ner, tmp_path, caps
     assert all(r["target"] is None and r["tl_label"] is None for r in rows)
     assert rows[1]["error"] == "no TL label for curid 2"
     assert rows[1]["prompt"] == build_prompt("今日は晴れ。", SCNM)  # prompt still usable
-    assert [r["id"] for r in rows] == ["scnm-1", "scnm-2", "scnm-3", "scnm-4", "scnm-5",
-                                       "scnm-1-1"]
+    assert [r["id"] for r in rows] == ["scnm-1", "scnm-2", "scnm-3", "scnm-4", "scnm-5", "scnm-1-1"]
 
 
 def test_labels_jsonl_unknown_label_unknown_type_empty_text(small_ner, tmp_path):
     labels = tmp_path / "labels.jsonl"
-    labels.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in [
-        {"curid": "1", "label": "技術"}, {"curid": 2, "label": "スポーツ"},
-        {"curid": "3", "label": "社会"}, {"curid": "4", "label": "社会"},
-        {"curid": "99", "label": "社会"}]), encoding="utf-8")
+    labels.write_text(
+        "\n".join(
+            json.dumps(x, ensure_ascii=False)
+            for x in [
+                {"curid": "1", "label": "技術"},
+                {"curid": 2, "label": "スポーツ"},
+                {"curid": "3", "label": "社会"},
+                {"curid": "4", "label": "社会"},
+                {"curid": "99", "label": "社会"},
+            ]
+        ),
+        encoding="utf-8",
+    )
     out = tmp_path / "scnm.parquet"
     summary = build_scnm(str(small_ner), str(out), str(labels))
     rows = pq.read_table(out).to_pylist()
@@ -103,8 +122,21 @@ def test_bad_files_are_clear_errors(small_ner, tmp_path, capsys):
     assert "is not UTF-8" in capsys.readouterr().err
     labels = tmp_path / "labels.csv"
     labels.write_text("id,category\n1,社会\n", encoding="utf-8")
-    assert main(["data", "scnm", "--ner-json", str(small_ner), "--tl-labels", str(labels),
-                 "--output", out]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "scnm",
+                "--ner-json",
+                str(small_ner),
+                "--tl-labels",
+                str(labels),
+                "--output",
+                out,
+            ]
+        )
+        == 2
+    )
     assert "missing column(s) ['curid', 'label']" in capsys.readouterr().err
 
 

@@ -32,10 +32,14 @@ def prompts(stockmark_records):
 def reference(model, tok, prompt: str, max_new: int, eos: int | None = None) -> list[int]:
     """One row through ``model.generate`` (greedy), the way a naive loop would do it."""
     ids = tok(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=max_new, do_sample=False,
-                         pad_token_id=tok.pad_token_id,
-                         eos_token_id=eos if eos is not None else tok.eos_token_id)
-    return out[0, ids["input_ids"].shape[1]:].tolist()
+    out = model.generate(
+        **ids,
+        max_new_tokens=max_new,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=eos if eos is not None else tok.eos_token_id,
+    )
+    return out[0, ids["input_ids"].shape[1] :].tolist()
 
 
 def test_batched_equals_one_row_greedy(tiny, prompts):
@@ -77,8 +81,9 @@ def test_eos_stops_row(tiny, prompts):
 def test_max_new_tokens_bound_and_global_cap(tiny, prompts):
     model, tok = tiny
     engine = HFEngine(model, tok, GenerationConfig(batch_size=8, max_new_tokens=3))
-    res = engine.generate([GenerationRequest(p, n) for p, n in zip(prompts[:4], [1, 2, 10, 0],
-                                                                   strict=True)])
+    res = engine.generate(
+        [GenerationRequest(p, n) for p, n in zip(prompts[:4], [1, 2, 10, 0], strict=True)]
+    )
     assert [r.num_generated_tokens for r in res] == [1, 2, 3, 0]
     assert res[3].text == "" and res[3].error is None
 
@@ -134,8 +139,9 @@ def test_constraint_masks_and_finishes_row(tiny, prompts):
 def test_constraint_done_without_room_for_eos_is_cut(tiny, prompts):
     model, tok = tiny
     seq = tok("<社会>固有表現抽出", add_special_tokens=False)["input_ids"]
-    res = HFEngine(model, tok).generate([GenerationRequest(prompts[0], len(seq),
-                                                           ForcedSequence(seq))])
+    res = HFEngine(model, tok).generate(
+        [GenerationRequest(prompts[0], len(seq), ForcedSequence(seq))]
+    )
     # The output is complete but its EOS has no slot left: cut by the budget, as vLLM reports it.
     assert res[0].num_generated_tokens == len(seq) and not res[0].finished
 

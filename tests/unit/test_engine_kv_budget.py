@@ -40,8 +40,11 @@ def test_kv_bytes_per_token_matches_the_real_cache(tiny):
     cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in out.cache.layers)
     positions = ids["input_ids"].numel()
     cfg = model.config  # 2 layers x 4 KV heads x head_dim 16 x (K, V) x 4 B (fp32)
-    assert kv_bytes_per_token(model) == cache_bytes // positions == (
-        cfg.num_hidden_layers * cfg.num_key_value_heads * 16 * 2 * 4)
+    assert (
+        kv_bytes_per_token(model)
+        == cache_bytes // positions
+        == (cfg.num_hidden_layers * cfg.num_key_value_heads * 16 * 2 * 4)
+    )
 
 
 class CacheWatch:
@@ -80,7 +83,8 @@ def test_small_budget_bounds_the_cache_and_keeps_outputs(tiny, requests_):
     assert all(rows * width <= cells for rows, width in bound_steps)
     assert 1 < max(rows for rows, _ in bound_steps) < 16
     assert [(r.text, r.num_generated_tokens, r.finished, r.error) for r in bound] == [
-        (r.text, r.num_generated_tokens, r.finished, r.error) for r in free]
+        (r.text, r.num_generated_tokens, r.finished, r.error) for r in free
+    ]
 
 
 def test_a_row_larger_than_the_budget_still_runs_alone(tiny, requests_):

@@ -13,8 +13,11 @@ from giellm_ray.generation.config import GenerationConfig
 def extractor(tiny_model_dir):
     from giellm_ray.model.loader import ModelConfig
 
-    return hf_extractor(ModelConfig(name_or_path=tiny_model_dir), GenerationConfig(max_new_tokens=6),
-                     constrained=False)
+    return hf_extractor(
+        ModelConfig(name_or_path=tiny_model_dir),
+        GenerationConfig(max_new_tokens=6),
+        constrained=False,
+    )
 
 
 def test_bad_rows_get_errors_and_good_rows_are_scored(extractor, stockmark_records):
@@ -49,11 +52,13 @@ def test_empty_batch(extractor):
 
 def test_per_row_max_new_tokens_caps_generation(extractor, stockmark_records):
     text = stockmark_records[1]["text"]
-    rows = [{S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 2},
-            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 50},  # above the engine cap (6)
-            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: None},
-            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 0},
-            {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: True}]
+    rows = [
+        {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 2},
+        {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 50},  # above the engine cap (6)
+        {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: None},
+        {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: 0},
+        {S.DATASET: "SCNM", S.TEXT: text, S.MAX_NEW_TOKENS: True},
+    ]
     out = extractor.extract(rows)
     assert [o[S.NUM_GENERATED_TOKENS] for o in out] == [2, 6, 6, 0, 0]
     assert out[0][S.PREDICTION] is not None

@@ -25,10 +25,17 @@ def scnm_record(x: dict, tl: str = "社会") -> dict:
 
 
 def test_published_example_renders_exactly():
-    rec = {"dataset": "SCNM", "text": "SPRiNGSと最も仲の良いライバルグループ。", "tl_label": "社会",
-           "items": [make_item("その他の組織名", "SPRiNGS")]}
+    rec = {
+        "dataset": "SCNM",
+        "text": "SPRiNGSと最も仲の良いライバルグループ。",
+        "tl_label": "社会",
+        "items": [make_item("その他の組織名", "SPRiNGS")],
+    }
     prompt, target = render(rec)
-    assert prompt == "SPRiNGSと最も仲の良いライバルグループ。<社会><文芸><学問><技術><自然>固有表現抽出"
+    assert (
+        prompt
+        == "SPRiNGSと最も仲の良いライバルグループ。<社会><文芸><学問><技術><自然>固有表現抽出"
+    )
     assert target == "<社会>固有表現抽出:その他の組織名;SPRiNGS"
 
 
@@ -47,28 +54,39 @@ def test_all_stockmark_sentences_round_trip(stockmark_records):
 # Sentences written for this project (not in the Stockmark file): separators inside spans,
 # duplicates, no entity.
 UNSEEN = [
-    ("Pi:Coの新作はJ:COM春日部で先行上映された。", [("製品名", "Pi:Co"), ("施設名", "J:COM春日部")]),
-    ("土屋アンナ<愛愛傘>氣志團がA;Bフェスに出演した。",
-     [("その他の組織名", "土屋アンナ<愛愛傘>氣志團"), ("イベント名", "A;Bフェス")]),
+    (
+        "Pi:Coの新作はJ:COM春日部で先行上映された。",
+        [("製品名", "Pi:Co"), ("施設名", "J:COM春日部")],
+    ),
+    (
+        "土屋アンナ<愛愛傘>氣志團がA;Bフェスに出演した。",
+        [("その他の組織名", "土屋アンナ<愛愛傘>氣志團"), ("イベント名", "A;Bフェス")],
+    ),
     ("東京と大阪と東京を結ぶ便。", [("地名", "東京"), ("地名", "大阪"), ("地名", "東京")]),
     ("今日は晴れです。", []),
-    ("Crypto: How the Code Rebels Beat the Government は書籍である。",
-     [("製品名", "Crypto: How the Code Rebels Beat the Government")]),
+    (
+        "Crypto: How the Code Rebels Beat the Government は書籍である。",
+        [("製品名", "Crypto: How the Code Rebels Beat the Government")],
+    ),
     ("<社会>という名の店", [("施設名", "<社会>という名の店")]),
 ]
 
 
 @pytest.mark.parametrize("text,ents", UNSEEN)
 def test_unseen_tricky_sentences_round_trip(text, ents):
-    rec = {"dataset": "SCNM", "text": text, "tl_label": "文芸",
-           "items": [make_item(t, n) for t, n in ents]}
+    rec = {
+        "dataset": "SCNM",
+        "text": text,
+        "tl_label": "文芸",
+        "items": [make_item(t, n) for t, n in ents],
+    }
     _, target = render(rec)
     got = parse(target, SCNM)
     assert got.ok, got.error
     assert (got.tl_label, got.items) == ("文芸", rec["items"])
     grounded = ground_items(text, got.items)
     for g in grounded:
-        assert text[g["start"]:g["end"]] == g["span"]
+        assert text[g["start"] : g["end"]] == g["span"]
 
 
 def test_no_entity_uses_none_marker_and_parses_empty():
@@ -89,11 +107,18 @@ def test_scpos_items_deduplicated_and_cp932_sorted():
 
 
 def test_relation_items_round_trip():
-    task = learn_task(DEFAULT_REGISTRY["TCREE"], ["Peachy"],
-                      [[make_item("所属", "山田", "A:B社"), make_item("受賞", "新人賞")]])
+    task = learn_task(
+        DEFAULT_REGISTRY["TCREE"],
+        ["Peachy"],
+        [[make_item("所属", "山田", "A:B社"), make_item("受賞", "新人賞")]],
+    )
     reg = DEFAULT_REGISTRY.with_task(task)
-    rec = {"dataset": "TCREE", "text": "山田はA:B社に所属し新人賞を受賞。", "tl_label": "Peachy",
-           "items": [make_item("所属", "山田", "A:B社"), make_item("受賞", "新人賞")]}
+    rec = {
+        "dataset": "TCREE",
+        "text": "山田はA:B社に所属し新人賞を受賞。",
+        "tl_label": "Peachy",
+        "items": [make_item("所属", "山田", "A:B社"), make_item("受賞", "新人賞")],
+    }
     _, target = render(rec, reg)
     assert target == "<Peachy>関係抽出:山田;所属;A:B社:受賞;新人賞"
     assert parse(target, task).items == rec["items"]
@@ -122,7 +147,9 @@ def test_render_rejects_contract_breaks():
     with pytest.raises(ValueError, match="TL label"):
         render({"dataset": "SCNM", "text": "a", "tl_label": "政治", "items": []})
     with pytest.raises(ValueError, match="not in"):
-        render({"dataset": "SCNM", "text": "a", "tl_label": "社会", "items": [make_item("職業", "a")]})
+        render(
+            {"dataset": "SCNM", "text": "a", "tl_label": "社会", "items": [make_item("職業", "a")]}
+        )
     with pytest.raises(ValueError, match="empty"):
         render({"dataset": "SCNM", "text": " ", "tl_label": "社会", "items": []})
     with pytest.raises(KeyError, match="known datasets"):
@@ -130,8 +157,10 @@ def test_render_rejects_contract_breaks():
 
 
 def test_grounding_marks_absent_spans_none_and_repeats_successive():
-    g = ground_items("東京から東京へ", [make_item("地名", "東京"), make_item("地名", "東京"),
-                                     make_item("地名", "京都")])
+    g = ground_items(
+        "東京から東京へ",
+        [make_item("地名", "東京"), make_item("地名", "東京"), make_item("地名", "京都")],
+    )
     assert [(x["start"], x["end"]) for x in g] == [(0, 2), (4, 6), (None, None)]
 
 

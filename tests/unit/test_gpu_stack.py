@@ -98,7 +98,8 @@ def test_dockerfile_installs_exactly_the_pyproject_pins(tmp_path):
     lines = (tmp_path / "gpu-constraints.txt").read_text().split()
     constrained = {Requirement(x).name.lower(): str(Requirement(x).specifier) for x in lines}
     assert {k: f"=={v}" for k, v in gpu_pins().items()} == {
-        k: v for k, v in constrained.items() if v.startswith("==")}
+        k: v for k, v in constrained.items() if v.startswith("==")
+    }
     installs = [r for r in runs if "pip install" in r]
     assert installs
     for run in installs:
@@ -136,8 +137,15 @@ def _docker_works() -> bool:
 def test_docker_build():
     tag = "giellm-ray:test-gpu-stack"
     subprocess.run(["docker", "build", "-t", tag, str(ROOT)], check=True, timeout=3600)
-    code = ("import importlib.metadata as m, json; "
-            f"print(json.dumps({{n: m.version(n) for n in {list(STACK)!r}}}))")
-    out = subprocess.run(["docker", "run", "--rm", tag, "python", "-c", code], check=True,
-                         capture_output=True, text=True, timeout=600).stdout
+    code = (
+        "import importlib.metadata as m, json; "
+        f"print(json.dumps({{n: m.version(n) for n in {list(STACK)!r}}}))"
+    )
+    out = subprocess.run(
+        ["docker", "run", "--rm", tag, "python", "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {k: gpu_pins()[k] for k in STACK}

@@ -27,11 +27,25 @@ def test_io_round_trip_and_listing(s3_server):
 
 
 def test_eval_from_and_to_s3(s3_server):
-    table = pa.table({"dataset": ["SCNM"] * 3, "target": [GOLD] * 3,
-                      "prediction": [GOLD, GOLD, "<社会>固有表現抽出:人名;田中"]})
+    table = pa.table(
+        {
+            "dataset": ["SCNM"] * 3,
+            "target": [GOLD] * 3,
+            "prediction": [GOLD, GOLD, "<社会>固有表現抽出:人名;田中"],
+        }
+    )
     io.write_parquet(table, "s3://giellm-test/eval/preds.parquet")
-    assert main(["eval", "s3://giellm-test/eval/preds.parquet",
-                 "--output", "s3://giellm-test/eval/report"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "s3://giellm-test/eval/preds.parquet",
+                "--output",
+                "s3://giellm-test/eval/report",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(io.read_text("s3://giellm-test/eval/report/metrics.json"))
     assert metrics["SCNM"]["n"] == 3
     assert abs(metrics["SCNM"]["all_accuracy"] - 2 / 3) < 1e-9

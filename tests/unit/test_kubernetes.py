@@ -70,8 +70,11 @@ def _strict(node):
     not keep unknown fields: what the API server's strict field validation enforces."""
     if isinstance(node, dict):
         node = {k: _strict(v) for k, v in node.items()}
-        if ("properties" in node and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
             node["additionalProperties"] = False
         return node
     if isinstance(node, list):
@@ -110,7 +113,8 @@ def test_manifests_are_generated_from_todays_sources():
     assert on_disk == set(NAMES), "manifests not written by generate.py (or missing)"
     for name, (manifest, sources) in GEN.manifests().items():
         assert (KUBE / name).read_text(encoding="utf-8") == GEN.render(manifest, sources), (
-            f"{name} is stale: run python deploy/kubernetes/generate.py")
+            f"{name} is stale: run python deploy/kubernetes/generate.py"
+        )
     assert GEN.main(["--check"]) == 0
 
 
@@ -141,9 +145,14 @@ def test_the_strict_crd_schema_catches_typos_and_wrong_types():
 @pytest.mark.parametrize("name", ray_manifests())
 def test_pod_templates_match_the_kubernetes_core_schemas(name):
     for role, template in pod_templates(load(name)).items():
-        k8s_validate({"apiVersion": "v1", "kind": "PodTemplate",
-                      "metadata": {"name": f"{name.removesuffix('.yaml')}-{role}"},
-                      "template": template})
+        k8s_validate(
+            {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": f"{name.removesuffix('.yaml')}-{role}"},
+                "template": template,
+            }
+        )
 
 
 def test_service_account_matches_the_core_schema_and_names_an_irsa_role():
@@ -157,14 +166,23 @@ def test_service_account_matches_the_core_schema_and_names_an_irsa_role():
     template = bad["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
     template["spec"]["containers"][0]["resource"] = {}  # typo of `resources`
     with pytest.raises(jsonschema.ValidationError):
-        k8s_validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
-                      "template": template})
+        k8s_validate(
+            {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": "x"},
+                "template": template,
+            }
+        )
 
 
 def _entrypoint_args(manifest: dict):
     argv = shlex.split(manifest["spec"]["entrypoint"])
     assert argv[0] == "giellm", argv
-    env = {e["name"]: e["value"] for e in pod_templates(manifest)["head"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e["value"]
+        for e in pod_templates(manifest)["head"]["spec"]["containers"][0]["env"]
+    }
     argv = [os.path.expandvars(a.replace("$GIELLM_STORAGE", env["GIELLM_STORAGE"])) for a in argv]
     assert not any("$" in a for a in argv), argv
     try:
@@ -186,8 +204,11 @@ def test_entrypoint_is_a_giellm_command_line_with_real_configs(name):
     manifest = load(name)
     args = _entrypoint_args(manifest)
     workers = manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    gpus = sum(int(g["replicas"]) * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
-                                        ["nvidia.com/gpu"]) for g in workers)
+    gpus = sum(
+        int(g["replicas"])
+        * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        for g in workers
+    )
     if args.command == "train":
         cfg = load_config(TrainConfig, _config(args.config), args.set)
         assert cfg.use_gpu and cfg.storage_path.startswith("s3://")
@@ -257,7 +278,9 @@ def test_image_and_ray_version_follow_the_pins():
         for template in pod_templates(manifest).values():
             for container in template["spec"]["containers"]:
                 assert container["image"] == cluster_image, name
-                assert container["image"].rsplit(":", 1)[1].startswith(f"{ray}-{py}-cu{major}{minor}")
+                assert (
+                    container["image"].rsplit(":", 1)[1].startswith(f"{ray}-{py}-cu{major}{minor}")
+                )
 
 
 def test_pods_have_gpu_limits_the_nvme_cache_no_inline_keys_and_the_reaper_flag():
@@ -274,7 +297,9 @@ def test_pods_have_gpu_limits_the_nvme_cache_no_inline_keys_and_the_reaper_flag(
             cache_mount = next(p for p in mounts if env["GIELLM_MODEL_CACHE"].startswith(p + "/"))
             assert "emptyDir" in volumes[mounts[cache_mount]], (name, role)
             assert not any(k.startswith("AWS_") for k in env), "S3 keys come from a Secret or IRSA"
-            assert container["envFrom"] == [{"secretRef": {"name": GEN.S3_SECRET, "optional": True}}]
+            assert container["envFrom"] == [
+                {"secretRef": {"name": GEN.S3_SECRET, "optional": True}}
+            ]
             limits, requests = container["resources"]["limits"], container["resources"]["requests"]
             assert limits == requests, (name, role)
             if role == "head":

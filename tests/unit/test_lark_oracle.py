@@ -22,12 +22,23 @@ from giellm_ray.decoding.lark_grammar import lark_literal, row_lark
 from giellm_ray.formats import DEFAULT_REGISTRY, TaskSpec, build_target, learn_task, make_item
 
 BIG = 1 << 20
-REL = TaskSpec("REL", ("社会", "技術"), ("人名", "地名"), "関係抽出", relation_labels=("所在地", "社長"))
-TCREE_LEARNED = learn_task(DEFAULT_REGISTRY["TCREE"], ["トピックニュース"], [
-    [make_item("社長", "山田", "A社")], [make_item("所属", "鈴木", "B軍")],
-    [make_item("本拠地", "B軍", "大阪")]])
-BIO_LEARNED = learn_task(TaskSpec("BIO", (), (), "生物抽出"), ["動物", "植物"],
-                         [[make_item("哺乳類", "猫")], [make_item("樹木", "桜")]])
+REL = TaskSpec(
+    "REL", ("社会", "技術"), ("人名", "地名"), "関係抽出", relation_labels=("所在地", "社長")
+)
+TCREE_LEARNED = learn_task(
+    DEFAULT_REGISTRY["TCREE"],
+    ["トピックニュース"],
+    [
+        [make_item("社長", "山田", "A社")],
+        [make_item("所属", "鈴木", "B軍")],
+        [make_item("本拠地", "B軍", "大阪")],
+    ],
+)
+BIO_LEARNED = learn_task(
+    TaskSpec("BIO", (), (), "生物抽出"),
+    ["動物", "植物"],
+    [[make_item("哺乳類", "猫")], [make_item("樹木", "桜")]],
+)
 TASKS = [*DEFAULT_REGISTRY.values(), TCREE_LEARNED, BIO_LEARNED, REL]
 
 
@@ -36,8 +47,10 @@ def gold_items(task: TaskSpec, record: dict) -> list[dict]:
     names = [e["name"] for e in record["entities"] if ";" not in e["name"]]
     if task.relation_labels and len(names) >= 2:
         heads = [n for n in names if ":" not in n and n not in task.wl_labels]
-        out = [make_item(task.relation_labels[i % len(task.relation_labels)], h, names[-1])
-               for i, h in enumerate(heads[:2])]
+        out = [
+            make_item(task.relation_labels[i % len(task.relation_labels)], h, names[-1])
+            for i, h in enumerate(heads[:2])
+        ]
         if task.wl_labels:
             out.append(make_item(task.wl_labels[0], names[0]))
         return out
@@ -51,8 +64,9 @@ def lark_tokenizer(tok):
 
 
 def ll_allowed(matcher, vocab: int) -> set[int]:
-    bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
-                         bitorder="little")[:vocab]
+    bits = np.unpackbits(
+        np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little"
+    )[:vocab]
     return set(np.flatnonzero(bits).tolist())
 
 
@@ -85,17 +99,29 @@ def sp_tokenizer(tmp_path, texts, kind: str):
     from transformers import LlamaTokenizer
 
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=str(tmp_path / "tokenizer"), vocab_size=3000,
-        model_type=kind, byte_fallback=True, character_coverage=0.9995, unk_id=0, bos_id=1,
-        eos_id=2, pad_id=-1, minloglevel=2, num_threads=1)
+        sentence_iterator=iter(texts),
+        model_prefix=str(tmp_path / "tokenizer"),
+        vocab_size=3000,
+        model_type=kind,
+        byte_fallback=True,
+        character_coverage=0.9995,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+        num_threads=1,
+    )
     return LlamaTokenizer.from_pretrained(str(tmp_path))
 
 
 @pytest.fixture(scope="module")
 def corpus(stockmark_records):
     recs = [r for r in stockmark_records[:400] if r["entities"]]
-    targets = [build_target("社会", gold_items(DEFAULT_REGISTRY["SCNM"], r),
-                            DEFAULT_REGISTRY["SCNM"]) for r in recs]
+    targets = [
+        build_target("社会", gold_items(DEFAULT_REGISTRY["SCNM"], r), DEFAULT_REGISTRY["SCNM"])
+        for r in recs
+    ]
     return recs, [r["text"] for r in recs] + targets
 
 
@@ -121,7 +147,7 @@ def test_automaton_and_llguidance_allow_the_same_tokens(tokenizers, corpus, name
     rng = random.Random(0)
     steps = golds = walks = 0
     for ti, task in enumerate(TASKS):
-        for rec in recs[ti * 6: ti * 6 + 6]:
+        for rec in recs[ti * 6 : ti * 6 + 6]:
             text = rec["text"]
             tl = task.tl_labels[0]
             target = build_target(tl, gold_items(task, rec), task)
@@ -150,7 +176,7 @@ def test_automaton_and_llguidance_allow_the_same_tokens(tokenizers, corpus, name
 def test_grammar_rejections_and_literal_quoting(tokenizers):
     tok = tokenizers["byte-bpe"]
     ll_tok = lark_tokenizer(tok)
-    odd = TaskSpec("ODD", ('a"b', "c\\d"), ("x\ny",), 'in"st', none_marker="無\"い")
+    odd = TaskSpec("ODD", ('a"b', "c\\d"), ("x\ny",), 'in"st', none_marker='無"い')
     g = row_lark(odd, 'q"\\\n;')
     m = llguidance.LLMatcher(ll_tok, g, log_level=0)
     assert not m.is_error(), m.get_error()
@@ -164,6 +190,7 @@ def test_grammar_rejections_and_literal_quoting(tokenizers):
     for t in tok.encode("<社会>固有表現抽出:無い;", add_special_tokens=False):
         assert m.consume_token(t)
     assert m.is_accepting()
-    bad = llguidance.LLMatcher.validate_grammar(row_lark(DEFAULT_REGISTRY["SCNM"], "x") + "X: (",
-                                                ll_tok)
+    bad = llguidance.LLMatcher.validate_grammar(
+        row_lark(DEFAULT_REGISTRY["SCNM"], "x") + "X: (", ll_tok
+    )
     assert bad  # a grammar llguidance cannot compile is reported, not raised

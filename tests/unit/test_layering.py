@@ -26,17 +26,18 @@ def _imported_after(packages: list[str], extra: str = "") -> list[str]:
         f"{extra}\n"
         "print('HEAVY:' + ','.join(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("HEAVY:")][-1]
-    return [m for m in line[len("HEAVY:"):].split(",") if m]
+    return [m for m in line[len("HEAVY:") :].split(",") if m]
 
 
 def test_pure_layers_do_not_import_torch_or_ray():
     extra = "import giellm_ray.cli; giellm_ray.cli.build_parser()"  # giellm --help stays light
-    assert _imported_after(["giellm_ray.formats", "giellm_ray.metrics", "giellm_ray.decoding"],
-                           extra) == []
+    assert (
+        _imported_after(["giellm_ray.formats", "giellm_ray.metrics", "giellm_ray.decoding"], extra)
+        == []
+    )
 
 
 def test_generation_is_ray_free():
@@ -57,7 +58,10 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("stage", ["score", "serve", "train"])
 def test_stages_never_import_each_other(stage):
     others = {"score", "serve", "train"} - {stage}
-    bad = sorted(f"{path.relative_to(PACKAGE)}: {name}"
-                 for path in (PACKAGE / stage).glob("*.py") for name in _imports(path)
-                 if name.split(".")[:2] in (["giellm_ray", o] for o in others))
+    bad = sorted(
+        f"{path.relative_to(PACKAGE)}: {name}"
+        for path in (PACKAGE / stage).glob("*.py")
+        for name in _imports(path)
+        if name.split(".")[:2] in (["giellm_ray", o] for o in others)
+    )
     assert bad == []

@@ -64,8 +64,10 @@ def test_serve_batch_bound_notice_dropped_other_serve_warnings_kept():
     source = inspect.getsource(_BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests)
     assert f'f"{SERVE_BATCH_BOUND_NOTICE}{{self.max_batch_size}})' in source
     with _messages("ray.serve") as (serve_log, seen):
-        notice = ("`max_batch_size` (16) * `max_concurrent_batches` (32) is larger than "
-                  "`max_ongoing_requests` (64). This means the replica will never achieve ...")
+        notice = (
+            "`max_batch_size` (16) * `max_concurrent_batches` (32) is larger than "
+            "`max_ongoing_requests` (64). This means the replica will never achieve ..."
+        )
         serve_log.warning(notice)
         assert seen == [notice]
         quiet_serve_batch_bound_notice()

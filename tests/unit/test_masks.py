@@ -77,8 +77,10 @@ def test_real_constraint_sets_agree(tiny_model_dir, stockmark_records):
     factory = build_constraint_factory(tok, DEFAULT_REGISTRY)
     vocab = len(tok)
     gen = torch.Generator().manual_seed(1)
-    rows = [(r["text"], DEFAULT_REGISTRY[ds]) for r, ds in
-            zip(stockmark_records[:8], ["SCNM", "SCPOS:RW"] * 4, strict=True)]
+    rows = [
+        (r["text"], DEFAULT_REGISTRY[ds])
+        for r, ds in zip(stockmark_records[:8], ["SCNM", "SCPOS:RW"] * 4, strict=True)
+    ]
     constraints = [factory.for_row(text, task, 40) for text, task in rows]
     cache = MaskCache(fallback_id=tok.eos_token_id)
     steps = 0

@@ -17,12 +17,12 @@ GOLD = "<社会>固有表現抽出:人名;山田:地名;東京:地名;東京"
 
 def test_hand_computed_counts():
     preds = [
-        GOLD,                                        # all right
+        GOLD,  # all right
         "<文芸>固有表現抽出:人名;山田:地名;東京:地名;東京",  # TL wrong, WL right
-        "<社会>固有表現抽出:人名;山田:地名;東京",         # WL wrong (multiset), 2 tp 1 fn
+        "<社会>固有表現抽出:人名;山田:地名;東京",  # WL wrong (multiset), 2 tp 1 fn
         "<社会>固有表現抽出:人名;山田:地名;大阪:地名;東京",  # 2 tp 1 fp 1 fn
-        "not a parse",                               # parse failure
-        None,                                        # unscored
+        "not a parse",  # parse failure
+        None,  # unscored
     ]
     c = count_rows(["SCNM"] * 6, [GOLD] * 6, preds)["SCNM"]
     assert (c["n"], c["tl_correct"], c["wl_correct"], c["all_correct"]) == (6, 3, 2, 1)
@@ -56,8 +56,14 @@ def _write_predictions(path, rows):
 def test_eval_on_perfect_predictions_is_one_everywhere(stockmark_records, tmp_path, capsys):
     rows = []
     for x in stockmark_records:
-        _, t = render({"dataset": "SCNM", "text": x["text"], "tl_label": "技術",
-                       "items": [make_item(e["type"], e["name"]) for e in x["entities"]]})
+        _, t = render(
+            {
+                "dataset": "SCNM",
+                "text": x["text"],
+                "tl_label": "技術",
+                "items": [make_item(e["type"], e["name"]) for e in x["entities"]],
+            }
+        )
         rows.append({"id": x["curid"], "dataset": "SCNM", "target": t, "prediction": t})
     pred_dir = tmp_path / "preds"
     pred_dir.mkdir()
@@ -79,29 +85,47 @@ def test_eval_on_perfect_predictions_is_one_everywhere(stockmark_records, tmp_pa
 
 
 def test_eval_rows_parquet_explains_errors(tmp_path):
-    _write_predictions(tmp_path / "p.parquet", [
-        {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:職業;x"},
-        {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:人名;Pi:Co"},
-    ])
+    _write_predictions(
+        tmp_path / "p.parquet",
+        [
+            {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:職業;x"},
+            {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:人名;Pi:Co"},
+        ],
+    )
     assert main(["eval", str(tmp_path / "p.parquet"), "--output", str(tmp_path / "r")]) == 0
     rows = pq.read_table(tmp_path / "r" / "rows.parquet").to_pylist()
     assert "does not start" in rows[0]["prediction_error"]
     # Same item type as scored files (schema.GROUNDED_ITEM_TYPE); no text column: no offsets.
-    assert rows[1]["pred_items"] == [{"label": "人名", "span": "Pi:Co", "tail": None,
-                                      "start": None, "end": None, "tail_start": None,
-                                      "tail_end": None}]
+    assert rows[1]["pred_items"] == [
+        {
+            "label": "人名",
+            "span": "Pi:Co",
+            "tail": None,
+            "start": None,
+            "end": None,
+            "tail_start": None,
+            "tail_end": None,
+        }
+    ]
     assert rows[1]["tl_match"] and not rows[1]["wl_match"]
 
 
 def test_eval_rows_parquet_grounds_items_when_text_is_given(tmp_path):
-    _write_predictions(tmp_path / "p.parquet", [
-        {"dataset": "SCNM", "target": GOLD, "prediction": "<社会>固有表現抽出:人名;Pi:Co",
-         "text": "歌手のPi:Coが出演した。"},
-    ])
+    _write_predictions(
+        tmp_path / "p.parquet",
+        [
+            {
+                "dataset": "SCNM",
+                "target": GOLD,
+                "prediction": "<社会>固有表現抽出:人名;Pi:Co",
+                "text": "歌手のPi:Coが出演した。",
+            },
+        ],
+    )
     assert main(["eval", str(tmp_path / "p.parquet"), "--output", str(tmp_path / "r")]) == 0
     (row,) = pq.read_table(tmp_path / "r" / "rows.parquet").to_pylist()
     item = row["pred_items"][0]
-    assert "歌手のPi:Coが出演した。"[item["start"]:item["end"]] == "Pi:Co"
+    assert "歌手のPi:Coが出演した。"[item["start"] : item["end"]] == "Pi:Co"
 
 
 def test_eval_bad_inputs_exit_nonzero_with_a_message(tmp_path, capsys):

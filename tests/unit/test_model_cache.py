@@ -79,9 +79,13 @@ def counting_s3():
     endpoint = f"http://127.0.0.1:{server.server_port}"
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing",
-                 ).create_bucket(Bucket=BUCKET)
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=BUCKET)
     yield endpoint, counts
     server.shutdown()
 
@@ -89,8 +93,13 @@ def counting_s3():
 def _upload_model(endpoint: str, local: str, key_prefix: str) -> list[str]:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     keys = []
     for path in sorted(Path(local).rglob("*")):
         if path.is_file():
@@ -101,8 +110,13 @@ def _upload_model(endpoint: str, local: str, key_prefix: str) -> list[str]:
 
 
 def _env(endpoint: str, cache: Path) -> dict[str, str]:
-    return {**os.environ, **s3_env(endpoint), "GIELLM_MODEL_CACHE": str(cache),
-            "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        **s3_env(endpoint),
+        "GIELLM_MODEL_CACHE": str(cache),
+        "PYTHONPATH": str(ROOT),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -111,23 +125,38 @@ def model_on_s3(counting_s3, tmp_path_factory):
     from giellm_ray.model.tiny import TinyConfig, build_tiny
 
     endpoint, _ = counting_s3
-    local = build_tiny(str(tmp_path_factory.mktemp("tiny-for-s3")), TOKENIZER_SEED_TEXTS,
-                       TinyConfig(vocab_size=1500, hidden_size=256, intermediate_size=1024,
-                                  num_hidden_layers=4, num_attention_heads=4))
+    local = build_tiny(
+        str(tmp_path_factory.mktemp("tiny-for-s3")),
+        TOKENIZER_SEED_TEXTS,
+        TinyConfig(
+            vocab_size=1500,
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+        ),
+    )
     prefix = f"models/tiny-{uuid.uuid4().hex[:8]}"
     keys = _upload_model(endpoint, local, prefix)
     return f"s3://{BUCKET}/{prefix}", keys, local
 
 
 @pytest.mark.slow  # six fresh interpreters importing torch at once: minutes on 2 shared cores
-def test_six_processes_download_once_and_load_the_same_weights(counting_s3, model_on_s3,
-                                                                 tmp_path):
+def test_six_processes_download_once_and_load_the_same_weights(counting_s3, model_on_s3, tmp_path):
     endpoint, counts = counting_s3
     uri, keys, _ = model_on_s3
     cache, go = tmp_path / "cache", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, uri, str(go)], cwd=tmp_path,
-                              env=_env(endpoint, cache), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(N_PROCS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, uri, str(go)],
+            cwd=tmp_path,
+            env=_env(endpoint, cache),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(N_PROCS)
+    ]
     try:
         for p in procs:  # all six have imported torch/transformers and sit at the barrier
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
@@ -153,8 +182,9 @@ def test_six_processes_download_once_and_load_the_same_weights(counting_s3, mode
     assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
 
 
-def test_a_killed_downloader_leaves_no_stale_lock(counting_s3, model_on_s3, tmp_path,
-                                                   monkeypatch, caplog):
+def test_a_killed_downloader_leaves_no_stale_lock(
+    counting_s3, model_on_s3, tmp_path, monkeypatch, caplog
+):
     from giellm_ray.model import cache as model_cache
 
     endpoint, _ = counting_s3
@@ -163,8 +193,12 @@ def test_a_killed_downloader_leaves_no_stale_lock(counting_s3, model_on_s3, tmp_
     cache.mkdir()
     target = cache / hashlib.sha1(uri.encode()).hexdigest()[:16]
     junk = Path(f"{target}.tmp-999999-deadbeef")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, f"{target}.lock", str(junk)],
-                              env=_env(endpoint, cache), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, f"{target}.lock", str(junk)],
+        env=_env(endpoint, cache),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         os.kill(holder.pid, signal.SIGKILL)  # dies mid-"download", holding the lock
@@ -203,9 +237,14 @@ def test_cache_dir_prefers_the_override(monkeypatch, tmp_path):
     monkeypatch.setenv("GIELLM_MODEL_CACHE", str(tmp_path / "c"))
     assert model_cache_dir() == str(tmp_path / "c")
     monkeypatch.delenv("GIELLM_MODEL_CACHE")
-    expected = next((os.path.join(r, "giellm", "models") for r in NVME_ROOTS
-                     if os.path.isdir(r) and os.access(r, os.W_OK)),
-                    os.path.expanduser("~/.cache/giellm/models"))
+    expected = next(
+        (
+            os.path.join(r, "giellm", "models")
+            for r in NVME_ROOTS
+            if os.path.isdir(r) and os.access(r, os.W_OK)
+        ),
+        os.path.expanduser("~/.cache/giellm/models"),
+    )
     assert model_cache_dir() == expected
 
 

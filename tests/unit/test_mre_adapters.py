@@ -71,8 +71,10 @@ def test_inputs_carry_the_adapter_and_counts_split_by_it(lora_jobs):
         assert all(c["all_correct"] == c["n"] for c in counts[name].values())
 
 
-@pytest.mark.skipif("adapters" not in ScoreConfig.model_fields,
-                    reason="ScoreConfig.adapters comes with the adapters branch")
+@pytest.mark.skipif(
+    "adapters" not in ScoreConfig.model_fields,
+    reason="ScoreConfig.adapters comes with the adapters branch",
+)
 def test_one_score_config_per_base_lists_every_adapter(lora_jobs):
     out, _, jobs = lora_jobs
     exports = {j.run.name: io.join(out, "runs", j.run.name, "export") for j in jobs}

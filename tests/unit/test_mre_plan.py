@@ -22,12 +22,15 @@ from giellm_ray.mre.runner import trained_export
 from giellm_ray.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = {"seed": 0, "datasets": {
-    "SCPOS:RW": {"train": 40, "test": 8, "path": "single/SCPOS_RW"},
-    "SCNM": {"train": 40, "test": 8, "path": "single/SCNM"},
-    "SCPOS:N": {"train": 0, "test": 30, "path": "single/SCPOS_N"},
-    "TCREE": {"train": 10, "test": 0, "path": "single/TCREE"},
-}}
+MANIFEST = {
+    "seed": 0,
+    "datasets": {
+        "SCPOS:RW": {"train": 40, "test": 8, "path": "single/SCPOS_RW"},
+        "SCNM": {"train": 40, "test": 8, "path": "single/SCNM"},
+        "SCPOS:N": {"train": 0, "test": 30, "path": "single/SCPOS_N"},
+        "TCREE": {"train": 10, "test": 0, "path": "single/TCREE"},
+    },
+}
 
 
 def test_datasets_default_to_those_with_train_and_test_rows_in_paper_order():
@@ -43,8 +46,11 @@ def test_datasets_default_to_those_with_train_and_test_rows_in_paper_order():
 
 def test_plan_pairs_each_single_run_with_the_mixed_run_on_the_same_rows():
     runs = plan.make_plan("s3://b/mix", "s3://b/out", MANIFEST, ["SCNM", "SCPOS:RW"], repeats=3)
-    assert [r.name for r in runs[:3]] == ["mixed-seed0", "single-SCNM-seed0",
-                                          "single-SCPOS_RW-seed0"]
+    assert [r.name for r in runs[:3]] == [
+        "mixed-seed0",
+        "single-SCNM-seed0",
+        "single-SCPOS_RW-seed0",
+    ]
     assert len(runs) == 9 and [r.seed for r in runs] == [0] * 3 + [1] * 3 + [2] * 3
     mixed, scnm, rw = runs[3:6]
     assert mixed.train == "s3://b/mix/train.parquet" and mixed.kind == "mixed"
@@ -54,9 +60,12 @@ def test_plan_pairs_each_single_run_with_the_mixed_run_on_the_same_rows():
     assert rw.test == ("s3://b/mix/single/SCPOS_RW/test.parquet",)
     assert mixed.scored == "s3://b/out/scored/mixed-seed1"
     assert len({r.scored for r in runs}) == len({r.name for r in runs}) == 9
-    assert scnm.train_overrides() == ['data.train="s3://b/mix/single/SCNM/train.parquet"',
-                                      'run_name="single-SCNM-seed1"', "data.seed=1",
-                                      "tiny.seed=1"]
+    assert scnm.train_overrides() == [
+        'data.train="s3://b/mix/single/SCNM/train.parquet"',
+        'run_name="single-SCNM-seed1"',
+        "data.seed=1",
+        "tiny.seed=1",
+    ]
 
 
 def test_reserved_keys_and_resource_split():
@@ -86,25 +95,58 @@ def test_summarize_is_mean_and_sample_std():
 
 def _counts(n: int, tl: int, wl: int, tp: int = 0, fp: int = 0, fn: int = 0, fail: int = 0):
     c = empty_counts()
-    c.update(n=n, tl_correct=tl, wl_correct=wl, all_correct=min(tl, wl), item_tp=tp,
-             item_fp=fp, item_fn=fn, parse_failures=fail)
+    c.update(
+        n=n,
+        tl_correct=tl,
+        wl_correct=wl,
+        all_correct=min(tl, wl),
+        item_tp=tp,
+        item_fp=fp,
+        item_fn=fn,
+        parse_failures=fail,
+    )
     return c
 
 
 def _records(mixed_tl: list[int], single_tl: list[int]) -> list[dict]:
     recs = []
     for seed, (m, s) in enumerate(zip(mixed_tl, single_tl, strict=True)):
-        recs.append({"name": f"mixed-seed{seed}", "kind": "mixed", "seed": seed,
-                     "datasets": ["SCNM", "TCREE"], "model": "m", "scored": f"out/m{seed}",
-                     "files": [f"out/m{seed}/a.parquet"],
-                     "counts": {"SCNM": _counts(10, m, 5, 8, 2, 2), "TCREE": _counts(4, 4, 1)}})
-        recs.append({"name": f"single-SCNM-seed{seed}", "kind": "single", "seed": seed,
-                     "datasets": ["SCNM"], "model": "s", "scored": f"out/s{seed}",
-                     "files": [f"out/s{seed}/b.parquet"],
-                     "counts": {"SCNM": _counts(10, s, 3, 6, 4, 4, fail=1)}})
-        recs.append({"name": f"single-TCREE-seed{seed}", "kind": "single", "seed": seed,
-                     "datasets": ["TCREE"], "model": "t", "scored": f"out/t{seed}",
-                     "files": [f"out/t{seed}/c.parquet"], "counts": {"TCREE": _counts(4, 2, 2)}})
+        recs.append(
+            {
+                "name": f"mixed-seed{seed}",
+                "kind": "mixed",
+                "seed": seed,
+                "datasets": ["SCNM", "TCREE"],
+                "model": "m",
+                "scored": f"out/m{seed}",
+                "files": [f"out/m{seed}/a.parquet"],
+                "counts": {"SCNM": _counts(10, m, 5, 8, 2, 2), "TCREE": _counts(4, 4, 1)},
+            }
+        )
+        recs.append(
+            {
+                "name": f"single-SCNM-seed{seed}",
+                "kind": "single",
+                "seed": seed,
+                "datasets": ["SCNM"],
+                "model": "s",
+                "scored": f"out/s{seed}",
+                "files": [f"out/s{seed}/b.parquet"],
+                "counts": {"SCNM": _counts(10, s, 3, 6, 4, 4, fail=1)},
+            }
+        )
+        recs.append(
+            {
+                "name": f"single-TCREE-seed{seed}",
+                "kind": "single",
+                "seed": seed,
+                "datasets": ["TCREE"],
+                "model": "t",
+                "scored": f"out/t{seed}",
+                "files": [f"out/t{seed}/c.parquet"],
+                "counts": {"TCREE": _counts(4, 2, 2)},
+            }
+        )
     return recs
 
 
@@ -116,7 +158,7 @@ def test_report_from_given_counts_pairs_deltas_by_seed():
     # Paired deltas per seed: 0.3, 0.0, 0.3 -> mean 0.2, sample std 0.1732.
     assert [round(p["tl"], 6) for p in scnm["delta"]["per_seed"]] == [0.3, 0.0, 0.3]
     assert scnm["delta"]["tl"] == pytest.approx(0.2)
-    assert scnm["delta"]["spread"]["tl"]["std"] == pytest.approx(statistics.stdev([.3, 0, .3]))
+    assert scnm["delta"]["spread"]["tl"]["std"] == pytest.approx(statistics.stdev([0.3, 0, 0.3]))
     assert scnm["mixed"]["item_f1"] == pytest.approx(ratios(_counts(10, 8, 5, 8, 2, 2))["item_f1"])
     assert scnm["single"]["parse_fail"] == pytest.approx(0.1)
     assert scnm["delta"]["parse_fail"] == pytest.approx(-0.1)
@@ -156,8 +198,9 @@ def test_every_run_gets_one_recipe_and_only_its_own_data_name_and_seed(sample_mi
     manifest = json.loads(Path(mix, "manifest.json").read_text())
     assert {d for d, e in manifest["datasets"].items() if e["train"]} == set(plan.QUICK_DATASETS)
     runs = plan.make_plan(mix, out, manifest, list(plan.QUICK_DATASETS), repeats=2)
-    cfg = plan.MreConfig(output=out, quick=True, train_overrides=["lr=5e-3"],
-                      score_overrides=["constrained=false"])
+    cfg = plan.MreConfig(
+        output=out, quick=True, train_overrides=["lr=5e-3"], score_overrides=["constrained=false"]
+    )
     jobs = resolve_jobs(cfg, out, mix, runs)
     dumps = [j.train.model_dump(mode="json") for j in jobs]
     own = {("data", "train"), ("run_name",), ("data", "seed"), ("tiny", "seed")}
@@ -177,15 +220,19 @@ def test_every_run_gets_one_recipe_and_only_its_own_data_name_and_seed(sample_mi
     assert score.model.name_or_path == f"{out}/runs/single-SCNM-seed0/export"
     assert score.constrained is False and score.tasks == f"{mix}/tasks.json"
     with pytest.raises(ValueError, match="reserved"):
-        resolve_jobs(plan.MreConfig(output=out, quick=True, train_overrides=["run_name=x"]),
-                     out, mix, runs)
+        resolve_jobs(
+            plan.MreConfig(output=out, quick=True, train_overrides=["run_name=x"]), out, mix, runs
+        )
     with pytest.raises(ValueError, match="--config is required"):
         resolve_jobs(plan.MreConfig(output=out), out, mix, runs)
 
 
 def test_an_export_with_another_recipe_is_an_error_not_a_reuse(tmp_path):
-    cfg = load_config(TrainConfig, config_path("train", "tiny-cpu.yaml"),
-                      [f"storage_path={tmp_path}", "run_name=mixed-seed0"])
+    cfg = load_config(
+        TrainConfig,
+        config_path("train", "tiny-cpu.yaml"),
+        [f"storage_path={tmp_path}", "run_name=mixed-seed0"],
+    )
     assert trained_export(cfg) is None  # nothing there: train it
     export = tmp_path / "mixed-seed0" / "export"
     dump_config(cfg, str(export / "train_config.yaml"))
@@ -198,8 +245,13 @@ def test_an_export_with_another_recipe_is_an_error_not_a_reuse(tmp_path):
 
 
 def test_jobs_driver_reaches_the_same_command():
-    proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "mre.py"), "--help"],
-                          capture_output=True, text=True, timeout=120, cwd="/")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "mre.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "usage: giellm mre" in proc.stdout and "--repeats" in proc.stdout
 

@@ -15,19 +15,22 @@ from giellm_ray.perf import (
 )
 
 
-@pytest.mark.parametrize(("name", "tflops", "tb_s"), [
-    ("NVIDIA A100-SXM4-80GB", 312, 2.039),
-    ("NVIDIA A800-SXM4-80GB", 312, 2.039),
-    ("NVIDIA A100-SXM4-40GB", 312, 1.555),
-    ("NVIDIA A100 80GB PCIe", 312, 1.935),
-    ("NVIDIA H100 80GB HBM3", 989, 3.35),
-    ("NVIDIA H100 PCIe", 756, 2.0),
-    ("NVIDIA H200", 989, 4.8),
-    ("NVIDIA GH200 480GB", 989, 4.0),
-    ("NVIDIA L40S", 362, 0.864),
-    ("NVIDIA A10G", 125, 0.6),
-    ("NVIDIA L4", 121, 0.3),
-])
+@pytest.mark.parametrize(
+    ("name", "tflops", "tb_s"),
+    [
+        ("NVIDIA A100-SXM4-80GB", 312, 2.039),
+        ("NVIDIA A800-SXM4-80GB", 312, 2.039),
+        ("NVIDIA A100-SXM4-40GB", 312, 1.555),
+        ("NVIDIA A100 80GB PCIe", 312, 1.935),
+        ("NVIDIA H100 80GB HBM3", 989, 3.35),
+        ("NVIDIA H100 PCIe", 756, 2.0),
+        ("NVIDIA H200", 989, 4.8),
+        ("NVIDIA GH200 480GB", 989, 4.0),
+        ("NVIDIA L40S", 362, 0.864),
+        ("NVIDIA A10G", 125, 0.6),
+        ("NVIDIA L4", 121, 0.3),
+    ],
+)
 def test_known_devices(name, tflops, tb_s):
     spec = lookup(name)
     assert (spec.bf16_dense_tflops, spec.hbm_tb_s) == (tflops, tb_s)
@@ -44,22 +47,40 @@ def test_mfu_and_roofline_arithmetic():
     assert mfu(6 * 13e9, 2000, "NVIDIA A100-SXM4-80GB") == pytest.approx(0.5)
     # 26 GB of bf16 weights streamed per step at 2.039 TB/s, batch 16: ~1,255 tokens/s.
     assert decode_roofline_tokens_per_s(26e9, 16, "NVIDIA A100-SXM4-80GB") == pytest.approx(
-        16 * 2.039e12 / 26e9)
+        16 * 2.039e12 / 26e9
+    )
 
 
 def test_the_benchmark_model_is_about_one_billion_parameters():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    params = llama_params(ONE_B_LLAMA["hidden_size"], ONE_B_LLAMA["intermediate_size"],
-                          ONE_B_LLAMA["num_hidden_layers"], 8000)
+    params = llama_params(
+        ONE_B_LLAMA["hidden_size"],
+        ONE_B_LLAMA["intermediate_size"],
+        ONE_B_LLAMA["num_hidden_layers"],
+        8000,
+    )
     assert 0.95e9 < params < 1.1e9
-    small = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=176,
-                        num_hidden_layers=3, num_attention_heads=4, tie_word_embeddings=False)
+    small = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        tie_word_embeddings=False,
+    )
     counted = sum(p.numel() for p in LlamaForCausalLM(small).parameters())
     assert llama_params(64, 176, 3, 300) == counted  # the formula is the model's own count
-    tied = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=176,
-                                        num_hidden_layers=3, num_attention_heads=4,
-                                        tie_word_embeddings=True))
+    tied = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=64,
+            intermediate_size=176,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            tie_word_embeddings=True,
+        )
+    )
     assert llama_params(64, 176, 3, 300, tied=True) == sum(p.numel() for p in tied.parameters())
 
 

@@ -8,9 +8,16 @@ from giellm_ray.ray_session import JOB_CONFIG_ENV, forwarded_env
 
 
 def test_forwarded_env_for_a_joined_cluster():
-    environ = {"HF_TOKEN": "hf_x", "AWS_ACCESS_KEY_ID": "a", "AWS_ENDPOINT_URL": "http://s3",
-               "GIELLM_LOG_LEVEL": "INFO", "DS_ACCELERATOR": "cuda", "HOME": "/root",
-               "PATH": "/bin", "SECRET": "no"}
+    environ = {
+        "HF_TOKEN": "hf_x",
+        "AWS_ACCESS_KEY_ID": "a",
+        "AWS_ENDPOINT_URL": "http://s3",
+        "GIELLM_LOG_LEVEL": "INFO",
+        "DS_ACCELERATOR": "cuda",
+        "HOME": "/root",
+        "PATH": "/bin",
+        "SECRET": "no",
+    }
     env = forwarded_env(environ)
     assert env["HF_TOKEN"] == "hf_x" and env["AWS_ACCESS_KEY_ID"] == "a"
     assert env["GIELLM_LOG_LEVEL"] == "INFO" and env["DS_ACCELERATOR"] == "cuda"

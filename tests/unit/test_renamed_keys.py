@@ -34,11 +34,23 @@ def test_serve_tasks_key_and_its_old_name(tmp_path):
 
 def test_scpos_datasets_option_and_its_old_spelling():
     parser = build_parser()
-    base = ["data", "scpos", "--input", "x.csv", "--text-column", "t", "--label-column", "l",
-            "--output", "o"]
+    base = [
+        "data",
+        "scpos",
+        "--input",
+        "x.csv",
+        "--text-column",
+        "t",
+        "--label-column",
+        "l",
+        "--output",
+        "o",
+    ]
     assert parser.parse_args([*base, "--datasets", "SCPOS:N"]).datasets == ["SCPOS:N"]
     assert parser.parse_args([*base, "--tasks", "SCPOS:N", "SCPOS:Adj"]).datasets == [
-        "SCPOS:N", "SCPOS:Adj"]
+        "SCPOS:N",
+        "SCPOS:Adj",
+    ]
     assert parser.parse_args(base).datasets is None
 
 

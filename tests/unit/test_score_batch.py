@@ -22,12 +22,23 @@ def udf(tiny_model_dir):
 
 def test_score_batch_keeps_columns_and_reads_the_per_row_cap(udf, stockmark_records):
     texts = [r["text"] for r in stockmark_records[:3]]
-    batch = pa.table({"id": ["a", "b", "c"], S.DATASET: ["SCNM"] * 3, S.TEXT: texts,
-                      S.MAX_NEW_TOKENS: pa.array([1, None, 3], pa.int64())})
+    batch = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            S.DATASET: ["SCNM"] * 3,
+            S.TEXT: texts,
+            S.MAX_NEW_TOKENS: pa.array([1, None, 3], pa.int64()),
+        }
+    )
     out = udf(batch)
     assert out.num_rows == 3
-    assert out.column_names == ["id", S.DATASET, S.TEXT, S.MAX_NEW_TOKENS,
-                                *(f.name for f in S.SCORED_FIELDS)]
+    assert out.column_names == [
+        "id",
+        S.DATASET,
+        S.TEXT,
+        S.MAX_NEW_TOKENS,
+        *(f.name for f in S.SCORED_FIELDS),
+    ]
     assert out.column(S.NUM_GENERATED_TOKENS).to_pylist() == [1, 5, 3]
     assert out.column("id").to_pylist() == ["a", "b", "c"]
 
@@ -41,8 +52,13 @@ def raw_strings(values: list[bytes | str | None]) -> pa.Array:
 GOOD = "東京都に本社を置く株式会社である。"
 HOSTILE = {  # id: (dataset, text, prompt, max_new_tokens, expected error or None)
     "bad-utf8-text": ("SCNM", b"\xff\xfe\x00abc", None, None, "column 'text' is not valid UTF-8"),
-    "surrogate-text": ("SCNM", b"ok \xed\xa0\x80 ok", None, None,
-                       "column 'text' is not valid UTF-8 (byte 3"),
+    "surrogate-text": (
+        "SCNM",
+        b"ok \xed\xa0\x80 ok",
+        None,
+        None,
+        "column 'text' is not valid UTF-8 (byte 3",
+    ),
     "bad-utf8-dataset": (b"SC\xc3NM", GOOD, None, None, "column 'dataset' is not valid UTF-8"),
     "bad-utf8-prompt": ("SCNM", GOOD, b"\x80prompt", None, "column 'prompt' is not valid UTF-8"),
     "binary-as-text": ("SCNM", bytes(range(256)), None, None, "column 'text' is not valid UTF-8"),
@@ -59,14 +75,20 @@ HOSTILE = {  # id: (dataset, text, prompt, max_new_tokens, expected error or Non
 
 def hostile_batch() -> pa.Table:
     ids = list(HOSTILE)
-    col = {k: [HOSTILE[i][n] for i in ids] for n, k in enumerate(
-        (S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS))}
-    return pa.table({
-        "id": ids, S.DATASET: raw_strings(col[S.DATASET]), S.TEXT: raw_strings(col[S.TEXT]),
-        S.PROMPT: raw_strings(col[S.PROMPT]),
-        S.MAX_NEW_TOKENS: pa.array(col[S.MAX_NEW_TOKENS], pa.int64()),
-        "extra": raw_strings([b"\xc0keep-me-" + i.encode() for i in ids]),  # passed through
-    })
+    col = {
+        k: [HOSTILE[i][n] for i in ids]
+        for n, k in enumerate((S.DATASET, S.TEXT, S.PROMPT, S.MAX_NEW_TOKENS))
+    }
+    return pa.table(
+        {
+            "id": ids,
+            S.DATASET: raw_strings(col[S.DATASET]),
+            S.TEXT: raw_strings(col[S.TEXT]),
+            S.PROMPT: raw_strings(col[S.PROMPT]),
+            S.MAX_NEW_TOKENS: pa.array(col[S.MAX_NEW_TOKENS], pa.int64()),
+            "extra": raw_strings([b"\xc0keep-me-" + i.encode() for i in ids]),  # passed through
+        }
+    )
 
 
 def test_hostile_rows_only_harm_themselves(udf):
@@ -76,12 +98,19 @@ def test_hostile_rows_only_harm_themselves(udf):
     for name in batch.column_names:  # every input column intact, bad bytes included
         assert out.column(name).equals(batch.column(name)), name  # compares bytes, no decode
     errors = dict(zip(out.column("id").to_pylist(), out.column(S.ERROR).to_pylist(), strict=True))
-    gen = dict(zip(out.column("id").to_pylist(), out.column(S.NUM_GENERATED_TOKENS).to_pylist(),
-                   strict=True))
+    gen = dict(
+        zip(
+            out.column("id").to_pylist(),
+            out.column(S.NUM_GENERATED_TOKENS).to_pylist(),
+            strict=True,
+        )
+    )
     for rid, (*_, expected) in HOSTILE.items():
         if expected is None:  # scored (a parse error of the random model is allowed)
-            assert errors[rid] is None or errors[rid].startswith(("parse:", "output truncated")), \
-                (rid, errors[rid])
+            assert errors[rid] is None or errors[rid].startswith(("parse:", "output truncated")), (
+                rid,
+                errors[rid],
+            )
             assert gen[rid] >= 1, rid
         else:
             assert errors[rid] is not None and errors[rid].startswith(expected), (rid, errors[rid])
@@ -96,8 +125,12 @@ def test_decode_column_falls_back_per_value():
     values, errors = decode_column(raw_strings([b"ok", b"\xff", None, "東".encode()]), "text")
     assert values == ["ok", None, None, "東"]
     assert list(errors) == [1] and "byte 0: b'\\xff'" in errors[1]
-    large = raw_strings([b"a", b"\xfe"]).cast(pa.binary()).cast(pa.large_binary()).view(
-        pa.large_string())
+    large = (
+        raw_strings([b"a", b"\xfe"])
+        .cast(pa.binary())
+        .cast(pa.large_binary())
+        .view(pa.large_string())
+    )
     assert decode_column(large, "text")[0] == ["a", None]
 
 
@@ -116,6 +149,7 @@ def test_extract_isolated_confines_a_raising_row_to_itself():
     assert len(outputs) == 64
     assert [o[S.ERROR] for o in outputs].count(None) == 63
     assert outputs[37][S.ERROR] == "scoring error: RuntimeError: engine blew up"
-    assert [o[S.PREDICTION] for i, o in enumerate(outputs) if i != 37] == \
-        [f"t{i}" for i in range(64) if i != 37]
+    assert [o[S.PREDICTION] for i, o in enumerate(outputs) if i != 37] == [
+        f"t{i}" for i in range(64) if i != 37
+    ]
     assert len(calls) <= 2 * 7 + 1  # halving, not one call per row

@@ -23,8 +23,16 @@ from giellm_ray.score.config import ScoreConfig
 from giellm_ray.score.driver import run_score
 from giellm_ray.score.layout import SCORE_JSON, STAGING, SUCCESS, ScoreOutput, locate_output
 
-MUTATING = ("create_dir", "delete_dir", "delete_dir_contents", "delete_file", "move",
-            "copy_file", "open_output_stream", "open_append_stream")
+MUTATING = (
+    "create_dir",
+    "delete_dir",
+    "delete_dir_contents",
+    "delete_file",
+    "move",
+    "copy_file",
+    "open_output_stream",
+    "open_append_stream",
+)
 
 
 class FaultyHandler(pafs.FileSystemHandler):
@@ -104,6 +112,7 @@ def meta_writer(out: ScoreOutput, run_id: str):
         with out.fs.open_output_stream(out.score_json) as f:
             f.write(json.dumps({"run_id": run_id, "files": names}).encode())
         return [SCORE_JSON]
+
     return write
 
 
@@ -111,8 +120,9 @@ def commit_all(out: ScoreOutput, run_id: str) -> dict:
     """What run_score does once every row is staged: journal (unless one exists), then finish."""
     journal = read_json(out.fs, out.journal)
     if journal is None:
-        journal = commit.begin_commit(out, run_id, commit.staged_files(out), {},
-                                 read_json(out.fs, out.success))
+        journal = commit.begin_commit(
+            out, run_id, commit.staged_files(out), {}, read_json(out.fs, out.success)
+        )
     return commit.finish_commit(out, journal, meta_writer(out, journal["run_id"]))
 
 
@@ -121,11 +131,17 @@ def reader_view(out: ScoreOutput) -> list[str] | None:
     manifest = read_json(out.fs, out.success)
     if manifest is None:
         return None
-    present = {i.base_name for i in out.fs.get_file_info(pafs.FileSelector(out.path))
-               if i.base_name.endswith(".parquet")}
+    present = {
+        i.base_name
+        for i in out.fs.get_file_info(pafs.FileSelector(out.path))
+        if i.base_name.endswith(".parquet")
+    }
     assert present == {f["name"] for f in manifest["files"]}, "_SUCCESS over other files"
-    return sorted(i for n in present for i in pq.read_table(
-        out.child(n), filesystem=out.fs).column(S.ID).to_pylist())
+    return sorted(
+        i
+        for n in present
+        for i in pq.read_table(out.child(n), filesystem=out.fs).column(S.ID).to_pylist()
+    )
 
 
 OLD = {"old-a.parquet": ["o0", "o1", "o2"], "old-b.parquet": ["o3", "o4", "o5"]}
@@ -158,8 +174,9 @@ def test_commit_survives_a_fault_at_every_step(kind, tmp_path, request):
     assert counting.calls >= 8
     for k in range(1, counting.calls + 1):
         fresh_state(out)
-        faulty = ScoreOutput(out.uri, pafs.PyFileSystem(FaultyHandler(out.fs, k)), out.path,
-                          out.store)
+        faulty = ScoreOutput(
+            out.uri, pafs.PyFileSystem(FaultyHandler(out.fs, k)), out.path, out.store
+        )
         with pytest.raises(OSError, match="injected fault"):
             commit_all(faulty, "new-run")
         seen = reader_view(out)  # the old result, none, or (fault after _SUCCESS) the new one
@@ -167,8 +184,7 @@ def test_commit_survives_a_fault_at_every_step(kind, tmp_path, request):
         commit_all(out, "new-run")  # the re-run
         assert reader_view(out) == new_ids, k
         assert not fs_exists(out.fs, out.staging), k
-        assert json.loads(out.fs.open_input_stream(out.score_json).read())[
-            "run_id"] == "new-run"
+        assert json.loads(out.fs.open_input_stream(out.score_json).read())["run_id"] == "new-run"
 
 
 def test_zero_row_input_replaces_a_result_with_a_valid_empty_one(tmp_path, tiny_model_dir):

@@ -30,8 +30,14 @@ def cfg_for(inp: str, out: str, **kw) -> ScoreConfig:
 
 def test_canonical_s3_collapses_every_spelling():
     want = "bucket/in/x"
-    for uri in ("s3://bucket/in/x", "s3://bucket/in/x/", "s3://bucket/in//x",
-                "s3://bucket/in/./x", "s3://bucket/in/y/../x", "s3://Bucket/in/x//"):
+    for uri in (
+        "s3://bucket/in/x",
+        "s3://bucket/in/x/",
+        "s3://bucket/in//x",
+        "s3://bucket/in/./x",
+        "s3://bucket/in/y/../x",
+        "s3://Bucket/in/x//",
+    ):
         assert canonical_s3(uri) == want, uri
     assert canonical_s3("s3://bucket") == "bucket"
 
@@ -43,8 +49,7 @@ def test_local_output_equal_to_input_in_any_spelling_is_refused(tmp_path, monkey
     (tmp_path / "in" / "y").mkdir()
     os.symlink(inp, tmp_path / "link")
     monkeypatch.chdir(tmp_path)
-    out = {"REL": "in/x", "LINK": str(tmp_path / "link")}.get(spelling,
-                                                            spelling.format(d=tmp_path))
+    out = {"REL": "in/x", "LINK": str(tmp_path / "link")}.get(spelling, spelling.format(d=tmp_path))
     with pytest.raises(ValueError, match="is the output directory .* or lies inside it"):
         prepare(cfg_for(str(inp), out))
     assert sorted(os.listdir(inp)) == ["a.parquet"]  # nothing written, nothing deleted
@@ -74,16 +79,28 @@ def test_symlinked_parent_is_seen_through(tmp_path):
 def test_s3_aliases_are_refused(s3_server):
     fs = locate("s3://giellm-test/x", s3_server).fs
     write_input("giellm-test/alias/in", filesystem=fs)
-    for out in ("s3://giellm-test/alias/in/", "s3://giellm-test/alias//in",
-                "s3://giellm-test/alias/./in", "s3://giellm-test/alias/z/../in",
-                "s3://giellm-test/alias", "s3://giellm-test"):
+    for out in (
+        "s3://giellm-test/alias/in/",
+        "s3://giellm-test/alias//in",
+        "s3://giellm-test/alias/./in",
+        "s3://giellm-test/alias/z/../in",
+        "s3://giellm-test/alias",
+        "s3://giellm-test",
+    ):
         with pytest.raises(ValueError, match="lies inside it"):
             prepare(cfg_for("s3://giellm-test/alias/in", out, s3_endpoint_url=s3_server))
     with pytest.raises(ValueError, match="output .* lies inside the input"):
-        prepare(cfg_for("s3://giellm-test/alias/in", "s3://giellm-test/alias/in/./out",
-                        s3_endpoint_url=s3_server))
-    assert [i.base_name for i in fs.get_file_info(
-        __import__("pyarrow.fs").fs.FileSelector("giellm-test/alias/in"))] == ["a.parquet"]
+        prepare(
+            cfg_for(
+                "s3://giellm-test/alias/in",
+                "s3://giellm-test/alias/in/./out",
+                s3_endpoint_url=s3_server,
+            )
+        )
+    assert [
+        i.base_name
+        for i in fs.get_file_info(__import__("pyarrow.fs").fs.FileSelector("giellm-test/alias/in"))
+    ] == ["a.parquet"]
 
 
 def _cli_error(capsys, argv) -> str:
@@ -111,12 +128,30 @@ def test_unwritable_local_output_fails_before_any_work(tmp_path, capsys, tiny_mo
 
 def test_unwritable_s3_output_fails_before_any_work(s3_server, capsys, tiny_model_dir, tmp_path):
     write_input(str(tmp_path / "in"))
-    base = ["score", "--model", tiny_model_dir, "--input", str(tmp_path / "in"),
-            "--set", f"s3_endpoint_url={s3_server}"]
+    base = [
+        "score",
+        "--model",
+        tiny_model_dir,
+        "--input",
+        str(tmp_path / "in"),
+        "--set",
+        f"s3_endpoint_url={s3_server}",
+    ]
     line = _cli_error(capsys, [*base, "--output", "s3://no-such-bucket-giellm/out"])
     assert "cannot write to output s3://no-such-bucket-giellm/out" in line
     assert "bucket" in line.lower()
-    line = _cli_error(capsys, ["score", "--model", tiny_model_dir, "--input",
-                               str(tmp_path / "in"), "--output", "s3://giellm-test/out",
-                               "--set", "s3_endpoint_url=http://127.0.0.1:9"])
+    line = _cli_error(
+        capsys,
+        [
+            "score",
+            "--model",
+            tiny_model_dir,
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            "s3://giellm-test/out",
+            "--set",
+            "s3_endpoint_url=http://127.0.0.1:9",
+        ],
+    )
     assert "cannot write to output s3://giellm-test/out" in line

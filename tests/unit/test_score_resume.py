@@ -50,15 +50,19 @@ def test_recover_undoes_torn_writes_and_keeps_committed_ones(tmp_path):
     write_ids(data / "u_0000020-0.parquet", ["e"])  # task 20: not a prefix match of task 2
     resume.recover(out)
     assert sorted(os.listdir(ck)) == ["u_000001.parquet", "u_000003.parquet"]
-    assert sorted(os.listdir(data)) == ["u_000001-0.parquet", "u_0000020-0.parquet",
-                                        "u_000003-0.parquet"]
+    assert sorted(os.listdir(data)) == [
+        "u_000001-0.parquet",
+        "u_0000020-0.parquet",
+        "u_000003-0.parquet",
+    ]
     assert resume.committed_ids(out, S.ID).tolist() == [b"a", b"b", b"d"]
 
 
 def test_drop_done_string_ids_exactly():
     done = np.sort(resume.id_keys(pa.array(["r1", "r10", "東京", "badÿ"])))
-    ids = pa.array([b"r1", b"r10", b"r100", b"r", "東京".encode(), b"bad\xc3\xbf", b"r1\x00"],
-                   pa.binary()).view(pa.string())
+    ids = pa.array(
+        [b"r1", b"r10", b"r100", b"r", "東京".encode(), b"bad\xc3\xbf", b"r1\x00"], pa.binary()
+    ).view(pa.string())
     batch = pa.table({S.ID: ids, "x": list(range(7))})
     kept = resume.drop_done(batch, done, S.ID)
     # r100 is longer than every done id (must not truncate to r10); r1\0 differs from r1 only by
@@ -95,24 +99,36 @@ def test_a_changed_input_or_model_refuses_to_resume(tmp_path):
     cfg = ScoreConfig(input=[str(f)], output=out.uri)
     fp = resume.fingerprint(out.fs, [str(f)], cfg)
     first = resume.open_attempt(out, fp, False, None, lambda: S.ID)
-    again = resume.open_attempt(out, resume.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID)
+    again = resume.open_attempt(
+        out, resume.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID
+    )
     assert again.resumed and again.run_id == first.run_id
     st = os.stat(f)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with pytest.raises(ValueError, match=r"in.parquet changed .*--fresh"):
-        resume.open_attempt(out, resume.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID)
+        resume.open_attempt(
+            out, resume.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID
+        )
     cfg.generation.max_new_tokens = 7
     with pytest.raises(ValueError, match=r"decide predictions changed \(max_new_tokens\)"):
-        resume.open_attempt(out, resume.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID)
-    fresh = resume.open_attempt(out, resume.fingerprint(out.fs, [str(f)], cfg), True, None, lambda: S.ID)
+        resume.open_attempt(
+            out, resume.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID
+        )
+    fresh = resume.open_attempt(
+        out, resume.fingerprint(out.fs, [str(f)], cfg), True, None, lambda: S.ID
+    )
     os.remove(tmp_path / "out" / STAGING / ATTEMPT)  # killed before the record was written
-    assert not resume.open_attempt(out, resume.fingerprint(out.fs, [str(f)], cfg), False, None,
-                              lambda: S.ID).resumed
-    fresh = resume.open_attempt(out, resume.fingerprint(out.fs, [str(f)], cfg), True, None, lambda: S.ID)
+    assert not resume.open_attempt(
+        out, resume.fingerprint(out.fs, [str(f)], cfg), False, None, lambda: S.ID
+    ).resumed
+    fresh = resume.open_attempt(
+        out, resume.fingerprint(out.fs, [str(f)], cfg), True, None, lambda: S.ID
+    )
     assert not fresh.resumed and fresh.run_id != first.run_id
     # the staging of the run _SUCCESS already records is a leftover, not an attempt to resume
-    done = resume.open_attempt(out, resume.fingerprint(out.fs, [str(f)], cfg), False, fresh.run_id,
-                          lambda: S.ID)
+    done = resume.open_attempt(
+        out, resume.fingerprint(out.fs, [str(f)], cfg), False, fresh.run_id, lambda: S.ID
+    )
     assert not done.resumed and done.run_id != fresh.run_id
 
 
@@ -139,8 +155,9 @@ def gone(pid: int) -> bool:
 def test_run_lock_refuses_a_live_run_and_reaps_a_killed_one(tmp_path):
     out = str(tmp_path / "out")
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, out], stdout=subprocess.PIPE,
-                            env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, out], stdout=subprocess.PIPE, env=env, text=True
+    )
     try:
         child = int(proc.stdout.readline())
         with pytest.raises(ValueError, match=f"another giellm score \\(pid {proc.pid}\\)"):

@@ -16,13 +16,30 @@ from giellm_ray.generation.hf import HFEngine
 from giellm_ray.model.loader import ModelConfig, load_model, load_tokenizer
 
 ROWS = [  # (dataset, text, TL label, items)
-    ("SCNM", "レッドフォックス株式会社は、東京都千代田区に本社を置くITサービス企業である。", "技術",
-     [("法人名", "レッドフォックス株式会社"), ("地名", "東京都千代田区")]),
-    ("SCNM", "松友美佐紀は、日本のバドミントン選手。", "社会", [("人名", "松友美佐紀"), ("地名", "日本")]),
-    ("SCNM", "山田太郎は大阪大学を卒業し、トヨタ自動車に入社した。", "社会",
-     [("人名", "山田太郎"), ("施設名", "大阪大学"), ("法人名", "トヨタ自動車")]),
-    ("SCPOS:RW", "この商品はとても良いです。値段も安くて満足しています。", "積極",
-     [("ポジティブ", "良い"), ("ポジティブ", "満足")]),
+    (
+        "SCNM",
+        "レッドフォックス株式会社は、東京都千代田区に本社を置くITサービス企業である。",
+        "技術",
+        [("法人名", "レッドフォックス株式会社"), ("地名", "東京都千代田区")],
+    ),
+    (
+        "SCNM",
+        "松友美佐紀は、日本のバドミントン選手。",
+        "社会",
+        [("人名", "松友美佐紀"), ("地名", "日本")],
+    ),
+    (
+        "SCNM",
+        "山田太郎は大阪大学を卒業し、トヨタ自動車に入社した。",
+        "社会",
+        [("人名", "山田太郎"), ("施設名", "大阪大学"), ("法人名", "トヨタ自動車")],
+    ),
+    (
+        "SCPOS:RW",
+        "この商品はとても良いです。値段も安くて満足しています。",
+        "積極",
+        [("ポジティブ", "良い"), ("ポジティブ", "満足")],
+    ),
 ]
 
 
@@ -33,8 +50,13 @@ def rows_in():
 def targets():
     out = []
     for ds, _, tl, items in ROWS:
-        out.append(build_target(tl, [{"label": lab, "span": sp, "tail": None}
-                                     for lab, sp in items], DEFAULT_REGISTRY[ds]))
+        out.append(
+            build_target(
+                tl,
+                [{"label": lab, "span": sp, "tail": None} for lab, sp in items],
+                DEFAULT_REGISTRY[ds],
+            )
+        )
     return out
 
 
@@ -63,11 +85,13 @@ def make_extractor(cfg, model, tok, **gen):
 def test_logprobs_equal_a_teacher_forced_forward(tiny):
     _, model, tok = tiny
     prompts = [build_prompt(text, DEFAULT_REGISTRY[ds]) for ds, text, _, _ in ROWS]
-    reqs = [GenerationRequest(p, n, scores=True) for p, n in zip(prompts, [3, 9, 5, 12],
-                                                                 strict=True)]
+    reqs = [
+        GenerationRequest(p, n, scores=True) for p, n in zip(prompts, [3, 9, 5, 12], strict=True)
+    ]
     res = HFEngine(model, tok, GenerationConfig(batch_size=2)).generate(reqs)
     plain = HFEngine(model, tok, GenerationConfig(batch_size=2)).generate(
-        [GenerationRequest(r.prompt, r.max_new_tokens) for r in reqs])
+        [GenerationRequest(r.prompt, r.max_new_tokens) for r in reqs]
+    )
     for req, r, p in zip(reqs, res, plain, strict=True):
         assert r.text == p.text and p.token_ids is None and p.token_logprobs is None
         assert len(r.token_ids) == len(r.token_logprobs) == req.max_new_tokens
@@ -101,8 +125,12 @@ def test_forced_tokens_have_probability_one(tiny):
     _, model, tok = tiny
     seq = tok("<社会>固有表現抽出", add_special_tokens=False)["input_ids"]
     res = HFEngine(model, tok).generate(
-        [GenerationRequest(build_prompt("東京", DEFAULT_REGISTRY["SCNM"]), 40,
-                           ForcedSequence(seq), scores=True)])
+        [
+            GenerationRequest(
+                build_prompt("東京", DEFAULT_REGISTRY["SCNM"]), 40, ForcedSequence(seq), scores=True
+            )
+        ]
+    )
     assert res[0].token_ids == seq and res[0].token_logprobs == [0.0] * len(seq)
 
 

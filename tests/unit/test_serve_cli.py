@@ -21,8 +21,18 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_flags_and_overrides_reach_the_config():
-    cfg = resolve_config(_args("--model", "/m", "--config", CONFIG,
-                               "--set", "batching.max_batch_size=32", "--port", "8123"))
+    cfg = resolve_config(
+        _args(
+            "--model",
+            "/m",
+            "--config",
+            CONFIG,
+            "--set",
+            "batching.max_batch_size=32",
+            "--port",
+            "8123",
+        )
+    )
     assert cfg.model.name_or_path == "/m" and cfg.http.port == 8123
     assert cfg.http.host == "127.0.0.1" and cfg.batching.max_batch_size == 32
     assert cfg.served_model_name == "m" and cfg.concurrent_batches == 64
@@ -45,9 +55,19 @@ def test_missing_model_dir_exits_2_before_ray(tmp_path, capsys):
 def test_build_app_args_like_serve_run():
     from giellm_ray.serve.app import config_from_args
 
-    cfg = config_from_args({"model": "/m", "batching.max_batch_size": "8",
-                            "replica": {"num_cpus": 0.5, "max_replicas": 3}, "http.port": 9000})
-    assert (cfg.batching.max_batch_size, cfg.replica.num_cpus, cfg.replica.max_replicas,
-            cfg.http.port) == (8, 0.5, 3, 9000)
+    cfg = config_from_args(
+        {
+            "model": "/m",
+            "batching.max_batch_size": "8",
+            "replica": {"num_cpus": 0.5, "max_replicas": 3},
+            "http.port": 9000,
+        }
+    )
+    assert (
+        cfg.batching.max_batch_size,
+        cfg.replica.num_cpus,
+        cfg.replica.max_replicas,
+        cfg.http.port,
+    ) == (8, 0.5, 3, 9000)
     with pytest.raises(ConfigError, match="unknown key"):
         config_from_args({"model": "/m", "batching.size": "8"})

@@ -37,8 +37,10 @@ def test_gpu_serve_config_loads_and_validates():
     assert cfg.generation.batch_size >= cfg.batching.max_batch_size
     assert cfg.replica.max_ongoing_requests >= cfg.replica.target_ongoing_requests
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    gpus = sum(t["resources"].get("GPU", 0) * t.get("max_workers", 0)
-               for t in cluster["available_node_types"].values())
+    gpus = sum(
+        t["resources"].get("GPU", 0) * t.get("max_workers", 0)
+        for t in cluster["available_node_types"].values()
+    )
     assert 1 <= cfg.replica.min_replicas <= cfg.replica.max_replicas <= gpus
 
 
@@ -75,7 +77,7 @@ def test_deploy_file_is_a_valid_cluster_deployment():
     home = re.search(r"^ENV GIELLM_HOME=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)[1]
     path = app.args["config"]
     assert path.startswith(home + "/"), f"{path} is not inside the image's {home}"
-    in_repo = ROOT / path[len(home) + 1:]
+    in_repo = ROOT / path[len(home) + 1 :]
     assert in_repo.is_file()
     cfg = config_from_args({**app.args, "config": str(in_repo)})
     assert cfg.model.name_or_path == app.args["model"] and cfg.replica.num_gpus == 1

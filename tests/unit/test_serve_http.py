@@ -26,9 +26,13 @@ BAD_OUTPUT = "とりとめのない出力"
 def _row(output: str, text: str, dataset: str) -> dict:
     """The row an Extractor returns for ``output`` (same parse + grounding)."""
     res = parse(output, DEFAULT_REGISTRY[dataset])
-    return {"prediction": output, "pred_tl_label": res.tl_label,
-            "pred_items": ground_items(text, res.items), "error": res.error,
-            "num_generated_tokens": len(output)}
+    return {
+        "prediction": output,
+        "pred_tl_label": res.tl_label,
+        "pred_items": ground_items(text, res.items),
+        "error": res.error,
+        "num_generated_tokens": len(output),
+    }
 
 
 @pytest.fixture()
@@ -37,8 +41,10 @@ def client():
 
     async def extract(rows: list[dict]) -> list[dict]:
         calls.append(rows)
-        return [_row(GOOD_OUTPUT if "株式会社" in r["text"] else BAD_OUTPUT, r["text"], r["dataset"])
-                for r in rows]
+        return [
+            _row(GOOD_OUTPUT if "株式会社" in r["text"] else BAD_OUTPUT, r["text"], r["dataset"])
+            for r in rows
+        ]
 
     http = HTTPConfig(max_body_bytes=4096, max_text_chars=200, max_batch_items=4)
     app = build_http_app(DEFAULT_REGISTRY, http, "tiny", extract)
@@ -48,15 +54,16 @@ def client():
 
 
 def test_extract_returns_label_items_offsets(client):
-    r = client.post("/v1/extract", json={"text": TEXT, "dataset": "SCNM"},
-                    headers={"X-Request-ID": "abc123"})
+    r = client.post(
+        "/v1/extract", json={"text": TEXT, "dataset": "SCNM"}, headers={"X-Request-ID": "abc123"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["tl_label"] == "技術" and body["error"] is None
     assert body["request_id"] == "abc123" and body["model"] == "tiny"
     assert body["raw_output"] == GOOD_OUTPUT
     first = body["items"][0]
-    assert first["label"] == "法人名" and TEXT[first["start"]:first["end"]] == first["span"]
+    assert first["label"] == "法人名" and TEXT[first["start"] : first["end"]] == first["span"]
     assert isinstance(body["latency_ms"], float)
 
 
@@ -106,8 +113,11 @@ def test_batch_keeps_order(client):
         ({"text": "あ", "dataset": 5}, 422, "dataset"),
         ({"text": TEXT, "dataset": True}, 422, "dataset"),
         # Characters the service refuses (api._REFUSED says why), named with their index.
-        ({"text": "あ\ud800い", "dataset": "SCNM"}, 422,
-         "unpaired surrogate (U+D800) at character 1"),
+        (
+            {"text": "あ\ud800い", "dataset": "SCNM"},
+            422,
+            "unpaired surrogate (U+D800) at character 1",
+        ),
         ({"text": "\udfff", "dataset": "SCNM"}, 422, "U+DFFF"),
         ({"text": "ab\x00", "dataset": "SCNM"}, 422, "NUL character (U+0000) at character 2"),
         ({"text": "\x07ベル", "dataset": "SCNM"}, 422, "control character (U+0007)"),
@@ -119,8 +129,9 @@ def test_batch_keeps_order(client):
 )
 def test_bad_single_requests(client, body, status, words):
     # json.dumps escapes a lone surrogate as JSON allows (\ud800); it cannot travel as UTF-8.
-    r = client.post("/v1/extract", content=json.dumps(body),
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/extract", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert r.status_code == status, r.text
     assert words in r.json()["detail"]
     assert r.json()["request_id"]
@@ -128,16 +139,20 @@ def test_bad_single_requests(client, body, status, words):
 
 
 def test_malformed_json_is_400(client):
-    r = client.post("/v1/extract", content=b'{"text": "abc", "dataset": ',
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/extract",
+        content=b'{"text": "abc", "dataset": ',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and "malformed JSON" in r.json()["detail"]
     assert client.calls == []
 
 
 def test_oversized_body_is_413_before_parsing(client):
     # Not even valid JSON: the limit must answer before the parser would say 400.
-    r = client.post("/v1/extract", content=b"{" + b"x" * 5000,
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/extract", content=b"{" + b"x" * 5000, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and "4096" in r.json()["detail"]
 
     def chunks():  # no Content-Length: the guard counts streamed bytes
@@ -177,11 +192,30 @@ def test_tasks_health_and_docs(client):
 
 
 def test_to_response_keeps_tail_and_missing_offsets():
-    row = {"prediction": "x", "pred_tl_label": None, "error": "no label",
-           "pred_items": [{"label": "r", "span": "a", "tail": "b", "start": None, "end": None,
-                           "tail_start": 3, "tail_end": 4}], "num_generated_tokens": 3}
-    resp = to_response(row, ExtractRequest(text="t", dataset="TCREE"), request_id="r",
-                       model="m", latency_ms=1.23456)
+    row = {
+        "prediction": "x",
+        "pred_tl_label": None,
+        "error": "no label",
+        "pred_items": [
+            {
+                "label": "r",
+                "span": "a",
+                "tail": "b",
+                "start": None,
+                "end": None,
+                "tail_start": 3,
+                "tail_end": 4,
+            }
+        ],
+        "num_generated_tokens": 3,
+    }
+    resp = to_response(
+        row,
+        ExtractRequest(text="t", dataset="TCREE"),
+        request_id="r",
+        model="m",
+        latency_ms=1.23456,
+    )
     assert resp.items[0].tail == "b" and resp.items[0].start is None and resp.latency_ms == 1.235
 
 
@@ -192,18 +226,22 @@ def _post_raw(client, url: str, raw: bytes):
 def test_accepted_characters_reach_the_model_unchanged(client):
     # TAB/LF/CR, ZWJ, BOM, a bidi mark, private use, and an emoji sent as an escaped surrogate
     # pair (the JSON parser joins the pair into one character).
-    raw = ('{"text": "株式会社\\t東京\\n大阪\\r\\u200d\\ufeff\\u200f\\ue000\\ud83d\\ude00", '
-           '"dataset": "SCNM"}')
+    raw = (
+        '{"text": "株式会社\\t東京\\n大阪\\r\\u200d\\ufeff\\u200f\\ue000\\ud83d\\ude00", '
+        '"dataset": "SCNM"}'
+    )
     r = _post_raw(client, "/v1/extract", raw.encode())
     assert r.status_code == 200, r.text
-    assert client.calls[-1][0]["text"] == "株式会社\t東京\n大阪\r\u200d\ufeff\u200f\ue000\U0001F600"
+    assert client.calls[-1][0]["text"] == "株式会社\t東京\n大阪\r\u200d\ufeff\u200f\ue000\U0001f600"
 
 
 def test_a_batch_with_one_bad_text_is_refused_whole_naming_it(client):
     good = {"text": TEXT, "dataset": "SCNM"}
-    cases = [({"text": "a\ud800", "dataset": "SCNM"}, "requests[1]: text holds an unpaired"),
-             ({"text": "a\x00", "dataset": "SCNM"}, "requests[1]: text holds a NUL"),
-             ({**good, "max_new_tokens": "5"}, "requests.1.max_new_tokens")]
+    cases = [
+        ({"text": "a\ud800", "dataset": "SCNM"}, "requests[1]: text holds an unpaired"),
+        ({"text": "a\x00", "dataset": "SCNM"}, "requests[1]: text holds a NUL"),
+        ({**good, "max_new_tokens": "5"}, "requests.1.max_new_tokens"),
+    ]
     for bad, words in cases:
         raw = json.dumps({"requests": [good, bad, good]}).encode()
         r = _post_raw(client, "/v1/extract/batch", raw)
@@ -226,8 +264,9 @@ def test_body_that_is_not_utf8_is_400_with_a_request_id(client):
 
 def _app(extract) -> TestClient:
     http = HTTPConfig(max_body_bytes=4096, max_text_chars=200, max_batch_items=4)
-    return TestClient(build_http_app(DEFAULT_REGISTRY, http, "tiny", extract),
-                      raise_server_exceptions=False)
+    return TestClient(
+        build_http_app(DEFAULT_REGISTRY, http, "tiny", extract), raise_server_exceptions=False
+    )
 
 
 class _Records(logging.Handler):
@@ -255,12 +294,16 @@ INTERNAL = "engine error: TypeError: TextEncodeInput must be Union[TextInputSequ
 
 
 def test_internal_row_errors_are_logged_not_shown(serve_log):
-    errors = {"内部": INTERNAL, "長い": "prompt too long: 900 tokens; the model takes 512 positions",
-              "壊れ": "internal error while parsing the output: KeyError: 'x'"}
+    errors = {
+        "内部": INTERNAL,
+        "長い": "prompt too long: 900 tokens; the model takes 512 positions",
+        "壊れ": "internal error while parsing the output: KeyError: 'x'",
+    }
 
     async def extract(rows):
-        return [{**_row(BAD_OUTPUT, r["text"], r["dataset"]), "error": errors[r["text"]]}
-                for r in rows]
+        return [
+            {**_row(BAD_OUTPUT, r["text"], r["dataset"]), "error": errors[r["text"]]} for r in rows
+        ]
 
     with _app(extract) as c:
         reqs = [{"text": t, "dataset": "SCNM"} for t in errors]
@@ -279,8 +322,9 @@ def test_a_failing_extract_is_a_500_without_exception_text(serve_log):
         raise RuntimeError("secret internal state 0xdeadbeef")
 
     with _app(extract) as c:
-        r = c.post("/v1/extract", json={"text": TEXT, "dataset": "SCNM"},
-                   headers={"X-Request-ID": "rid-9"})
+        r = c.post(
+            "/v1/extract", json={"text": TEXT, "dataset": "SCNM"}, headers={"X-Request-ID": "rid-9"}
+        )
     assert r.status_code == 500 and r.json()["request_id"] == "rid-9"
     assert "secret" not in r.text and "RuntimeError" not in r.text and "rid-9" in r.json()["detail"]
 

@@ -42,22 +42,28 @@ def assert_same_answer(got: dict, alone: dict) -> None:
     mine, theirs = _scores(got), _scores(alone)
     assert [s is None for s in mine] == [s is None for s in theirs], (got, alone)
     assert [s for s in mine if s is not None] == pytest.approx(
-        [s for s in theirs if s is not None], rel=1e-4, abs=1e-9), (got, alone)
+        [s for s in theirs if s is not None], rel=1e-4, abs=1e-9
+    ), (got, alone)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["unconstrained", "constrained"])
 def extractor(request, tiny_model_dir):
     from giellm_ray.model.loader import ModelConfig
 
-    return hf_extractor(ModelConfig(name_or_path=tiny_model_dir), GenerationConfig(max_new_tokens=8),
-                     constrained=request.param)
+    return hf_extractor(
+        ModelConfig(name_or_path=tiny_model_dir),
+        GenerationConfig(max_new_tokens=8),
+        constrained=request.param,
+    )
 
 
 @pytest.fixture(scope="module")
 def good_rows(stockmark_records):
     datasets = ["SCNM", "SCPOS:RW", "TCREE", "SCNM", "SCPOS:N"]
-    return [{S.TEXT: r["text"], S.DATASET: d} for r, d in zip(stockmark_records[:5], datasets,
-                                                              strict=True)]
+    return [
+        {S.TEXT: r["text"], S.DATASET: d}
+        for r, d in zip(stockmark_records[:5], datasets, strict=True)
+    ]
 
 
 def test_hostile_rows_fail_alone_and_good_rows_are_untouched(extractor, good_rows):

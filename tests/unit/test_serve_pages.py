@@ -25,7 +25,8 @@ def client():
 
 def _assets(page: str) -> list[str]:
     return re.findall(r'(?:src|href)=["\']([^"\']+)["\']', page) + re.findall(
-        r"(?:url|openapi_url|spec-url)[\"']?\s*[:=]\s*[\"']([^\"']+)[\"']", page)
+        r"(?:url|openapi_url|spec-url)[\"']?\s*[:=]\s*[\"']([^\"']+)[\"']", page
+    )
 
 
 @pytest.mark.parametrize("path", ["/", "/docs", "/redoc"])

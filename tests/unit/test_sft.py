@@ -28,8 +28,10 @@ def test_labels_mask_prompt_and_end_with_eos(tok):
     target_ids = tok(TARGET, add_special_tokens=False)["input_ids"]
     assert ex.input_ids == prompt_ids + target_ids + [tok.eos_token_id]
     assert ex.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    assert ex.labels[len(prompt_ids):] == target_ids + [tok.eos_token_id]
-    assert tok.decode([t for t in ex.labels if t != IGNORE_INDEX], skip_special_tokens=True) == TARGET
+    assert ex.labels[len(prompt_ids) :] == target_ids + [tok.eos_token_id]
+    assert (
+        tok.decode([t for t in ex.labels if t != IGNORE_INDEX], skip_special_tokens=True) == TARGET
+    )
     assert stats.kept == 1 and stats.target_tokens == len(target_ids) + 1
 
 
@@ -39,13 +41,17 @@ def test_overlong_drop_and_truncate_never_cut_target(tok):
     limit = len(ex) - 3
     dropped, stats = build_examples([(PROMPT, TARGET)], tok, max_length=limit, overlong="drop")
     assert dropped == [] and stats.dropped_overlong == 1 and stats.kept == 0
-    (cut,), stats = build_examples([(PROMPT, TARGET)], tok, max_length=limit,
-                                   overlong="truncate_prompt_left")
+    (cut,), stats = build_examples(
+        [(PROMPT, TARGET)], tok, max_length=limit, overlong="truncate_prompt_left"
+    )
     assert len(cut) == limit and stats.truncated_prompt == 1
     assert cut.input_ids[-n_target:] == ex.input_ids[-n_target:]  # target intact
-    assert cut.input_ids[:-n_target] == ex.input_ids[3:len(ex) - n_target]  # prompt cut on the left
-    none, stats = build_examples([(PROMPT, TARGET)], tok, max_length=n_target,
-                                 overlong="truncate_prompt_left")
+    assert (
+        cut.input_ids[:-n_target] == ex.input_ids[3 : len(ex) - n_target]
+    )  # prompt cut on the left
+    none, stats = build_examples(
+        [(PROMPT, TARGET)], tok, max_length=n_target, overlong="truncate_prompt_left"
+    )
     assert none == [] and stats.dropped_target_too_long == 1
 
 

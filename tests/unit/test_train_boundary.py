@@ -28,9 +28,15 @@ def _registry_with(name: str, like: str = "TCREE") -> dict:
 
 def test_worker_config_is_typed_and_survives_pickling():
     cfg = load_config(TrainConfig, None, ["model.name_or_path=tiny", "num_workers=2"])
-    worker = WorkerConfig(train=cfg, model_path="/m", export_dir="/e", has_eval=True,
-                          eval_metrics=True, eval_max_rows_per_rank=3,
-                          tasks=_registry_with("MYTASK"))
+    worker = WorkerConfig(
+        train=cfg,
+        model_path="/m",
+        export_dir="/e",
+        has_eval=True,
+        eval_metrics=True,
+        eval_max_rows_per_rank=3,
+        tasks=_registry_with("MYTASK"),
+    )
     back = pickle.loads(pickle.dumps(worker))
     assert back.train == cfg and back.model_path == "/m" and back.eval_max_rows_per_rank == 3
     assert "MYTASK" in back.registry() and "MYTASK" not in DEFAULT_REGISTRY
@@ -60,8 +66,13 @@ def test_tiny_from_corpus_is_reused_only_with_the_same_settings(tmp_path):
 
     corpus = tmp_path / "c.parquet"
     pq.write_table(pq.read_table(sample_path("train")).slice(0, 20), corpus)
-    small = TinyConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, vocab_size=300)
+    small = TinyConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=300,
+    )
     dest = str(tmp_path / "base")
     assert build_tiny_from_corpus(dest, [str(corpus)], small) == dest
     marker = os.path.join(dest, TINY_MARKER)
@@ -83,16 +94,20 @@ def test_training_eval_generates_through_the_extractor_with_the_runs_tasks(tiny_
     base = [r for r in rows if r["dataset"] == "SCNM"][:2]
     # A task the default registry lacks (as TCREE's learned labels are in a tasks.json).
     registry = TaskRegistry.from_dict(_registry_with("MYTASK", like="SCNM"))
-    mine = [{**r, "dataset": "MYTASK", "prompt": build_prompt(r["text"], registry["MYTASK"])}
-            for r in base]
-    cfg = load_config(TrainConfig, None, [f"model.name_or_path={tiny_model_dir}",
-                                          "eval.max_new_tokens=24", "eval.batch_size=2"])
+    mine = [
+        {**r, "dataset": "MYTASK", "prompt": build_prompt(r["text"], registry["MYTASK"])}
+        for r in base
+    ]
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [f"model.name_or_path={tiny_model_dir}", "eval.max_new_tokens=24", "eval.batch_size=2"],
+    )
     model_cfg = ModelConfig(name_or_path=tiny_model_dir)
     model, tok = load_model(model_cfg, "cpu"), load_tokenizer(model_cfg)
     preds = greedy_generate(model, tok, mine, cfg, 1, False, "cpu", registry)
     default = greedy_generate(model, tok, mine, cfg, 1, False, "cpu")
     assert all(isinstance(p, str) for p in preds)  # generated, under MYTASK's constraint
     assert default == [None, None]  # the default registry does not know MYTASK
-    counts = count_rows([r["dataset"] for r in mine], [r["target"] for r in mine], preds,
-                        registry)
+    counts = count_rows([r["dataset"] for r in mine], [r["target"] for r in mine], preds, registry)
     assert counts["MYTASK"]["n"] == 2 and counts["MYTASK"]["invalid_targets"] == 0

@@ -25,27 +25,45 @@ from giellm_ray.train.checkpoints import (
 from giellm_ray.train.config import TrainConfig
 from giellm_ray.train.driver import run_training
 
-ZERO2 = ["ds/mp_rank_00_model_states.pt", "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt",
-         "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt",
-         "ds/bf16_zero_pp_rank_10_mp_rank_00_optim_states.pt", "latest", "zero_to_fp32.py",
-         "train_state.json", "_complete/rank-0.json"]
-ZERO3 = ["ds/zero_pp_rank_0_mp_rank_00_model_states.pt",
-         "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt",
-         "ds/zero_pp_rank_1_mp_rank_00_model_states.pt",
-         "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt", "train_state.json"]
+ZERO2 = [
+    "ds/mp_rank_00_model_states.pt",
+    "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    "ds/bf16_zero_pp_rank_10_mp_rank_00_optim_states.pt",
+    "latest",
+    "zero_to_fp32.py",
+    "train_state.json",
+    "_complete/rank-0.json",
+]
+ZERO3 = [
+    "ds/zero_pp_rank_0_mp_rank_00_model_states.pt",
+    "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+    "ds/zero_pp_rank_1_mp_rank_00_model_states.pt",
+    "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    "train_state.json",
+]
 
 
-def _checkpoint(root, name: str, step: int | None, writers: int = 2, markers=(0, 1),
-                weights_only: bool = False) -> str:
+def _checkpoint(
+    root, name: str, step: int | None, writers: int = 2, markers=(0, 1), weights_only: bool = False
+) -> str:
     """A checkpoint directory as the workers leave it: shards, state, per-rank markers."""
     path = root / name
     (path / "ds").mkdir(parents=True)
     for r in range(writers):
         (path / "ds" / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x" * 10)
     if step is not None:
-        (path / "train_state.json").write_text(json.dumps(
-            {"epoch": 1, "batch": 0, "step": step, "writers": writers,
-             "weights_only": weights_only}))
+        (path / "train_state.json").write_text(
+            json.dumps(
+                {
+                    "epoch": 1,
+                    "batch": 0,
+                    "step": step,
+                    "writers": writers,
+                    "weights_only": weights_only,
+                }
+            )
+        )
     (path / "_complete").mkdir()
     for r in markers:
         (path / "_complete" / f"rank-{r}.json").write_text("{}")
@@ -55,8 +73,12 @@ def _checkpoint(root, name: str, step: int | None, writers: int = 2, markers=(0,
 def test_rank_files_zero2_and_zero3():
     shared, own = rank_files(ZERO2, 1)
     assert own == ["ds/zero_pp_rank_1_mp_rank_00_optim_states.pt"]  # not rank 10's
-    assert shared == ["ds/mp_rank_00_model_states.pt", "latest", "zero_to_fp32.py",
-                      "train_state.json"]  # the markers are not needed to resume
+    assert shared == [
+        "ds/mp_rank_00_model_states.pt",
+        "latest",
+        "zero_to_fp32.py",
+        "train_state.json",
+    ]  # the markers are not needed to resume
     assert rank_files(ZERO2, 10)[1] == ["ds/bf16_zero_pp_rank_10_mp_rank_00_optim_states.pt"]
     shared, own = rank_files(ZERO3, 0)
     assert own == ZERO3[:2] and shared == ["train_state.json"]
@@ -67,8 +89,14 @@ def test_newest_complete_skips_partial_and_prefers_full_at_equal_steps(tmp_path)
     a = _checkpoint(tmp_path, "checkpoint_2026-01-01_00-00-01", step=8)
     _checkpoint(tmp_path, "checkpoint_2026-01-01_00-00-02", step=16, markers=(0,))  # rank 1 died
     _checkpoint(tmp_path, "checkpoint_2026-01-01_00-00-03", step=None)  # no train_state.json
-    _checkpoint(tmp_path, "checkpoint_2026-01-01_00-00-04", step=8, writers=1, markers=(0,),
-                weights_only=True)
+    _checkpoint(
+        tmp_path,
+        "checkpoint_2026-01-01_00-00-04",
+        step=8,
+        writers=1,
+        markers=(0,),
+        weights_only=True,
+    )
     (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's file, not ours
     assert len(checkpoint_dirs(fs, str(tmp_path))) == 4
     path, state = newest_complete(fs, str(tmp_path))
@@ -106,9 +134,15 @@ def test_check_trusted_resolves_aliases(tmp_path):
 
 
 def test_untrusted_resume_from_is_refused_before_any_work(tmp_path):
-    cfg = load_config(TrainConfig, None, [
-        "data.train=sample:train", f"storage_path={tmp_path / 'runs'}",
-        f"resume_from={tmp_path / 'downloaded' / 'checkpoint_x'}"])
+    cfg = load_config(
+        TrainConfig,
+        None,
+        [
+            "data.train=sample:train",
+            f"storage_path={tmp_path / 'runs'}",
+            f"resume_from={tmp_path / 'downloaded' / 'checkpoint_x'}",
+        ],
+    )
     with pytest.raises(ValueError, match="a checkpoint is code") as err:
         run_training(cfg)
     assert "trust_checkpoint" in str(err.value)
@@ -130,10 +164,20 @@ def test_stage_for_rank_fetches_shared_once_and_only_its_shard(s3_server, tmp_pa
     fs, path = io.resolve_native("s3://giellm-test/stage/ckpt")
     dest = tmp_path / "restore"
     stage_for_rank(fs, path, str(dest), rank=0)
-    got = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()
-                 and not p.name.startswith("."))
-    assert got == sorted(["ds/mp_rank_00_model_states.pt", "latest", "zero_to_fp32.py",
-                          "train_state.json", "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+    got = sorted(
+        str(p.relative_to(dest))
+        for p in dest.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    assert got == sorted(
+        [
+            "ds/mp_rank_00_model_states.pt",
+            "latest",
+            "zero_to_fp32.py",
+            "train_state.json",
+            "ds/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        ]
+    )
     # Rank 1 on the same node: the shared files are there already (.shared-done), so only its
     # shard comes down; a shared file changed in storage meanwhile is therefore not re-read.
     io.write_bytes("s3://giellm-test/stage/ckpt/latest", b"changed")

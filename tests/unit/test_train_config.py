@@ -16,8 +16,11 @@ from giellm_ray.train.deepspeed_config import (
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "train"
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
-PAPER = {"giellm-7b": "meta-llama/Llama-2-7b-hf", "giellm-13b": "meta-llama/Llama-2-13b-hf",
-         "giellm-13b-jp": "llm-jp/llm-jp-13b-instruct-full-jaster-dolly-oasst-v1.0"}
+PAPER = {
+    "giellm-7b": "meta-llama/Llama-2-7b-hf",
+    "giellm-13b": "meta-llama/Llama-2-13b-hf",
+    "giellm-13b-jp": "llm-jp/llm-jp-13b-instruct-full-jaster-dolly-oasst-v1.0",
+}
 
 
 def test_all_expected_configs_are_shipped():
@@ -69,8 +72,9 @@ def test_bad_values_are_errors():
 
 
 def test_ds_config_zero3_gpu_bf16():
-    cfg = TrainConfig(zero_stage=3, use_gpu=True, grad_accum=4, per_device_batch_size=1,
-                      warmup_ratio=0.1, lr=1e-5)
+    cfg = TrainConfig(
+        zero_stage=3, use_gpu=True, grad_accum=4, per_device_batch_size=1, warmup_ratio=0.1, lr=1e-5
+    )
     ds = build_ds_config(cfg, total_steps=200, world_size=8)
     assert ds["train_batch_size"] == 32 and ds["gradient_accumulation_steps"] == 4
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
@@ -147,8 +151,11 @@ def test_generation_eval_policy():
 
 
 def test_fault_injection_modes():
-    cfg = load_config(TrainConfig, None, [
-        "fault_injection={fail_at_step: 8, marker: /tmp/m, mode: kill_after_checkpoint}"])
+    cfg = load_config(
+        TrainConfig,
+        None,
+        ["fault_injection={fail_at_step: 8, marker: /tmp/m, mode: kill_after_checkpoint}"],
+    )
     assert cfg.fault_injection.mode == "kill_after_checkpoint"
     with pytest.raises(ConfigError, match="mode"):
         load_config(TrainConfig, None, ["fault_injection={fail_at_step: 8, marker: m, mode: x}"])
@@ -156,8 +163,9 @@ def test_fault_injection_modes():
         load_config(TrainConfig, None, ["checkpoint_upload_mode=later"])
 
 
-@pytest.mark.parametrize("name,quantize", [("giellm-13b-jp-lora", "none"),
-                                           ("giellm-13b-jp-qlora", "4bit")])
+@pytest.mark.parametrize(
+    "name,quantize", [("giellm-13b-jp-lora", "none"), ("giellm-13b-jp-qlora", "4bit")]
+)
 def test_lora_configs_run_on_one_gpu(name, quantize):
     cfg = load_config(TrainConfig, str(CONFIG_DIR / f"{name}.yaml"))
     assert cfg.lora is not None and cfg.lora.quantize == quantize and cfg.lora.r == 16

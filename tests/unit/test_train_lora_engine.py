@@ -70,14 +70,26 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_lora_trains_the_adapter_only_and_checkpoints_it_alone(tiny_model_dir, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu", "RANK": "0",
-           "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
-    proc = subprocess.run([sys.executable, "-c", WORKER, tiny_model_dir, str(tmp_path / "ck")],
-                          env=env, capture_output=True, text=True, timeout=400)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DS_ACCELERATOR": "cpu",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, tiny_model_dir, str(tmp_path / "ck")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     assert out["trainable"] == out["implied"] > 0
     assert out["total"] == out["base_total"] + out["implied"]
     assert out["unchanged"], "a frozen base weight changed"

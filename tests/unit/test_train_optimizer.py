@@ -79,20 +79,33 @@ def test_gpu_recipe_asks_fused_adam_only_when_it_can_be_had():
     assert torch_adam["torch_adam"] is True and torch_adam["fused"] is True
     # CPU offload builds DeepSpeedCPUAdam (no CUDA compiler involved) either way.
     offload = TrainConfig(use_gpu=True, cpu_offload=True)
-    assert "torch_adam" not in build_ds_config(offload, 10, 8, fused_adam=False)[
-        "optimizer"]["params"]
+    assert (
+        "torch_adam" not in build_ds_config(offload, 10, 8, fused_adam=False)["optimizer"]["params"]
+    )
 
 
 @pytest.mark.slow
 def test_incompatible_fused_adam_builder_gives_torch_adamw_under_zero2(tiny_model_dir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu", "RANK": "0",
-           "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
-    proc = subprocess.run([sys.executable, "-c", WORKER, tiny_model_dir], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DS_ACCELERATOR": "cpu",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, tiny_model_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
     assert out["usable_incompatible"] is False and out["usable_prebuilt"] is True
     assert out["section"]["params"]["torch_adam"] is True
     assert out["optimizer"] == "torch.optim.adamw.AdamW" and out["fused"] is True

@@ -22,7 +22,8 @@ def test_vllm_defaults_resolve_per_device():
     assert cpu["dtype"] == "float32" and cpu["gpu_memory_utilization"] == 0.10
     assert cpu["enforce_eager"] is True
     own = VLLMConfig(dtype="float16", max_model_len=2048, enforce_eager=True).engine_kwargs(
-        "bfloat16", on_gpu=True)
+        "bfloat16", on_gpu=True
+    )
     assert own["dtype"] == "float16" and own["max_model_len"] == 2048 and own["enforce_eager"]
     # vllm.dtype: auto means what model.dtype: auto means (bf16 on CUDA, fp32 on CPU)
     for on_gpu, want in ((True, "bfloat16"), (False, "float32")):
@@ -45,8 +46,9 @@ def test_engine_is_a_checked_choice_and_vllm_keys_are_strict():
 def test_a_vllm_actor_or_replica_holds_exactly_its_engines_gpus():
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
         load_config(ScoreConfig, None, ["engine=vllm", "num_gpus_per_actor=2"])
-    ok = load_config(ScoreConfig, None, ["engine=vllm", "num_gpus_per_actor=2",
-                                         "vllm.tensor_parallel_size=2"])
+    ok = load_config(
+        ScoreConfig, None, ["engine=vllm", "num_gpus_per_actor=2", "vllm.tensor_parallel_size=2"]
+    )
     assert ok.num_gpus_per_actor == 2
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
         load_config(ServeConfig, None, ["engine=vllm", "replica.num_gpus=2"])

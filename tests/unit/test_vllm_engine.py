@@ -38,9 +38,12 @@ def engines(tiny_vllm_model_dir):
 
     mc = ModelConfig(name_or_path=tiny_vllm_model_dir)
     eng = VLLMEngine(mc, VLLMConfig(**VLLM_TEST_SETTINGS), on_gpu=False)
-    vllm = {mode: Extractor(eng, eng.tokenizer, DEFAULT_REGISTRY, GEN,
-                            constraint_spec if mode else None)
-            for mode in (False, True)}
+    vllm = {
+        mode: Extractor(
+            eng, eng.tokenizer, DEFAULT_REGISTRY, GEN, constraint_spec if mode else None
+        )
+        for mode in (False, True)
+    }
     hf = {mode: hf_extractor(mc, GEN, constrained=mode, device="cpu") for mode in (False, True)}
     yield eng, vllm, hf
     eng.shutdown()
@@ -48,17 +51,20 @@ def engines(tiny_vllm_model_dir):
 
 @pytest.fixture(scope="module")
 def rows(stockmark_records):
-    return [{S.TEXT: r["text"], S.DATASET: DATASETS[i % len(DATASETS)]}
-            for i, r in enumerate(stockmark_records[:120])]
+    return [
+        {S.TEXT: r["text"], S.DATASET: DATASETS[i % len(DATASETS)]}
+        for i, r in enumerate(stockmark_records[:120])
+    ]
 
 
 @pytest.mark.timeout(300)
 def test_unconstrained_greedy_equals_the_hf_engine(engines, rows):
     _, vllm, hf = engines
     got, ref = vllm[False].extract(rows), hf[False].extract(rows)
-    same = [(g[S.PREDICTION], g[S.NUM_GENERATED_TOKENS]) == (r[S.PREDICTION],
-                                                              r[S.NUM_GENERATED_TOKENS])
-            for g, r in zip(got, ref, strict=True)]
+    same = [
+        (g[S.PREDICTION], g[S.NUM_GENERATED_TOKENS]) == (r[S.PREDICTION], r[S.NUM_GENERATED_TOKENS])
+        for g, r in zip(got, ref, strict=True)
+    ]
     assert sum(same) >= 0.95 * len(rows), sum(same)
     assert all(g[S.NUM_GENERATED_TOKENS] >= 1 for g in got)
 
@@ -71,20 +77,26 @@ def test_constrained_outputs_are_valid_and_follow_one_token_contract(engines, ro
     cut = [i for i, g in enumerate(got) if g[S.ERROR] is not None]
     # llguidance has no token budget: a row may run into max_new_tokens (the automaton closes
     # it in time). Every such row is flagged and keeps only complete, valid items.
-    assert all(got[i][S.ERROR] == TRUNCATED and got[i][S.NUM_GENERATED_TOKENS] == 48
-               for i in cut), [got[i] for i in cut]
+    assert all(
+        got[i][S.ERROR] == TRUNCATED and got[i][S.NUM_GENERATED_TOKENS] == 48 for i in cut
+    ), [got[i] for i in cut]
     assert len(cut) <= 0.4 * len(rows), len(cut)
     for ds in DATASETS:
         idx = [i for i in done if rows[i][S.DATASET] == ds]
-        validity = format_validity([rows[i][S.TEXT] for i in idx],
-                                   [got[i][S.PREDICTION] for i in idx], DEFAULT_REGISTRY[ds])
+        validity = format_validity(
+            [rows[i][S.TEXT] for i in idx],
+            [got[i][S.PREDICTION] for i in idx],
+            DEFAULT_REGISTRY[ds],
+        )
         assert validity == {"parse": 1.0, "labels": 1.0, "spans": 1.0}, (ds, validity)
     for i in range(len(rows)):
         task, text = DEFAULT_REGISTRY[rows[i][S.DATASET]], rows[i][S.TEXT]
         assert got[i][S.PRED_TL_LABEL] in task.tl_labels
         for it in got[i][S.PRED_ITEMS]:
-            assert text[it["start"]:it["end"]] == it["span"] and it["label"] in (
-                *task.wl_labels, *task.relation_labels), (i, it)
+            assert text[it["start"] : it["end"]] == it["span"] and it["label"] in (
+                *task.wl_labels,
+                *task.relation_labels,
+            ), (i, it)
     assert all(g[S.NUM_GENERATED_TOKENS] <= 48 for g in got)
     # Where the HF engine's row also ended freely, both engines wrote the same output (and
     # counted the EOS the format forced, base.py).
@@ -98,8 +110,12 @@ def test_scores_are_sampled_logprobs_under_the_grammar(engines, rows):
     eng, _, _ = engines
     text, task = rows[0][S.TEXT], DEFAULT_REGISTRY["SCNM"]
     ids = eng.tokenizer(text)["input_ids"]
-    res = eng.generate([GenerationRequest("x", 12, ConstraintSpec(text, task), ids, scores=True),
-                        GenerationRequest("x", 12, None, ids)])
+    res = eng.generate(
+        [
+            GenerationRequest("x", 12, ConstraintSpec(text, task), ids, scores=True),
+            GenerationRequest("x", 12, None, ids),
+        ]
+    )
     got, plain = res
     assert got.token_ids and len(got.token_ids) == len(got.token_logprobs)
     assert eng.eos_id not in got.token_ids and got.num_generated_tokens - len(got.token_ids) <= 1
@@ -141,10 +157,14 @@ def test_bad_rows_fail_alone_and_the_engine_survives(engines, rows):
     bad_task = TaskSpec(name="X", instruction="抽出", tl_labels=(), wl_labels=("人名",))
     ok_task = DEFAULT_REGISTRY["SCNM"]
     huge = "あいうえおかきくけこ" * 20000
-    res = eng.generate([GenerationRequest("x", 8, ConstraintSpec(huge, ok_task), [5, 6]),
-                        GenerationRequest("x", 4, None, [5, 6]),
-                        GenerationRequest("x", 8, ConstraintSpec("株式会社", bad_task), [5, 6]),
-                        GenerationRequest("x", 6, ConstraintSpec("株式会社", ok_task), [5, 6])])
+    res = eng.generate(
+        [
+            GenerationRequest("x", 8, ConstraintSpec(huge, ok_task), [5, 6]),
+            GenerationRequest("x", 4, None, [5, 6]),
+            GenerationRequest("x", 8, ConstraintSpec("株式会社", bad_task), [5, 6]),
+            GenerationRequest("x", 6, ConstraintSpec("株式会社", ok_task), [5, 6]),
+        ]
+    )
     assert res[0].error.startswith("engine error: vLLM refused the row"), res[0].error
     assert "too big" in res[0].error, res[0].error
     assert res[1].error is None and res[1].num_generated_tokens == 4
@@ -178,8 +198,11 @@ def test_a_cancelled_request_is_aborted_inside_vllm(engines, rows):
 @pytest.mark.timeout(300)
 def test_a_dead_engine_core_fails_rows_and_the_health_check(engines, rows):
     eng, vllm, _ = engines  # runs last in the module: it kills the shared engine
-    cores = [p for p in psutil.Process().children(recursive=True)
-             if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
+    cores = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "EngineCore" in " ".join([p.name(), *p.cmdline()])
+    ]
     assert cores, "no vLLM engine-core process found"
     for p in cores:
         p.send_signal(signal.SIGKILL)
