@@ -10,28 +10,21 @@ same run, on one thread. Large vocabularies are built from the corpus: byte-leve
 it (1.5k, 32k is out of its reach, so 32k and 150k add the most frequent 2-8 character n-grams of
 the texts as whole tokens, as a big Japanese vocabulary has them). JSON lines.
 
-    python benchmarks/grammar_cost.py [--rows 40] [--vocabs 1500,32000,150000]
+    python -m benchmarks.grammar_cost [--rows 40] [--vocabs 1500,32000,150000]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import emit, stockmark_records
+from giellm_ray.decoding import build_constraint_factory
+from giellm_ray.decoding.lark_grammar import row_lark
+from giellm_ray.formats import DEFAULT_REGISTRY, build_target, make_item
 
-from giellm_ray.decoding import build_constraint_factory  # noqa: E402
-from giellm_ray.decoding.lark_grammar import row_lark  # noqa: E402
-from giellm_ray.formats import DEFAULT_REGISTRY, build_target, make_item  # noqa: E402
-
-NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
 SCNM = DEFAULT_REGISTRY["SCNM"]
 
 
@@ -70,13 +63,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=40)
     ap.add_argument("--vocabs", default="1500,32000,150000")
     args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads: one thread, as measured
     import llguidance
     import llguidance.hf
     import llguidance.torch
     import torch
 
     torch.set_num_threads(1)
-    recs = [r for r in json.loads(NER.read_text(encoding="utf-8")) if r["entities"]]
+    recs = [r for r in stockmark_records() if r["entities"]]
     rows = [
         (
             r["text"],
@@ -119,20 +113,15 @@ def main() -> None:
             cost["llguidance"][2] += len(ids)
         base = cost["ours"]
         for name, (build, step, steps) in cost.items():
-            print(
-                json.dumps(
-                    {
-                        "vocab": len(tok),
-                        "engine": name,
-                        "rows": len(rows),
-                        "steps": steps,
-                        "tokenizer_setup_s": round(ours_setup if name == "ours" else ll_setup, 3),
-                        "build_ms_per_row": round(1000 * build / len(rows), 3),
-                        "mask_us_per_token": round(1e6 * step / steps, 1),
-                        "vs_ours_per_token": round((step / steps) / (base[1] / base[2]), 2),
-                    }
-                ),
-                flush=True,
+            emit(
+                vocab=len(tok),
+                engine=name,
+                rows=len(rows),
+                steps=steps,
+                tokenizer_setup_s=round(ours_setup if name == "ours" else ll_setup, 3),
+                build_ms_per_row=round(1000 * build / len(rows), 3),
+                mask_us_per_token=round(1e6 * step / steps, 1),
+                vs_ours_per_token=round((step / steps) / (base[1] / base[2]), 2),
             )
 
 

@@ -1,7 +1,7 @@
 """LoRA against full fine-tuning: measured on a ~29M-parameter Llama on CPU, and the arithmetic
 for 7B and 13B.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/lora.py [--sections train arithmetic] [--rows 96]
+    python -m benchmarks.lora [--sections train arithmetic] [--rows 96]
 
 Sections (each prints JSON lines; ``--sections`` picks them, all by default):
 
@@ -27,6 +27,8 @@ import os
 import tempfile
 import time
 
+from benchmarks.common import emit as _emit
+
 MODEL = {
     "hidden_size": 512,
     "intermediate_size": 1536,
@@ -42,7 +44,8 @@ LLAMA = {
 
 
 def emit(**record) -> None:
-    print(json.dumps({"bench": "lora", **record}), flush=True)
+    """One JSON line tagged ``bench: lora``."""
+    _emit({"bench": "lora"}, **record)
 
 
 def _checkpoint_bytes(run_dir: str) -> int | None:

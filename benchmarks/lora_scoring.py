@@ -1,6 +1,6 @@
 """Scoring throughput with LoRA adapters on CPU: 1 adapter vs 4 adapters vs the merged model.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/lora_scoring.py [--rows 128] [--repeats 2]
+    python -m benchmarks.lora_scoring [--rows 128] [--repeats 2]
         [--model compute] [--rank 16] [--engines hf vllm]
 
 One base model built here from config (``compute``: hidden 512, 8 layers, ~29M parameters, as
@@ -27,15 +27,14 @@ machine (``load1`` is printed with each line).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import emit as _emit
+from benchmarks.common import source_texts, tiny_model
+from benchmarks.engine_runs import make_rows
+
 MODELS = {
     "tiny": {
         "hidden_size": 64,
@@ -60,20 +59,16 @@ NAMES = ("a", "b", "c", "d")
 
 
 def emit(**kw) -> None:
-    print(
-        json.dumps({"bench": "lora_scoring", **kw, "load1": round(os.getloadavg()[0], 2)}),
-        flush=True,
-    )
+    """One JSON line tagged ``bench: lora_scoring``."""
+    _emit({"bench": "lora_scoring"}, **kw)
 
 
 def build(workdir: str, model: str, rank: int, texts: list[str]) -> tuple[str, dict, str]:
     """``(base dir, {name: adapter dir}, merged dir)``."""
-    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
+    from giellm_ray.model.tiny import TinyConfig
     from giellm_ray.model.tiny_lora import build_tiny_adapter, merge_adapter
 
-    seed = texts + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
-    base = build_tiny(f"{workdir}/base", seed, TinyConfig(vocab_size=1500, **MODELS[model]))
+    base = tiny_model(f"{workdir}/base", texts, TinyConfig(vocab_size=1500, **MODELS[model]))
     adapters = {
         n: build_tiny_adapter(base, f"{workdir}/lora-{n}", seed=k + 1, r=rank, alpha=2 * rank)
         for k, n in enumerate(NAMES)
@@ -168,8 +163,6 @@ def run_engine(
 
 
 def main() -> None:
-    from engine_runs import make_rows, source_texts
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=128, help="rows per timed run")
     ap.add_argument("--repeats", type=int, default=2, help="runs per configuration (fastest kept)")

@@ -1,6 +1,6 @@
 """What confidence scores cost: the Extractor on the HF engine with ``scores`` on and off, same run.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/score_cost.py [--rows 256] [--repeats 3]
+    python -m benchmarks.score_cost [--rows 256] [--repeats 3]
         [--models tiny compute] [--threads N]
 
 Models built here from config (no downloads), tokenizer trained on the Stockmark texts: ``tiny``
@@ -26,15 +26,12 @@ shared machine the CPU-time figure, with ``--threads 1``, is the steadier one.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
+from benchmarks.common import emit, source_texts, tiny_model
+
 MODELS = {
     "tiny": {
         "hidden_size": 64,
@@ -52,26 +49,10 @@ MODELS = {
 CAPS = (24, 40, 56, 72)
 
 
-def emit(**kw) -> None:
-    print(json.dumps(kw, ensure_ascii=False), flush=True)
-
-
-def texts() -> list[str]:
-    if NER.exists():
-        return [r["text"] for r in json.loads(NER.read_text(encoding="utf-8"))]
-    import pyarrow.parquet as pq
-
-    from giellm_ray.sample import sample_path  # the shipped synthetic sample
-
-    return pq.read_table(sample_path("test"), columns=["text"]).column("text").to_pylist()
-
-
 def build(workdir: str, name: str, corpus: list[str]) -> str:
-    from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
-    from giellm_ray.model.tiny import TinyConfig, build_tiny
+    from giellm_ray.model.tiny import TinyConfig
 
-    seed = corpus + [build_prompt("", t) for t in DEFAULT_REGISTRY.values()]
-    return build_tiny(f"{workdir}/{name}", seed, TinyConfig(vocab_size=1500, **MODELS[name]))
+    return tiny_model(f"{workdir}/{name}", corpus, TinyConfig(vocab_size=1500, **MODELS[name]))
 
 
 def make_rows(corpus: list[str], n: int) -> list[dict]:
@@ -154,7 +135,6 @@ def measure(name: str, model_dir: str, rows: list[dict], repeats: int) -> None:
                 cpu_s=round(cpu, 3),
                 rows_s=round(len(rows) / secs, 2),
                 tok_s=round(tokens / secs, 1),
-                load1=os.getloadavg()[0],
             )
     us = mapping_us_per_row(extractors[True], rows)
     emit(kind="mapping", model=name, us_per_row=round(us, 1), rows=len(rows))
@@ -173,7 +153,6 @@ def measure(name: str, model_dir: str, rows: list[dict], repeats: int) -> None:
         mapping_share=round(us * 1e-6 * best_off, 4),
         same_outputs=outputs[True] == outputs[False],
         goal="overhead < 0.03",
-        load1=os.getloadavg()[0],
     )
 
 
@@ -193,7 +172,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    corpus = texts()
+    corpus = source_texts()
     rows = make_rows(corpus, args.rows)
     with tempfile.TemporaryDirectory() as work:
         for name in args.models:

@@ -8,22 +8,15 @@ task, on the Stockmark texts (SCNM gold; SCPOS-shaped targets from the same enti
 oracle test builds them), for three tokenizers: byte-level BPE at 1.5k and 8k (trained here on the
 same texts: optimistic) and raw UTF-8 bytes (the worst case: every byte one token). JSON lines.
 
-    python benchmarks/token_budget.py [--limit 6000]
+    python -m benchmarks.token_budget [--limit 6000]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from giellm_ray.formats import DEFAULT_REGISTRY, build_target, make_item  # noqa: E402
-
-NER = ROOT.parent / "shared" / "data" / "stockmark-ner-wikipedia" / "ner.json"
+from benchmarks.common import emit, stockmark_records
+from giellm_ray.formats import DEFAULT_REGISTRY, build_target, make_item
 
 
 def byte_bpe(texts, vocab):
@@ -47,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=6000)
     args = ap.parse_args()
-    recs = json.loads(NER.read_text(encoding="utf-8"))[: args.limit]
+    recs = stockmark_records()[: args.limit]
     tasks = [DEFAULT_REGISTRY[n] for n in ("SCNM", "SCPOS:RW", "SCPOS:Adj", "SCPOS:N&Adj")]
     targets = {}
     for task in tasks:
@@ -68,21 +61,16 @@ def main() -> None:
         for name, count in counters.items():
             lengths = sorted(count(t) + 1 for t in targets[task.name])  # + EOS
             over = sum(n > task.max_new_tokens for n in lengths)
-            print(
-                json.dumps(
-                    {
-                        "task": task.name,
-                        "tokenizer": name,
-                        "rows": len(lengths),
-                        "budget": task.max_new_tokens,
-                        "over_budget": over,
-                        "over_share": round(over / len(lengths), 4),
-                        "p50": lengths[len(lengths) // 2],
-                        "p99": lengths[int(len(lengths) * 0.99)],
-                        "max": lengths[-1],
-                    }
-                ),
-                flush=True,
+            emit(
+                task=task.name,
+                tokenizer=name,
+                rows=len(lengths),
+                budget=task.max_new_tokens,
+                over_budget=over,
+                over_share=round(over / len(lengths), 4),
+                p50=lengths[len(lengths) // 2],
+                p99=lengths[int(len(lengths) * 0.99)],
+                max=lengths[-1],
             )
 
 

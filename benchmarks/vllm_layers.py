@@ -6,7 +6,7 @@ and the raw run's generate call alone is reported too. ``ratio`` = raw seconds /
 (goal >= 0.9: our layers, Ray Data, the extractor and the commit, cost at most 10%). Then, with
 ``--hf``, the same whole job on the HF engine, constrained and not (goal: vLLM >= 1.2x).
 
-    python benchmarks/vllm_layers.py [--rows 1000] [--model compute] [--dtype bfloat16] [--hf]
+    python -m benchmarks.vllm_layers [--rows 1000] [--model compute] [--dtype bfloat16] [--hf]
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from benchmarks.common import ROOT, emit, source_texts
+from benchmarks.engine_runs import CAPS, run_whole_job
+from benchmarks.engines import VLLM_CPU, build_model
 
 RAW = r"""
 import json, os, sys, time
@@ -61,9 +61,6 @@ print("RAW", json.dumps({"total_s": time.perf_counter() - t0, "generate_s": t2 -
 
 
 def main() -> None:
-    from engine_runs import CAPS, run_whole_job, source_texts
-    from engines import VLLM_CPU, build_model, emit
-
     from giellm_ray.formats import DEFAULT_REGISTRY
 
     ap = argparse.ArgumentParser()
@@ -95,6 +92,7 @@ def main() -> None:
             [sys.executable, "-c", RAW, str(arg)],
             capture_output=True,
             text=True,
+            cwd=ROOT,  # the child imports giellm_ray: from the repo root, as `python -m` runs
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         wall = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Logits masks from the format constraint's allowed-token sets: the one masking code of both engines.
+"""Logits masks from the format constraint's allowed-token sets, for the HF engine.
 
 The constraint (``giellm_ray.decoding``) answers "which token ids may come next" with a tuple
 that is shared while a state recurs (the loose-budget answer of an automaton state). Two ways to
@@ -17,8 +17,9 @@ Both give the same mask for the same answers (``tests/unit/test_masks.py``): ids
 constrained row left with no allowed id keeps the fallback (EOS) open, so it ends rather than
 taking whatever token the full mask leaves to ``argmax`` (token 0).
 
-The HF engine uses :class:`MaskCache`; the vLLM logits processor
-(``giellm_ray.generation.vllm_processor``) uses either, per ``vllm.mask_mode``.
+The HF engine uses :class:`MaskCache`; :func:`scatter_mask` is the alternative for a device
+where a cache miss is dear. vLLM uses neither: it applies each row's grammar bitmask itself
+through structured outputs (``giellm_ray.decoding.lark_grammar``).
 """
 
 from __future__ import annotations
