@@ -169,3 +169,33 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs CUDA (gpu marker); this machine has none")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+def without_scores(out: dict) -> dict:
+    """A scored row with its confidence scores blanked: what two runs must agree on exactly
+    (the scores themselves carry the float noise of the kernels and batch shapes that made them)."""
+    from giellm_ray import schema
+
+    items = [
+        {k: v for k, v in it.items() if k != schema.SCORE} for it in out[schema.PRED_ITEMS] or []
+    ]
+    return {**out, schema.TL_SCORE: None, schema.PRED_ITEMS: items}
+
+
+def scores_of(out: dict) -> list:
+    """The row's ``tl_score`` and its items' ``score`` values, in order."""
+    from giellm_ray import schema
+
+    return [out[schema.TL_SCORE], *(it.get(schema.SCORE) for it in out[schema.PRED_ITEMS] or [])]
+
+
+def scores_close(a: dict, b: dict, rel: float) -> bool:
+    """Both rows scored the same items (null where the other is null), values within ``rel``."""
+    sa, sb = scores_of(a), scores_of(b)
+    if [x is None for x in sa] != [x is None for x in sb]:
+        return False
+    return all(
+        abs(x - y) <= rel * max(abs(x), abs(y)) + 1e-9
+        for x, y in zip(sa, sb, strict=True)
+        if x is not None
+    )

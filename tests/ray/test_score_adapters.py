@@ -68,7 +68,9 @@ def _score(model: str, inp, out: str, adapters: dict, **kw) -> dict[str, dict]:
     return {r[S.ID]: r for r in read_output(out)}
 
 
-def _alone(model: str, adapters: dict, rows: list[dict]) -> dict[str, dict]:
+def _alone(
+    model: str, adapters: dict, rows: list[dict], constrained: bool = True
+) -> dict[str, dict]:
     """Each adapter's rows scored by an HF Extractor holding only that adapter."""
     gen = GenerationConfig(max_new_tokens=MAX_NEW)
     want = {}
@@ -77,6 +79,7 @@ def _alone(model: str, adapters: dict, rows: list[dict]) -> dict[str, dict]:
             "hf",
             ModelConfig(name_or_path=model),
             gen,
+            constrained=constrained,
             adapters={name: adapters[name]} if name else None,
         )
         mine = [r for r in rows if r[S.ADAPTER] == name]
@@ -88,14 +91,16 @@ def _key(o: dict):
     return o[S.PREDICTION], o[S.NUM_GENERATED_TOKENS]
 
 
-def _check(got: dict, want: dict, rows: list[dict], min_share: float) -> None:
+def _check(
+    got: dict, want: dict, rows: list[dict], min_share: float, constrained: bool = True
+) -> None:
     assert got["bad-adapter"][S.ERROR] == "unknown adapter 'nope'; known adapters: a, b"
     assert got["bad-adapter"][S.PREDICTION] is None
     for name in CYCLE:
         ids = [r[S.ID] for r in rows if r[S.ADAPTER] == name]
         same = sum(_key(got[i]) == _key(want[i]) for i in ids)
         assert same >= min_share * len(ids), (name, same, len(ids))
-        for i in ids:  # the format constraint applies unchanged
+        for i in ids if constrained else ():  # the format constraint applies unchanged
             assert got[i][S.ERROR] is None or got[i][S.ERROR].startswith("output truncated")
 
 
@@ -131,15 +136,22 @@ def test_vllm_job_with_two_adapters(ray_cluster, tiny_vllm_model_dir, stockmark_
         num_actors=1,
         engine="vllm",
         vllm={**VLLM_TEST_SETTINGS, "max_lora_rank": 8},
+        constrained=False,
     )
     good = [r for r in rows if r[S.ID] != "bad-adapter"]
     # The reference is the HF engine with each adapter alone: vLLM's kernels agree with it on
     # >= 95% of rows without adapters (test_vllm_engine.py); a row routed to the wrong adapter
     # (or a base row decoded with one, as vLLM 0.29's CPU kernels do without our identity
-    # adapter) would not.
-    want = _alone(tiny_vllm_model_dir, adapters, good)
-    _check(got, want, good, 0.9)
-    base_alone = _alone(tiny_vllm_model_dir, {}, [{**r, S.ADAPTER: None} for r in good])
+    # adapter) would not. Unconstrained, so the comparison is token for token: under the format
+    # constraint the random adapters' rows run into max_new_tokens, which the HF automaton closes
+    # in time and vLLM's grammar (no token budget, docs/decisions/token-budget.md) cuts, so the
+    # two engines' constrained outputs differ by design. The constraint with adapters is checked
+    # on the HF engine above and without them on vLLM in test_vllm_engine.py.
+    want = _alone(tiny_vllm_model_dir, adapters, good, constrained=False)
+    _check(got, want, good, 0.9, constrained=False)
+    base_alone = _alone(
+        tiny_vllm_model_dir, {}, [{**r, S.ADAPTER: None} for r in good], constrained=False
+    )
     for name in ("a", "b"):
         ids = [r[S.ID] for r in good if r[S.ADAPTER] == name]
         assert sum(_key(got[i]) == _key(base_alone[i]) for i in ids) < 0.5 * len(ids), name

@@ -85,7 +85,14 @@ def requested_urls(driver) -> list[str]:
 
 def assert_local_only(urls: list[str]) -> None:
     assert urls, "the performance log recorded no request"
-    outside = [u for u in urls if not u.startswith("data:") and urlparse(u).hostname != "127.0.0.1"]
+    # data:, blob: and chrome:// (the browser's own built-in resources) never touch the network;
+    # every other URL must be on 127.0.0.1.
+    in_browser = ("data", "blob", "chrome", "about")
+    outside = [
+        u
+        for u in urls
+        if urlparse(u).scheme not in in_browser and urlparse(u).hostname != "127.0.0.1"
+    ]
     assert not outside, f"requests left 127.0.0.1: {outside}"
 
 

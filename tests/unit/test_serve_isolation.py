@@ -26,24 +26,13 @@ HOSTILE = [
 ]
 
 
-def _unscored(out: dict) -> dict:
-    items = [{k: v for k, v in it.items() if k != S.SCORE} for it in out[S.PRED_ITEMS] or []]
-    return {**out, S.TL_SCORE: None, S.PRED_ITEMS: items}
-
-
-def _scores(out: dict) -> list:
-    return [out[S.TL_SCORE], *(it.get(S.SCORE) for it in out[S.PRED_ITEMS] or [])]
-
-
 def assert_same_answer(got: dict, alone: dict) -> None:
     """The same answer, token for token; the confidence scores equal up to the float noise a
     differently padded batch adds to the logits (about 1e-7 relative)."""
-    assert _unscored(got) == _unscored(alone), (got, alone)
-    mine, theirs = _scores(got), _scores(alone)
-    assert [s is None for s in mine] == [s is None for s in theirs], (got, alone)
-    assert [s for s in mine if s is not None] == pytest.approx(
-        [s for s in theirs if s is not None], rel=1e-4, abs=1e-9
-    ), (got, alone)
+    from conftest import scores_close, without_scores
+
+    assert without_scores(got) == without_scores(alone), (got, alone)
+    assert scores_close(got, alone, rel=1e-4), (got, alone)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["unconstrained", "constrained"])

@@ -100,9 +100,14 @@ def test_constrained_outputs_are_valid_and_follow_one_token_contract(engines, ro
     assert all(g[S.NUM_GENERATED_TOKENS] <= 48 for g in got)
     # Where the HF engine's row also ended freely, both engines wrote the same output (and
     # counted the EOS the format forced, base.py).
+    # The confidence scores come from two engines' kernels: equal to 1% (not bit for bit).
+    from conftest import scores_close, without_scores
+
     both = [i for i in done if ref[i][S.NUM_GENERATED_TOKENS] < 48]
-    same = [got[i] == ref[i] for i in both]
+    same = [without_scores(got[i]) == without_scores(ref[i]) for i in both]
     assert len(both) >= 0.5 * len(rows) and sum(same) >= 0.95 * len(both), (len(both), sum(same))
+    close = [scores_close(got[i], ref[i], rel=0.01) for i, s in zip(both, same, strict=True) if s]
+    assert sum(close) >= 0.95 * len(close), (sum(close), len(close))
 
 
 @pytest.mark.timeout(300)
