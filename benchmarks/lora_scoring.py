@@ -34,27 +34,8 @@ import time
 from benchmarks.common import emit as _emit
 from benchmarks.common import source_texts, tiny_model
 from benchmarks.engine_runs import make_rows
+from benchmarks.engines import MODELS, VLLM_CPU  # the same model shapes and vLLM settings
 
-MODELS = {
-    "tiny": {
-        "hidden_size": 64,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    },
-    "compute": {
-        "hidden_size": 512,
-        "intermediate_size": 1536,
-        "num_hidden_layers": 8,
-        "num_attention_heads": 8,
-    },
-}
-VLLM_CPU = {
-    "enforce_eager": True,
-    "gpu_memory_utilization": 0.1,
-    "max_num_seqs": 128,
-    "max_num_batched_tokens": 8192,
-}
 NAMES = ("a", "b", "c", "d")
 
 
