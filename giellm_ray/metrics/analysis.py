@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
+import itertools
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -136,7 +137,10 @@ class Analysis:
         self.wl_confusion: dict[str, dict] = {}
         self.wrong: Counter[str] = Counter()
         self.synthetic: Counter[str] = Counter()
-        self.samples: dict[str, list[tuple[int, dict]]] = {}  # heap of (-rank, row)
+        # heap of (-rank, arrival, row): ``arrival`` breaks ties between rows of equal rank (the
+        # same dataset and id scored twice, e.g. once per LoRA adapter), so rows never compare.
+        self.samples: dict[str, list[tuple[int, int, dict]]] = {}
+        self._arrival = itertools.count()
 
     def add(
         self,
@@ -203,7 +207,7 @@ class Analysis:
                 for p, m, s in zip(row["pred_items"], pmarks, scores, strict=True)
             ],
         }
-        entry = (-rank, record)
+        entry = (-rank, next(self._arrival), record)
         if len(heap) < self.sample_size:
             heapq.heappush(heap, entry)
         else:
@@ -227,13 +231,14 @@ class Analysis:
         self.synthetic.update(other.synthetic)
         for ds, heap in other.samples.items():
             rows = sorted(self.samples.get(ds, []) + heap, key=lambda e: -e[0])
-            self.samples[ds] = [(-r["rank"], r) for r in (e[1] for e in rows[: self.sample_size])]
+            kept = (e[-1] for e in rows[: self.sample_size])
+            self.samples[ds] = [(-r["rank"], next(self._arrival), r) for r in kept]
             heapq.heapify(self.samples[ds])
         return self
 
     def sample(self, dataset: str) -> list[dict]:
         """The sampled wrong rows of ``dataset`` in a stable order (by rank)."""
-        return [r for _, r in sorted(self.samples.get(dataset, []), key=lambda e: -e[0])]
+        return [e[-1] for e in sorted(self.samples.get(dataset, []), key=lambda e: -e[0])]
 
     def gold_items(self) -> dict[str, int]:
         """Gold items per dataset (item TP + FN): the denominator of recall at a threshold."""

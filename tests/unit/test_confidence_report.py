@@ -212,6 +212,29 @@ def test_error_sample_is_the_same_however_the_rows_are_split():
     assert merged.wl_confusion == whole.wl_confusion
 
 
+def test_rows_with_the_same_id_scored_twice_are_both_sampled():
+    # One id per row and adapter (giellm mre scores every adapter's copy of the test rows in one
+    # job): equal sample ranks must not make the sampler compare the rows themselves.
+    rows = _scored_rows(6)
+    a = Analysis(sample_size=20)
+    b = Analysis(sample_size=20)
+    for target in (a, b):
+        for r in rows + rows:
+            target.add(
+                r["dataset"],
+                r["target"],
+                r["prediction"],
+                row_id=r["id"],
+                text=r["text"],
+                scored_items=r["pred_items"],
+                tl_score=r["tl_score"],
+            )
+    ids = [r["id"] for r in a.sample("SCNM")]
+    assert len(ids) == a.wrong["SCNM"] > 0  # every wrong row, each id twice
+    assert all(ids.count(i) == 2 for i in ids)
+    assert len(a.merge(b).sample("SCNM")) == min(20, 2 * len(ids))
+
+
 def test_outputs_without_scores_still_evaluate(tmp_path):
     src = tmp_path / "old.parquet"
     pq.write_table(pa.Table.from_pylist(_scored_rows(3, scores=False)), src)
