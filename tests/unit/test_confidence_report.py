@@ -222,7 +222,7 @@ def test_rows_with_the_same_id_scored_twice_are_both_sampled():
         # Each row twice in a row, the copy with another answer (as another adapter's would be):
         # equal ranks meet with different records.
         other = "<技術>固有表現抽出:地名;東京"
-        for r in [c for r in rows for c in (r, {**r, "prediction": other, "pred_items": []})]:
+        for r in [c for x in rows for c in (x, {**x, "prediction": other, "pred_items": []})]:
             target.add(
                 r["dataset"],
                 r["target"],
