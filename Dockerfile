@@ -6,9 +6,9 @@
 # constraints file; every pip call here installs under it, and tests/unit/test_gpu_stack.py checks
 # that this file, pyproject.toml and cluster.yaml agree.
 #
-# Why cu130 and not rayproject/ray:2.60.0-py311-gpu: ray[llm]==2.60.0 pins vllm==0.29.0, whose
-# PyPI wheel links libcudart.so.13 and pins torch==2.13.0; PyPI's torch 2.13.0 is the CUDA 13.0
-# build (cuda-toolkit 13.0.3, nvidia-*-cu13). Ray's "-gpu" tag aliases the CUDA 12.1.1 image,
+# Why cu130 and not rayproject/ray:2.60.0-py311-gpu: vllm==0.32.0 (the `gpu` extra) is built for
+# CUDA 13 (its wheel requires nvidia-cutlass-dsl[cu13]) and pins torch==2.13.0; PyPI's torch
+# 2.13.0 is the CUDA 13.0 build (cuda-toolkit 13.0.3, nvidia-*-cu13). Ray's "-gpu" tag aliases the CUDA 12.1.1 image,
 # whose nvcc 12.1 cannot build DeepSpeed's ops for a CUDA 13 torch (DeepSpeed refuses a major
 # mismatch). "-cu130" is nvidia/cuda:13.0.0-devel under the same Ray 2.60.0, so nvcc matches
 # torch.
@@ -68,7 +68,7 @@ RUN pip install --no-cache-dir -c /home/ray/gpu-constraints.txt torch ninja
 RUN DS_ACCELERATOR=cuda DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 \
     pip install --no-cache-dir --no-build-isolation -c /home/ray/gpu-constraints.txt deepspeed
 
-# Everything else (vLLM, transformers, accelerate, ray[llm] extras, the base dependencies).
+# Everything else (vLLM, transformers, accelerate, peft, the base dependencies).
 # DeepSpeed and torch are already at their pinned versions, so pip keeps them.
 RUN pip install --no-cache-dir -c /home/ray/gpu-constraints.txt -r /home/ray/image-requirements.txt
 

