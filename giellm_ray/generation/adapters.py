@@ -181,8 +181,9 @@ def identity_adapter(template: str) -> str:
     Why: vLLM's CPU LoRA kernels (``vllm/lora/ops/torch_ops``: ``lora_b_weights[indices]``, the
     same in 0.29 and 0.32) read a row without an adapter (index -1) as the *last* slot, so in a
     batch that also holds adapter rows a base row is decoded with whichever adapter sits there
-    (measured on the tiny model: base rows came back with adapter ``b``'s tokens). On CPU base rows therefore carry
-    this identity adapter; the GPU kernels skip index -1 and base rows carry no LoRARequest.
+    (measured on the tiny model: base rows came back with adapter ``b``'s tokens). On CPU base
+    rows therefore carry this identity adapter; the GPU kernels skip index -1 and base rows carry
+    no LoRARequest.
     """
     import hashlib
     import shutil
