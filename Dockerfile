@@ -8,10 +8,10 @@
 #
 # Why cu130 and not rayproject/ray:2.60.0-py311-gpu: vllm==0.32.0 (the `gpu` extra) is built for
 # CUDA 13 (its wheel requires nvidia-cutlass-dsl[cu13]) and pins torch==2.13.0; PyPI's torch
-# 2.13.0 is the CUDA 13.0 build (cuda-toolkit 13.0.3, nvidia-*-cu13). Ray's "-gpu" tag aliases the CUDA 12.1.1 image,
-# whose nvcc 12.1 cannot build DeepSpeed's ops for a CUDA 13 torch (DeepSpeed refuses a major
-# mismatch). "-cu130" is nvidia/cuda:13.0.0-devel under the same Ray 2.60.0, so nvcc matches
-# torch.
+# 2.13.0 is the CUDA 13.0 build (cuda-toolkit 13.0.3, nvidia-*-cu13). Ray's "-gpu" tag aliases
+# the CUDA 12.1.1 image, whose nvcc 12.1 cannot build DeepSpeed's ops for a CUDA 13 torch
+# (DeepSpeed refuses a major mismatch). "-cu130" is nvidia/cuda:13.0.0-devel under the same Ray
+# 2.60.0, so nvcc matches torch.
 #
 # Why py312: Ray publishes its CUDA 13.0 images for Python 3.12 only (3.10 was added later, by
 # ray PR #61497), not for 3.11. Evidence, read 2026-12: ray-project/ray's release build matrix

