@@ -102,6 +102,7 @@ def sp_tokenizer(tmp_path, texts, kind: str):
         sentence_iterator=iter(texts),
         model_prefix=str(tmp_path / "tokenizer"),
         vocab_size=3000,
+        hard_vocab_limit=False,  # the 100-sentence excerpt (no ../shared) fills ~1.6k pieces
         model_type=kind,
         byte_fallback=True,
         character_coverage=0.9995,
