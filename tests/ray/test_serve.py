@@ -160,7 +160,10 @@ def test_concurrent_run_has_no_5xx_and_batches(service, stockmark_records):
     from ray import serve
 
     cfg, client = service
-    texts = [r["text"] for r in stockmark_records[:N_CONCURRENT_REQUESTS]]
+    # Cycled: the 100-sentence excerpt (a clone without ../shared) has fewer texts than requests.
+    texts = [
+        stockmark_records[i % len(stockmark_records)]["text"] for i in range(N_CONCURRENT_REQUESTS)
+    ]
 
     async def run() -> list[int]:
         sem = asyncio.Semaphore(CLIENTS)
